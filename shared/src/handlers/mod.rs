@@ -1,0 +1,13 @@
+//! One module per endpoint. Each takes typed, validated input and returns a
+//! typed outcome or an [`ApiError`](crate::ApiError); none knows about HTTP.
+//! The HTTP adapter in [`crate::http`] parses requests into these inputs.
+
+pub mod ack;
+pub mod auth;
+pub mod fanout;
+pub mod input;
+pub mod list_clients;
+pub mod poll;
+pub mod publish;
+pub mod register;
+pub mod send;

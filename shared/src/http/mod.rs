@@ -1,0 +1,151 @@
+//! The HTTP adapter: `http::Request` in, `http::Response` out.
+//!
+//! The local server and every Lambda function (whose `lambda_http::Request`
+//! is an `http::Request`) call [`handle`], so routing, header parsing, body
+//! limits, status codes and the per-request log line are the same
+//! everywhere.
+
+mod respond;
+mod routes;
+
+pub use respond::error_response;
+pub use routes::{Route, BASE_PATH};
+
+use crate::domain::MAX_BODY_BYTES;
+use crate::error::ApiError;
+use crate::handlers::auth::{
+    authenticate_client, authorize_admin, authorize_operator, ClientCredentials,
+};
+use crate::handlers::input::JsonBody;
+use crate::handlers::{ack, list_clients, poll, publish, register, send};
+use crate::App;
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use respond::{json_response, no_content};
+use std::time::Instant;
+
+/// Answers one request. Never panics on client input and never fails: every
+/// problem becomes an error response.
+pub async fn handle(app: &App, request: Request<Bytes>) -> Response<Bytes> {
+    let started = Instant::now();
+    let method = request.method().clone();
+    let path = request.uri().path().to_string();
+    let response = match dispatch(app, request).await {
+        Ok(response) => response,
+        Err(error) => error_response(&error),
+    };
+    // The path only: query strings may carry page tokens, and no header is
+    // ever logged, so no secret reaches the log.
+    tracing::info!(
+        method = %method,
+        path = %path,
+        status = response.status().as_u16(),
+        latency_ms = (started.elapsed().as_secs_f64() * 100_000.0).round() / 100.0,
+        "request"
+    );
+    response
+}
+
+async fn dispatch(app: &App, request: Request<Bytes>) -> Result<Response<Bytes>, ApiError> {
+    let route = Route::find(request.uri().path()).ok_or_else(ApiError::not_found)?;
+    if request.method() != route.method() {
+        return Err(ApiError::method_not_allowed(route.allow()));
+    }
+    let (parts, body) = request.into_parts();
+    if body.len() > MAX_BODY_BYTES {
+        return Err(body_too_large());
+    }
+    let headers = &parts.headers;
+    let query = parts.uri.query();
+    match route {
+        Route::Health | Route::HealthUnversioned => Ok(json_response(
+            StatusCode::OK,
+            &serde_json::json!({"status": "ok"}),
+        )),
+        Route::Register => {
+            let input = register::RegisterInput::from_body(&JsonBody::parse(&body)?)?;
+            let registered = register::register(app, input).await?;
+            let status = if registered.created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            Ok(json_response(status, &registered.credentials))
+        }
+        Route::Publish => {
+            let admin = authorize_admin(app, header(headers, "x-admin-token"))?;
+            let input = publish::PublishInput::from_body(&JsonBody::parse(&body)?)?;
+            let published = publish::publish(app, &admin, input).await?;
+            Ok(json_response(StatusCode::ACCEPTED, &published))
+        }
+        Route::Send => {
+            let client = authenticate_client(app, &client_credentials(headers))?;
+            let input = send::SendInput::from_body(&JsonBody::parse(&body)?)?;
+            let sent = send::send(app, &client, input).await?;
+            let status = if sent.created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            Ok(json_response(status, &serde_json::json!({"id": sent.id})))
+        }
+        Route::Poll => {
+            let client = authenticate_client(app, &client_credentials(headers))?;
+            let input = poll::PollInput::from_query(query)?;
+            match poll::poll(app, &client, input).await? {
+                poll::Polled::Nothing => Ok(no_content()),
+                poll::Polled::Messages {
+                    messages,
+                    next_cursor,
+                } => Ok(json_response(
+                    StatusCode::OK,
+                    &serde_json::json!({"messages": messages, "next_cursor": next_cursor}),
+                )),
+            }
+        }
+        Route::Ack => {
+            let client = authenticate_client(app, &client_credentials(headers))?;
+            let input = ack::AckInput::from_body(&JsonBody::parse(&body)?)?;
+            Ok(json_response(
+                StatusCode::OK,
+                &ack::ack(app, &client, input).await?,
+            ))
+        }
+        Route::ListClients => {
+            let operator = authorize_operator(app, header(headers, "x-operator-token"))?;
+            let input = list_clients::ListInput::from_query(query)?;
+            Ok(json_response(
+                StatusCode::OK,
+                &list_clients::list_clients(app, &operator, input).await?,
+            ))
+        }
+    }
+}
+
+/// The error for a body over the limit; servers that stream bodies use it
+/// when they stop reading early.
+pub fn body_too_large() -> ApiError {
+    ApiError::too_large(format!(
+        "request bodies are limited to {MAX_BODY_BYTES} bytes"
+    ))
+}
+
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+}
+
+fn client_credentials(headers: &HeaderMap) -> ClientCredentials {
+    let bearer = header(headers, "authorization").and_then(|v| {
+        let (scheme, token) = v.split_once(' ')?;
+        scheme
+            .eq_ignore_ascii_case("bearer")
+            .then(|| token.trim().to_string())
+    });
+    ClientCredentials {
+        client_id: header(headers, "x-client-id").map(String::from),
+        bearer,
+    }
+}

@@ -1,0 +1,153 @@
+//! The fan-out port: publish hands [`FanoutJob`]s to a [`Queue`], and a
+//! worker delivers each job to its recipients.
+//!
+//! A job carries the payload sealed under the server's at-rest key, so
+//! plaintext never sits in a queue. Jobs are sized to fit one queue message
+//! (SQS caps a message at 256 KiB), which is why one publish to many
+//! recipients may become several jobs.
+
+mod in_process;
+
+pub use in_process::InProcessQueue;
+
+use crate::crypto::{decode_base64, encode_base64, Sealed};
+use crate::domain::ClientId;
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+/// Bytes one serialized job may take: SQS's 256 KiB less headroom for
+/// message attributes and envelope.
+pub const MAX_JOB_BYTES: usize = 240 * 1024;
+
+/// A recipient id as it appears in a job's JSON: 36 characters, quotes and
+/// comma.
+const RECIPIENT_BYTES: usize = 39;
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("queue unavailable: {0}")]
+    Unavailable(String),
+    #[error("fan-out failed: {0}")]
+    Delivery(String),
+}
+
+#[async_trait]
+pub trait Queue: Send + Sync + 'static {
+    /// Hands the jobs over for delivery; when this returns `Ok`, each job
+    /// will be delivered at least once.
+    async fn enqueue(&self, jobs: Vec<FanoutJob>) -> Result<(), QueueError>;
+}
+
+/// Deliver one publish's payload to these recipients.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FanoutJob {
+    pub publish_id: String,
+    pub kind: String,
+    /// The plaintext `{"type","payload"}` sealed at rest, bound to the
+    /// publish id (see [`FanoutJob::payload_context`]).
+    pub payload: Sealed,
+    pub recipients: Vec<ClientId>,
+}
+
+/// The JSON form of a job, as it travels through a queue.
+#[derive(Serialize, Deserialize)]
+struct JobWire {
+    publish_id: String,
+    #[serde(rename = "type")]
+    kind: String,
+    sealed_payload: String,
+    recipients: Vec<String>,
+}
+
+impl FanoutJob {
+    /// The at-rest AAD of a publish's payload.
+    pub fn payload_context(publish_id: &str) -> String {
+        format!("pigeonhole/v1/publish:{publish_id}")
+    }
+
+    /// Splits one publish into jobs that each fit a queue message.
+    pub fn plan(
+        publish_id: &str,
+        kind: &str,
+        payload: &Sealed,
+        recipients: &[ClientId],
+    ) -> Vec<FanoutJob> {
+        // Base64 grows the sealed payload by 4/3; 512 bytes covers the rest
+        // of the envelope.
+        let fixed = payload.to_bytes().len().div_ceil(3) * 4 + kind.len() + 512;
+        let per_job = (MAX_JOB_BYTES.saturating_sub(fixed) / RECIPIENT_BYTES).max(1);
+        recipients
+            .chunks(per_job)
+            .map(|chunk| FanoutJob {
+                publish_id: publish_id.to_string(),
+                kind: kind.to_string(),
+                payload: payload.clone(),
+                recipients: chunk.to_vec(),
+            })
+            .collect()
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(&JobWire {
+            publish_id: self.publish_id.clone(),
+            kind: self.kind.clone(),
+            sealed_payload: encode_base64(&self.payload.to_bytes()),
+            recipients: self.recipients.iter().map(ClientId::to_string).collect(),
+        })
+        .expect("serializing a job cannot fail")
+    }
+
+    pub fn from_json(text: &str) -> Result<FanoutJob, String> {
+        let wire: JobWire = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        let payload = decode_base64(&wire.sealed_payload)
+            .and_then(|b| Sealed::from_bytes(&b))
+            .ok_or("sealed_payload is not a sealed blob")?;
+        let recipients = wire
+            .recipients
+            .iter()
+            .map(|r| ClientId::parse(r).ok_or_else(|| format!("recipient {r:?} is not a UUID")))
+            .collect::<Result<_, _>>()?;
+        Ok(FanoutJob {
+            publish_id: wire.publish_id,
+            kind: wire.kind,
+            payload,
+            recipients,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::{seal, Key};
+
+    #[test]
+    fn plans_jobs_that_fit_a_queue_message() {
+        let payload = seal(&Key::random(), &vec![b'x'; 64 * 1024], b"");
+        let recipients: Vec<ClientId> = (0..10_000).map(|_| ClientId::new()).collect();
+        let jobs = FanoutJob::plan("p", "event", &payload, &recipients);
+        assert!(jobs.len() > 1);
+        assert!(jobs.iter().all(|j| j.to_json().len() <= MAX_JOB_BYTES));
+        let all: Vec<ClientId> = jobs.iter().flat_map(|j| j.recipients.clone()).collect();
+        assert_eq!(all, recipients);
+    }
+
+    #[test]
+    fn small_publishes_are_one_job() {
+        let payload = seal(&Key::random(), b"{}", b"");
+        let recipients = [ClientId::new(), ClientId::new()];
+        assert_eq!(FanoutJob::plan("p", "t", &payload, &recipients).len(), 1);
+    }
+
+    #[test]
+    fn json_round_trip() {
+        let job = FanoutJob {
+            publish_id: "pub".into(),
+            kind: "event".into(),
+            payload: seal(&Key::random(), b"body", b""),
+            recipients: vec![ClientId::new()],
+        };
+        assert_eq!(FanoutJob::from_json(&job.to_json()).unwrap(), job);
+        assert!(FanoutJob::from_json("{}").is_err());
+    }
+}

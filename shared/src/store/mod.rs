@@ -1,0 +1,214 @@
+//! The storage port.
+//!
+//! Shaped after DynamoDB's access patterns so that every method is one or two
+//! key-addressed requests there: clients keyed by id, a fingerprint lookup,
+//! and per-client message sequences keyed `(client_id, seq)`.
+//!
+//! The one rule every adapter must keep: a message with sequence `n + 1`
+//! becomes visible only after `n` is, so a reader whose cursor passes `n + 1`
+//! can never have skipped `n`. Adapters allocate the sequence number and
+//! write the message in one atomic step; because the message's ciphertext
+//! depends on its sequence number (it is bound into the AAD), the caller
+//! hands over a [`Sealer`] that builds the message once the number is known.
+//!
+//! All adapters are held to the same contract suite in
+//! `shared/tests/store_contract/`.
+
+#[cfg(feature = "sqlite")]
+pub mod sqlite;
+
+use crate::clock::Timestamp;
+use crate::crypto::Sealed;
+use crate::domain::{ClientId, Seq};
+use crate::rate_limit::PollRateLimit;
+use async_trait::async_trait;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("storage backend failed: {0}")]
+    Backend(String),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    #[error("could not seal the message: {0}")]
+    Seal(String),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// What registration stores for a client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientRecord {
+    pub id: ClientId,
+    pub name: Option<String>,
+    /// The personal key, wrapped under the server's key-wrapping key.
+    pub wrapped_key: Vec<u8>,
+    pub created_at: Timestamp,
+}
+
+/// A client as an authenticated request finds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientState {
+    pub record: ClientRecord,
+    /// The acknowledged cursor: every message up to here has been received.
+    pub acked: Seq,
+    /// The newest message's sequence number (0 when none yet).
+    pub head: Seq,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Registration {
+    pub client: ClientRecord,
+    /// False when the fingerprint was already registered and `client` is
+    /// the existing one.
+    pub created: bool,
+}
+
+/// The outcome of an authenticated contact.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Touch {
+    Known(ClientState),
+    RateLimited { retry_after: Duration },
+    UnknownClient,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AckOutcome {
+    /// The cursor after the ack (never lower than before).
+    Acked {
+        cursor: Seq,
+    },
+    /// The id acknowledged is past the newest message.
+    BeyondHead {
+        head: Seq,
+    },
+    UnknownClient,
+}
+
+/// Makes an append idempotent: a second append with the same key for the
+/// same client stores nothing and reports the first one's sequence number.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dedup {
+    pub key: String,
+    /// A digest of the content; lets the caller tell a retry of the same
+    /// message from a different message reusing the key.
+    pub digest: [u8; 32],
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Appended {
+    Stored { seq: Seq },
+    Duplicate { seq: Seq, same_content: bool },
+    UnknownClient,
+}
+
+/// A message ready to be stored at a given position.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewMessage {
+    pub kind: String,
+    pub body: Sealed,
+    pub created_at: Timestamp,
+}
+
+/// A stored message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredMessage {
+    pub seq: Seq,
+    pub kind: String,
+    pub body: Sealed,
+    pub created_at: Timestamp,
+}
+
+/// Builds the message for a sequence number. An adapter may call it more
+/// than once (with a new number) when it loses a race and retries.
+pub type Sealer = Arc<dyn Fn(Seq) -> Result<NewMessage, StoreError> + Send + Sync>;
+
+/// A client as operators see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientSummary {
+    pub id: ClientId,
+    pub name: Option<String>,
+    pub created_at: Timestamp,
+    pub last_seen_at: Option<Timestamp>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientPage {
+    pub clients: Vec<ClientSummary>,
+    /// Opaque to callers; present when more clients follow.
+    pub next: Option<String>,
+}
+
+/// A page token that an adapter could not read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadPageToken;
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Stores `candidate` under `fingerprint`, unless the fingerprint is
+    /// already registered, in which case the existing client is returned.
+    /// Concurrent calls with one fingerprint create one client.
+    async fn register_client(
+        &self,
+        fingerprint: [u8; 32],
+        candidate: ClientRecord,
+    ) -> StoreResult<Registration>;
+
+    /// Records an authenticated request at `now` (last seen) and, when a
+    /// limit is given, charges it one poll. A refused poll changes nothing.
+    async fn touch_client(
+        &self,
+        id: ClientId,
+        now: Timestamp,
+        limit: Option<PollRateLimit>,
+    ) -> StoreResult<Touch>;
+
+    /// Fetches clients by id; unknown ids are left out.
+    async fn load_clients(&self, ids: &[ClientId]) -> StoreResult<Vec<ClientRecord>>;
+
+    /// Appends to a client's inbox (server-to-client messages).
+    async fn append_inbox(&self, id: ClientId, dedup: Dedup, seal: Sealer)
+        -> StoreResult<Appended>;
+
+    /// Inbox messages with `seq > after`, ascending, at most `limit`.
+    /// Reads are strongly consistent.
+    async fn read_inbox(
+        &self,
+        id: ClientId,
+        after: Seq,
+        limit: u32,
+    ) -> StoreResult<Vec<StoredMessage>>;
+
+    /// Moves the acknowledged cursor forward to `upto` (never backwards) and
+    /// records the contact at `now`.
+    async fn acknowledge(&self, id: ClientId, upto: Seq, now: Timestamp)
+        -> StoreResult<AckOutcome>;
+
+    /// Appends to a client's outbox (client-to-server messages).
+    async fn append_outbox(
+        &self,
+        id: ClientId,
+        dedup: Dedup,
+        seal: Sealer,
+    ) -> StoreResult<Appended>;
+
+    /// Outbox messages with `seq > after`, ascending, at most `limit`.
+    async fn read_outbox(
+        &self,
+        id: ClientId,
+        after: Seq,
+        limit: u32,
+    ) -> StoreResult<Vec<StoredMessage>>;
+
+    /// Clients in creation order, `limit` at a time.
+    async fn list_clients(
+        &self,
+        limit: u32,
+        page_token: Option<&str>,
+    ) -> StoreResult<Result<ClientPage, BadPageToken>>;
+
+    /// Deletes acknowledged inbox messages created before `created_before`.
+    /// Returns how many were removed.
+    async fn purge_acknowledged(&self, created_before: Timestamp) -> StoreResult<u64>;
+}
