@@ -1,0 +1,559 @@
+//! The store contract: what every `Store` adapter must do, written once.
+//!
+//! An adapter joins by invoking [`store_contract_tests!`] with an async
+//! expression that yields a fresh, empty [`Subject`]; see `sqlite_store.rs`.
+
+use pigeonhole::clock::Timestamp;
+use pigeonhole::crypto::{seal, Key, Sealed};
+use pigeonhole::domain::{ClientId, Seq};
+use pigeonhole::rate_limit::PollRateLimit;
+use pigeonhole::store::*;
+use std::collections::HashSet;
+use std::sync::Arc;
+
+/// A store under test, with whatever must outlive it (a temp dir, a table).
+pub struct Subject {
+    pub store: Arc<dyn Store>,
+    pub _keep: Box<dyn std::any::Any + Send + Sync>,
+}
+
+#[macro_export]
+macro_rules! store_contract_tests {
+    ($make:expr) => {
+        $crate::store_contract_tests!(@each $make;
+            registers_once_per_fingerprint,
+            concurrent_registrations_create_one_client,
+            touch_reports_state_and_records_contact,
+            unknown_clients_are_reported,
+            rate_limit_refuses_without_changing_state,
+            appends_number_from_one_without_gaps,
+            sealer_sees_the_sequence_number_it_is_stored_at,
+            reads_after_a_cursor_with_a_limit,
+            duplicate_appends_store_nothing,
+            inbox_and_outbox_are_separate_sequences,
+            acknowledge_moves_forward_only,
+            concurrent_appends_never_expose_a_gap,
+            loads_known_clients_only,
+            lists_clients_in_creation_order_across_pages,
+            purge_removes_only_old_acknowledged_messages,
+            data_is_not_shared_between_clients
+        );
+    };
+    (@each $make:expr; $($name:ident),*) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $name() {
+                let subject = $make.await;
+                store_contract::$name(subject.store.as_ref()).await;
+            }
+        )*
+    };
+}
+
+const T0: Timestamp = Timestamp(1_764_000_000_000);
+
+pub fn client(name: &str, created_at: Timestamp) -> ClientRecord {
+    ClientRecord {
+        id: ClientId::new(),
+        name: Some(name.to_string()),
+        wrapped_key: vec![7; 60],
+        created_at,
+    }
+}
+
+async fn registered(store: &dyn Store, name: &str, created_at: Timestamp) -> ClientId {
+    let fingerprint = *ClientId::new().as_uuid().as_bytes();
+    let mut fp = [0u8; 32];
+    fp[..16].copy_from_slice(&fingerprint);
+    store
+        .register_client(fp, client(name, created_at))
+        .await
+        .unwrap()
+        .client
+        .id
+}
+
+fn dedup(key: &str) -> Dedup {
+    Dedup {
+        key: key.to_string(),
+        digest: [key.len() as u8; 32],
+    }
+}
+
+/// A sealer whose message body is the sequence number, so tests can check
+/// that the stored message was built for the position it sits at.
+fn sealer(kind: &str) -> Sealer {
+    let kind = kind.to_string();
+    let key = Key::from_bytes([3; 32]);
+    Arc::new(move |seq: Seq| {
+        Ok(NewMessage {
+            kind: kind.clone(),
+            body: seal(&key, &seq.to_be_bytes(), b""),
+            created_at: T0.plus_millis(seq as i64),
+        })
+    })
+}
+
+fn seq_in_body(body: &Sealed) -> Seq {
+    let bytes = pigeonhole::crypto::open(&Key::from_bytes([3; 32]), body, b"").unwrap();
+    Seq::from_be_bytes(bytes.try_into().unwrap())
+}
+
+async fn append(store: &dyn Store, id: ClientId, key: &str) -> Appended {
+    store
+        .append_inbox(id, dedup(key), sealer("event"))
+        .await
+        .unwrap()
+}
+
+fn known(touch: Touch) -> ClientState {
+    match touch {
+        Touch::Known(state) => state,
+        other => panic!("expected a known client, got {other:?}"),
+    }
+}
+
+pub async fn registers_once_per_fingerprint(store: &dyn Store) {
+    let first = client("first", T0);
+    let created = store.register_client([1; 32], first.clone()).await.unwrap();
+    assert_eq!(
+        created,
+        Registration {
+            client: first.clone(),
+            created: true
+        }
+    );
+
+    let again = store
+        .register_client([1; 32], client("second", T0))
+        .await
+        .unwrap();
+    assert_eq!(
+        again,
+        Registration {
+            client: first,
+            created: false
+        }
+    );
+
+    let other = store
+        .register_client([2; 32], client("other", T0))
+        .await
+        .unwrap();
+    assert!(other.created);
+}
+
+pub async fn concurrent_registrations_create_one_client(store: &dyn Store) {
+    let attempts = (0..16).map(|i| store.register_client([9; 32], client(&format!("c{i}"), T0)));
+    let results: Vec<Registration> = futures_join_all(attempts)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap())
+        .collect();
+    let ids: HashSet<ClientId> = results.iter().map(|r| r.client.id).collect();
+    assert_eq!(ids.len(), 1, "one fingerprint must map to one client");
+    assert_eq!(results.iter().filter(|r| r.created).count(), 1);
+}
+
+pub async fn touch_reports_state_and_records_contact(store: &dyn Store) {
+    let id = registered(store, "a", T0).await;
+    let state = known(
+        store
+            .touch_client(id, T0.plus_millis(5), None)
+            .await
+            .unwrap(),
+    );
+    assert_eq!((state.acked, state.head), (0, 0));
+    assert_eq!(state.record.id, id);
+    assert_eq!(state.record.name.as_deref(), Some("a"));
+    assert_eq!(state.record.wrapped_key, vec![7; 60]);
+
+    append(store, id, "m1").await;
+    let state = known(
+        store
+            .touch_client(id, T0.plus_millis(9), None)
+            .await
+            .unwrap(),
+    );
+    assert_eq!(state.head, 1);
+
+    let page = store.list_clients(10, None).await.unwrap().unwrap();
+    assert_eq!(page.clients[0].last_seen_at, Some(T0.plus_millis(9)));
+}
+
+pub async fn unknown_clients_are_reported(store: &dyn Store) {
+    let stranger = ClientId::new();
+    assert_eq!(
+        store.touch_client(stranger, T0, None).await.unwrap(),
+        Touch::UnknownClient
+    );
+    assert_eq!(append(store, stranger, "k").await, Appended::UnknownClient);
+    assert_eq!(
+        store
+            .append_outbox(stranger, dedup("k"), sealer("x"))
+            .await
+            .unwrap(),
+        Appended::UnknownClient
+    );
+    assert_eq!(
+        store.acknowledge(stranger, 0, T0).await.unwrap(),
+        AckOutcome::UnknownClient
+    );
+    assert!(store.read_inbox(stranger, 0, 10).await.unwrap().is_empty());
+}
+
+pub async fn rate_limit_refuses_without_changing_state(store: &dyn Store) {
+    let id = registered(store, "a", T0).await;
+    let limit = PollRateLimit::per_minute(2);
+    for i in 0..2 {
+        let touch = store
+            .touch_client(id, T0.plus_millis(i), limit)
+            .await
+            .unwrap();
+        assert!(
+            matches!(touch, Touch::Known(_)),
+            "poll {i} is within the limit"
+        );
+    }
+    match store
+        .touch_client(id, T0.plus_millis(2), limit)
+        .await
+        .unwrap()
+    {
+        Touch::RateLimited { retry_after } => assert_eq!(retry_after.as_secs(), 30),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    let page = store.list_clients(10, None).await.unwrap().unwrap();
+    assert_eq!(
+        page.clients[0].last_seen_at,
+        Some(T0.plus_millis(1)),
+        "a refused poll is not recorded"
+    );
+    // Half a minute later one slot has refilled.
+    let later = store
+        .touch_client(id, T0.plus_millis(30_002), limit)
+        .await
+        .unwrap();
+    assert!(matches!(later, Touch::Known(_)));
+    // Contacts without a limit (sends, acks) are never refused.
+    assert!(matches!(
+        store
+            .touch_client(id, T0.plus_millis(30_003), None)
+            .await
+            .unwrap(),
+        Touch::Known(_)
+    ));
+}
+
+pub async fn appends_number_from_one_without_gaps(store: &dyn Store) {
+    let id = registered(store, "a", T0).await;
+    for expected in 1..=5 {
+        assert_eq!(
+            append(store, id, &format!("m{expected}")).await,
+            Appended::Stored { seq: expected }
+        );
+    }
+    let all = store.read_inbox(id, 0, 100).await.unwrap();
+    assert_eq!(
+        all.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        vec![1, 2, 3, 4, 5]
+    );
+    assert_eq!(
+        known(store.touch_client(id, T0, None).await.unwrap()).head,
+        5
+    );
+}
+
+pub async fn sealer_sees_the_sequence_number_it_is_stored_at(store: &dyn Store) {
+    let id = registered(store, "a", T0).await;
+    for i in 0..3 {
+        append(store, id, &format!("m{i}")).await;
+    }
+    for m in store.read_inbox(id, 0, 10).await.unwrap() {
+        assert_eq!(seq_in_body(&m.body), m.seq);
+        assert_eq!(m.created_at, T0.plus_millis(m.seq as i64));
+        assert_eq!(m.kind, "event");
+    }
+}
+
+pub async fn reads_after_a_cursor_with_a_limit(store: &dyn Store) {
+    let id = registered(store, "a", T0).await;
+    for i in 0..10 {
+        append(store, id, &format!("m{i}")).await;
+    }
+    let seqs = |ms: Vec<StoredMessage>| ms.iter().map(|m| m.seq).collect::<Vec<_>>();
+    assert_eq!(
+        seqs(store.read_inbox(id, 3, 4).await.unwrap()),
+        vec![4, 5, 6, 7]
+    );
+    assert_eq!(
+        seqs(store.read_inbox(id, 8, 100).await.unwrap()),
+        vec![9, 10]
+    );
+    assert!(store.read_inbox(id, 10, 100).await.unwrap().is_empty());
+}
+
+pub async fn duplicate_appends_store_nothing(store: &dyn Store) {
+    let id = registered(store, "a", T0).await;
+    assert_eq!(
+        append(store, id, "publish:1").await,
+        Appended::Stored { seq: 1 }
+    );
+    assert_eq!(
+        append(store, id, "publish:2").await,
+        Appended::Stored { seq: 2 }
+    );
+    assert_eq!(
+        append(store, id, "publish:1").await,
+        Appended::Duplicate {
+            seq: 1,
+            same_content: true
+        }
+    );
+    let different = Dedup {
+        key: "publish:2".into(),
+        digest: [0xEE; 32],
+    };
+    assert_eq!(
+        store
+            .append_inbox(id, different, sealer("event"))
+            .await
+            .unwrap(),
+        Appended::Duplicate {
+            seq: 2,
+            same_content: false
+        }
+    );
+    assert_eq!(store.read_inbox(id, 0, 10).await.unwrap().len(), 2);
+    assert_eq!(
+        known(store.touch_client(id, T0, None).await.unwrap()).head,
+        2
+    );
+}
+
+pub async fn inbox_and_outbox_are_separate_sequences(store: &dyn Store) {
+    let id = registered(store, "a", T0).await;
+    append(store, id, "in1").await;
+    append(store, id, "in2").await;
+    let out = store
+        .append_outbox(id, dedup("in1"), sealer("note"))
+        .await
+        .unwrap();
+    assert_eq!(
+        out,
+        Appended::Stored { seq: 1 },
+        "outbox numbering and dedup keys are its own"
+    );
+    let outbox = store.read_outbox(id, 0, 10).await.unwrap();
+    assert_eq!(outbox.len(), 1);
+    assert_eq!(outbox[0].kind, "note");
+    assert_eq!(store.read_inbox(id, 0, 10).await.unwrap().len(), 2);
+    assert_eq!(
+        known(store.touch_client(id, T0, None).await.unwrap()).head,
+        2,
+        "head counts the inbox only"
+    );
+}
+
+pub async fn acknowledge_moves_forward_only(store: &dyn Store) {
+    let id = registered(store, "a", T0).await;
+    for i in 0..3 {
+        append(store, id, &format!("m{i}")).await;
+    }
+    assert_eq!(
+        store.acknowledge(id, 2, T0).await.unwrap(),
+        AckOutcome::Acked { cursor: 2 }
+    );
+    assert_eq!(
+        store.acknowledge(id, 1, T0).await.unwrap(),
+        AckOutcome::Acked { cursor: 2 }
+    );
+    assert_eq!(
+        store.acknowledge(id, 0, T0).await.unwrap(),
+        AckOutcome::Acked { cursor: 2 }
+    );
+    assert_eq!(
+        store.acknowledge(id, 4, T0).await.unwrap(),
+        AckOutcome::BeyondHead { head: 3 }
+    );
+    assert_eq!(
+        known(store.touch_client(id, T0, None).await.unwrap()).acked,
+        2
+    );
+    assert_eq!(
+        store.acknowledge(id, 3, T0.plus_millis(50)).await.unwrap(),
+        AckOutcome::Acked { cursor: 3 }
+    );
+    let page = store.list_clients(10, None).await.unwrap().unwrap();
+    assert_eq!(
+        page.clients[0].last_seen_at,
+        Some(T0.plus_millis(50)),
+        "an ack is a contact"
+    );
+}
+
+/// The guarantee the whole design rests on: while writers race, a reader
+/// that moves its cursor to the last id it saw never skips a message.
+pub async fn concurrent_appends_never_expose_a_gap(store: &dyn Store) {
+    const WRITERS: usize = 6;
+    const EACH: usize = 20;
+    let id = registered(store, "a", T0).await;
+    let writers = async {
+        futures_join_all((0..WRITERS).map(|w| async move {
+            for n in 0..EACH {
+                let appended = append(store, id, &format!("w{w}-{n}")).await;
+                assert!(matches!(appended, Appended::Stored { .. }), "{appended:?}");
+            }
+        }))
+        .await;
+    };
+    let reader = async {
+        let mut cursor = 0;
+        let mut seen = Vec::new();
+        while seen.len() < WRITERS * EACH {
+            for m in store.read_inbox(id, cursor, 7).await.unwrap() {
+                assert_eq!(
+                    m.seq,
+                    cursor + 1,
+                    "a reader at {cursor} was shown {}",
+                    m.seq
+                );
+                cursor = m.seq;
+                seen.push(m.seq);
+            }
+            tokio::task::yield_now().await;
+        }
+        seen
+    };
+    let ((), seen) = tokio::join!(writers, reader);
+    assert_eq!(seen, (1..=(WRITERS * EACH) as Seq).collect::<Vec<_>>());
+}
+
+pub async fn loads_known_clients_only(store: &dyn Store) {
+    let a = registered(store, "a", T0).await;
+    let b = registered(store, "b", T0).await;
+    let loaded = store.load_clients(&[a, ClientId::new(), b]).await.unwrap();
+    let ids: HashSet<ClientId> = loaded.iter().map(|c| c.id).collect();
+    assert_eq!(ids, HashSet::from([a, b]));
+    assert!(loaded.iter().all(|c| c.wrapped_key == vec![7; 60]));
+}
+
+pub async fn lists_clients_in_creation_order_across_pages(store: &dyn Store) {
+    let mut expected = Vec::new();
+    for i in 0..5 {
+        expected.push(registered(store, &format!("c{i}"), T0.plus_millis(i)).await);
+    }
+    let mut listed = Vec::new();
+    let mut token: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let page = store
+            .list_clients(2, token.as_deref())
+            .await
+            .unwrap()
+            .unwrap();
+        pages += 1;
+        assert!(page.clients.len() <= 2);
+        listed.extend(page.clients.iter().map(|c| c.id));
+        match page.next {
+            Some(next) => token = Some(next),
+            None => break,
+        }
+        assert!(pages < 10, "paging does not terminate");
+    }
+    assert_eq!(listed, expected);
+    let first = store.list_clients(10, None).await.unwrap().unwrap();
+    assert_eq!(first.next, None, "no token when nothing follows");
+    assert_eq!(first.clients[0].name.as_deref(), Some("c0"));
+    assert_eq!(first.clients[0].created_at, T0);
+    assert_eq!(first.clients[0].last_seen_at, None);
+    assert_eq!(
+        store.list_clients(2, Some("garbage!")).await.unwrap(),
+        Err(BadPageToken)
+    );
+}
+
+pub async fn purge_removes_only_old_acknowledged_messages(store: &dyn Store) {
+    let id = registered(store, "a", T0).await;
+    for i in 0..4 {
+        append(store, id, &format!("m{i}")).await; // created at T0+1 .. T0+4
+    }
+    store.acknowledge(id, 3, T0).await.unwrap();
+    // Messages 1 and 2 are acknowledged and older than the cutoff; 3 is
+    // acknowledged but newer; 4 is not acknowledged.
+    let removed = store.purge_acknowledged(T0.plus_millis(3)).await.unwrap();
+    assert_eq!(removed, 2);
+    let left: Vec<Seq> = store
+        .read_inbox(id, 0, 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| m.seq)
+        .collect();
+    assert_eq!(left, vec![3, 4]);
+    assert_eq!(
+        store
+            .purge_acknowledged(T0.plus_millis(1_000))
+            .await
+            .unwrap(),
+        1
+    );
+    let left: Vec<Seq> = store
+        .read_inbox(id, 0, 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| m.seq)
+        .collect();
+    assert_eq!(left, vec![4], "unacknowledged messages are never purged");
+    assert_eq!(
+        append(store, id, "m5").await,
+        Appended::Stored { seq: 5 },
+        "numbering continues after a purge"
+    );
+}
+
+pub async fn data_is_not_shared_between_clients(store: &dyn Store) {
+    let a = registered(store, "a", T0).await;
+    let b = registered(store, "b", T0).await;
+    append(store, a, "same-key").await;
+    assert_eq!(
+        append(store, b, "same-key").await,
+        Appended::Stored { seq: 1 }
+    );
+    store.acknowledge(a, 1, T0).await.unwrap();
+    assert_eq!(
+        known(store.touch_client(b, T0, None).await.unwrap()).acked,
+        0
+    );
+    assert_eq!(store.read_inbox(b, 0, 10).await.unwrap().len(), 1);
+}
+
+/// Runs futures concurrently on this task (no extra dependency needed).
+pub async fn futures_join_all<F: std::future::Future>(
+    futures: impl IntoIterator<Item = F>,
+) -> Vec<F::Output> {
+    let mut pinned: Vec<_> = futures.into_iter().map(Box::pin).collect();
+    let mut results: Vec<Option<F::Output>> = (0..pinned.len()).map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (i, f) in pinned.iter_mut().enumerate() {
+            if results[i].is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(out) => results[i] = Some(out),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    results
+        .into_iter()
+        .map(|r| r.expect("every future finished"))
+        .collect()
+}
