@@ -1,0 +1,381 @@
+//! Handlers and the HTTP adapter over the SQLite store with a pinned clock:
+//! the behaviour that is awkward to reach over a real socket (time-based
+//! status, fan-out redelivery, hidden internal errors).
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use pigeonhole::clock::{Clock, Timestamp};
+use pigeonhole::config::Config;
+use pigeonhole::crypto::{canonical_aad, decode_base64, open, Key, Sealed, ServerKeys};
+use pigeonhole::handlers::fanout::{Fanout, FanoutReport};
+use pigeonhole::http::handle;
+use pigeonhole::queue::FanoutJob;
+use pigeonhole::store::sqlite::SqliteStore;
+use pigeonhole::store::Store;
+use pigeonhole::App;
+use serde_json::{json, Value};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+
+struct TestClock(AtomicI64);
+
+impl Clock for TestClock {
+    fn now(&self) -> Timestamp {
+        Timestamp(self.0.load(Ordering::SeqCst))
+    }
+}
+
+struct Harness {
+    app: App,
+    clock: Arc<TestClock>,
+    store: Arc<dyn Store>,
+    config: Config,
+    _dir: tempfile::TempDir,
+}
+
+const ADMIN: &str = "admin-secret";
+const OPERATOR: &str = "operator-secret";
+
+fn harness() -> Harness {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("db")).unwrap());
+    let config = Config::from_lookup(|name| match name {
+        "ADMIN_TOKEN" => Some(ADMIN.into()),
+        "OPERATOR_TOKENS" => Some(format!("other,{OPERATOR}")),
+        "MASTER_KEY" => Some(Key::from_bytes([5; 32]).to_base64()),
+        _ => None,
+    })
+    .unwrap();
+    let clock = Arc::new(TestClock(AtomicI64::new(1_764_000_000_000)));
+    let app = App::in_process_with_clock(&config, Arc::clone(&store), clock.clone());
+    Harness {
+        app,
+        clock,
+        store,
+        config,
+        _dir: dir,
+    }
+}
+
+impl Harness {
+    async fn call(
+        &self,
+        method: &str,
+        uri: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> (StatusCode, Value) {
+        let mut request = Request::builder().method(method).uri(uri);
+        for (k, v) in headers {
+            request = request.header(*k, *v);
+        }
+        let response = handle(
+            &self.app,
+            request.body(Bytes::from(body.to_string())).unwrap(),
+        )
+        .await;
+        let status = response.status();
+        let body = response.into_body();
+        let value = if body.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&body).unwrap()
+        };
+        (status, value)
+    }
+
+    async fn register(&self, fingerprint: &str) -> Value {
+        let (status, body) = self
+            .call(
+                "POST",
+                "/api/v1/clients/register",
+                &[],
+                &json!({"fingerprint": fingerprint}).to_string(),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED);
+        body
+    }
+
+    async fn publish(&self, to: &[&str], payload: Value) -> (StatusCode, Value) {
+        let body = json!({"to_client_ids": to, "type": "event", "payload": payload}).to_string();
+        self.call(
+            "POST",
+            "/api/v1/messages/publish",
+            &[("x-admin-token", ADMIN)],
+            &body,
+        )
+        .await
+    }
+
+    async fn poll(&self, creds: &Value, query: &str) -> (StatusCode, Value) {
+        let bearer = format!("Bearer {}", creds["api_token"].as_str().unwrap());
+        let headers = [
+            ("authorization", bearer.as_str()),
+            ("x-client-id", creds["client_id"].as_str().unwrap()),
+        ];
+        self.call(
+            "GET",
+            &format!("/api/v1/messages/poll{query}"),
+            &headers,
+            "",
+        )
+        .await
+    }
+
+    fn advance(&self, ms: i64) {
+        self.clock.0.fetch_add(ms, Ordering::SeqCst);
+    }
+}
+
+fn decrypt(creds: &Value, message: &Value) -> Value {
+    let key = Key::from_base64(creds["personal_token"].as_str().unwrap()).unwrap();
+    let b64 = |f: &str| decode_base64(message[f].as_str().unwrap()).unwrap();
+    let sealed = Sealed {
+        ciphertext: b64("ciphertext"),
+        nonce: b64("nonce").try_into().unwrap(),
+        tag: b64("tag").try_into().unwrap(),
+    };
+    let aad = canonical_aad(message["aad"].as_object().unwrap()).unwrap();
+    serde_json::from_slice(&open(&key, &sealed, &aad).unwrap()).unwrap()
+}
+
+#[tokio::test]
+async fn a_redelivered_fanout_job_stores_nothing_twice() {
+    let h = harness();
+    let creds = h.register("fingerprint-1").await;
+    let id = pigeonhole::domain::ClientId::parse(creds["client_id"].as_str().unwrap()).unwrap();
+    let keys = Arc::new(ServerKeys::derive(&h.config.master_key));
+    let plaintext = pigeonhole::envelope::plaintext("event", &json!({"n": 1}));
+    let job = FanoutJob {
+        publish_id: "p-1".into(),
+        kind: "event".into(),
+        payload: keys.seal_at_rest(&FanoutJob::payload_context("p-1"), &plaintext),
+        recipients: vec![id, pigeonhole::domain::ClientId::new()],
+    };
+    let fanout = Fanout::new(Arc::clone(&h.store), keys, h.clock.clone());
+    let first = fanout.deliver(&job).await.unwrap();
+    assert_eq!(
+        first,
+        FanoutReport {
+            delivered: 1,
+            already_delivered: 0,
+            unknown: 1
+        }
+    );
+    let again = fanout.deliver(&job).await.unwrap();
+    assert_eq!(
+        again,
+        FanoutReport {
+            delivered: 0,
+            already_delivered: 1,
+            unknown: 1
+        }
+    );
+
+    let (status, body) = h.poll(&creds, "").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["messages"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        decrypt(&creds, &body["messages"][0]),
+        json!({"type": "event", "payload": {"n": 1}})
+    );
+}
+
+#[tokio::test]
+async fn a_job_sealed_under_another_master_key_is_refused() {
+    let h = harness();
+    let foreign = ServerKeys::derive(&Key::from_bytes([6; 32]));
+    let job = FanoutJob {
+        publish_id: "p-2".into(),
+        kind: "event".into(),
+        payload: foreign.seal_at_rest(&FanoutJob::payload_context("p-2"), b"{}"),
+        recipients: vec![],
+    };
+    let fanout = Fanout::new(
+        Arc::clone(&h.store),
+        Arc::new(ServerKeys::derive(&h.config.master_key)),
+        h.clock.clone(),
+    );
+    assert!(fanout.deliver(&job).await.is_err());
+}
+
+#[tokio::test]
+async fn status_turns_offline_120_seconds_after_the_last_request() {
+    let h = harness();
+    let seen = h.register("fingerprint-seen").await;
+    h.advance(1);
+    h.register("fingerprint-never").await;
+    assert_eq!(h.poll(&seen, "").await.0, StatusCode::NO_CONTENT);
+
+    let list = || {
+        h.call(
+            "GET",
+            "/api/v1/operators/clients",
+            &[("x-operator-token", OPERATOR)],
+            "",
+        )
+    };
+    let (status, body) = list().await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["clients"][0]["status"], "online");
+    assert_eq!(body["clients"][1]["status"], "offline");
+    assert_eq!(body["clients"][1]["last_seen_at"], Value::Null);
+
+    h.advance(119_999);
+    assert_eq!(list().await.1["clients"][0]["status"], "online");
+    h.advance(1);
+    assert_eq!(list().await.1["clients"][0]["status"], "offline");
+}
+
+#[tokio::test]
+async fn publish_payload_limit_is_64_kib_of_json() {
+    let h = harness();
+    let creds = h.register("fingerprint-2").await;
+    let to = [creds["client_id"].as_str().unwrap()];
+    // A JSON string of n characters serializes to n + 2 bytes.
+    let at_limit = "x".repeat(64 * 1024 - 2);
+    assert_eq!(
+        h.publish(&to, json!(at_limit)).await.0,
+        StatusCode::ACCEPTED
+    );
+    let (status, body) = h.publish(&to, json!(format!("{at_limit}x"))).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(body["error"]["code"], "payload_too_large");
+}
+
+#[tokio::test]
+async fn the_rate_limit_refills_with_time() {
+    let h = harness();
+    let creds = h.register("fingerprint-3").await;
+    for _ in 0..120 {
+        assert_eq!(h.poll(&creds, "").await.0, StatusCode::NO_CONTENT);
+    }
+    let (status, body) = h.poll(&creds, "").await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(body["error"]["code"], "rate_limited");
+    h.advance(500);
+    assert_eq!(
+        h.poll(&creds, "").await.0,
+        StatusCode::NO_CONTENT,
+        "one poll every 0.5 s refills"
+    );
+}
+
+#[tokio::test]
+async fn credentials_are_checked_before_the_body() {
+    let h = harness();
+    let (status, body) = h
+        .call("POST", "/api/v1/messages/publish", &[], "not json")
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(body["error"]["code"], "unauthorized");
+    let (status, _) = h
+        .call(
+            "GET",
+            "/api/v1/messages/poll?limit=0",
+            &[("x-client-id", "x")],
+            "",
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+}
+
+/// A store whose every call fails, to show what a client sees then.
+mod s {
+    pub use pigeonhole::store::*;
+}
+use pigeonhole::domain::ClientId;
+use pigeonhole::rate_limit::PollRateLimit;
+
+struct BrokenStore;
+
+#[async_trait::async_trait]
+impl Store for BrokenStore {
+    async fn register_client(
+        &self,
+        _: [u8; 32],
+        _: s::ClientRecord,
+    ) -> s::StoreResult<s::Registration> {
+        Err(s::StoreError::Backend(
+            "disk on fire at /var/secret/path".into(),
+        ))
+    }
+    async fn touch_client(
+        &self,
+        _: ClientId,
+        _: Timestamp,
+        _: Option<PollRateLimit>,
+    ) -> s::StoreResult<s::Touch> {
+        unreachable!()
+    }
+    async fn load_clients(&self, _: &[ClientId]) -> s::StoreResult<Vec<s::ClientRecord>> {
+        unreachable!()
+    }
+    async fn append_inbox(
+        &self,
+        _: ClientId,
+        _: s::Dedup,
+        _: s::Sealer,
+    ) -> s::StoreResult<s::Appended> {
+        unreachable!()
+    }
+    async fn read_inbox(
+        &self,
+        _: ClientId,
+        _: u64,
+        _: u32,
+    ) -> s::StoreResult<Vec<s::StoredMessage>> {
+        unreachable!()
+    }
+    async fn acknowledge(
+        &self,
+        _: ClientId,
+        _: u64,
+        _: Timestamp,
+    ) -> s::StoreResult<s::AckOutcome> {
+        unreachable!()
+    }
+    async fn append_outbox(
+        &self,
+        _: ClientId,
+        _: s::Dedup,
+        _: s::Sealer,
+    ) -> s::StoreResult<s::Appended> {
+        unreachable!()
+    }
+    async fn read_outbox(
+        &self,
+        _: ClientId,
+        _: u64,
+        _: u32,
+    ) -> s::StoreResult<Vec<s::StoredMessage>> {
+        unreachable!()
+    }
+    async fn list_clients(
+        &self,
+        _: u32,
+        _: Option<&str>,
+    ) -> s::StoreResult<Result<s::ClientPage, s::BadPageToken>> {
+        unreachable!()
+    }
+    async fn purge_acknowledged(&self, _: Timestamp) -> s::StoreResult<u64> {
+        unreachable!()
+    }
+}
+
+#[tokio::test]
+async fn internal_failures_reveal_nothing() {
+    let h = harness();
+    let app = App::in_process(&h.config, Arc::new(BrokenStore));
+    let request = Request::post("/api/v1/clients/register")
+        .body(Bytes::from(r#"{"fingerprint":"abcdefgh"}"#))
+        .unwrap();
+    let response = handle(&app, request).await;
+    assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    let body: Value = serde_json::from_slice(response.body()).unwrap();
+    assert_eq!(
+        body,
+        json!({"error": {"code": "internal", "message": "internal error"}})
+    );
+}
