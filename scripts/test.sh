@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Runs every check and test Pigeonhole has, installing what it needs first.
+# Works on a fresh Debian machine with the Rust toolchain, Python 3 and Node.
+# Usage: scripts/test.sh            (CI runs exactly this through .ci/run)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+
+step() { printf '\n==> %s\n' "$*"; }
+
+# Python tools live in a virtualenv inside target/, so nothing touches the
+# system interpreter and `cargo clean` removes them too.
+venv="$root/target/pyenv"
+step "python environment ($venv)"
+if [ ! -x "$venv/bin/python" ]; then
+  if ! python3 -m venv "$venv" 2>/dev/null; then
+    # Debian ships venv separately.
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+      apt-get update -qq && apt-get install -y -qq python3-venv >/dev/null
+      python3 -m venv "$venv"
+    else
+      echo "python3 -m venv failed; install python3-venv (apt-get install python3-venv)" >&2
+      exit 1
+    fi
+  fi
+fi
+"$venv/bin/pip" install --quiet --disable-pip-version-check -r tests/python/requirements.txt
+
+step "formatting (cargo fmt --check)"
+cargo fmt --all -- --check
+
+step "lints (cargo clippy -D warnings)"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "build the local server for the end-to-end tests"
+cargo build --locked -p pigeonhole-local
+export PIGEONHOLE_LOCAL_BIN="$root/target/debug/pigeonhole-local"
+
+step "Rust tests (unit, store contract, handlers, end-to-end)"
+cargo test --workspace --locked
+
+step "OpenAPI description"
+"$venv/bin/openapi-spec-validator" openapi.yaml
+
+step "docs walk-through and Python interoperability (pytest)"
+"$venv/bin/python" -m pytest -q tests/python
+
+step "all checks passed"
