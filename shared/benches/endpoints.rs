@@ -1,0 +1,119 @@
+//! Throughput of the main paths through the shared HTTP adapter on the
+//! embedded SQLite store (no sockets: this measures Pigeonhole's own work).
+//!
+//! Run: `cargo bench -p pigeonhole --features sqlite --bench endpoints`
+//! Prints one line per scenario: operations, elapsed time, ops/s, µs/op.
+
+use bytes::Bytes;
+use http::Request;
+use pigeonhole::config::Config;
+use pigeonhole::crypto::Key;
+use pigeonhole::store::sqlite::SqliteStore;
+use pigeonhole::App;
+use serde_json::{json, Value};
+use std::sync::Arc;
+use std::time::Instant;
+
+const ADMIN: &str = "bench-admin";
+
+async fn call(app: &App, request: Request<Bytes>) -> (u16, Value) {
+    let response = pigeonhole::http::handle(app, request).await;
+    let status = response.status().as_u16();
+    let body = response.into_body();
+    (
+        status,
+        if body.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&body).unwrap()
+        },
+    )
+}
+
+fn report(name: &str, ops: usize, started: Instant) {
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "{name:<44} {ops:>6} ops  {:>8.1} ms  {:>9.0} ops/s  {:>7.1} µs/op",
+        secs * 1000.0,
+        ops as f64 / secs,
+        secs * 1e6 / ops as f64
+    );
+}
+
+#[tokio::main]
+async fn main() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config::from_lookup(|name| match name {
+        "ADMIN_TOKEN" => Some(ADMIN.into()),
+        "OPERATOR_TOKENS" => Some("bench-operator".into()),
+        "MASTER_KEY" => Some(Key::from_bytes([1; 32]).to_base64()),
+        "POLL_RATE_LIMIT" => Some("0".into()),
+        _ => None,
+    })
+    .unwrap();
+    let app = App::in_process(
+        &config,
+        Arc::new(SqliteStore::open(&dir.path().join("bench.db")).unwrap()),
+    );
+
+    let register = |i: usize| {
+        Request::post("/api/v1/clients/register")
+            .body(Bytes::from(
+                json!({"fingerprint": format!("bench-fingerprint-{i}")}).to_string(),
+            ))
+            .unwrap()
+    };
+    let started = Instant::now();
+    let mut clients = Vec::new();
+    for i in 0..1000 {
+        clients.push(call(&app, register(i)).await.1);
+    }
+    report("register (new client)", 1000, started);
+
+    let poll = |c: &Value| {
+        Request::get("/api/v1/messages/poll")
+            .header(
+                "authorization",
+                format!("Bearer {}", c["api_token"].as_str().unwrap()),
+            )
+            .header("x-client-id", c["client_id"].as_str().unwrap())
+            .body(Bytes::new())
+            .unwrap()
+    };
+    let started = Instant::now();
+    for _ in 0..5 {
+        for c in &clients {
+            assert_eq!(call(&app, poll(c)).await.0, 204);
+        }
+    }
+    report("poll, nothing new (204)", 5000, started);
+
+    let ids: Vec<&str> = clients
+        .iter()
+        .map(|c| c["client_id"].as_str().unwrap())
+        .collect();
+    let publish =
+        json!({"to_client_ids": ids, "type": "bench", "payload": {"text": "x".repeat(200)}})
+            .to_string();
+    let started = Instant::now();
+    let (status, _) = call(
+        &app,
+        Request::post("/api/v1/messages/publish")
+            .header("x-admin-token", ADMIN)
+            .body(Bytes::from(publish))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 202);
+    report(
+        "publish + in-process fan-out (per recipient)",
+        1000,
+        started,
+    );
+
+    let started = Instant::now();
+    for c in &clients {
+        assert_eq!(call(&app, poll(c)).await.0, 200);
+    }
+    report("poll, one message (200)", 1000, started);
+}
