@@ -8,6 +8,19 @@ root=$(pwd)
 
 step() { printf '\n==> %s\n' "$*"; }
 
+# The docs walk-through test runs the documented curl | jq commands.
+missing=""
+for tool in curl jq; do command -v "$tool" >/dev/null || missing="$missing $tool"; done
+if [ -n "$missing" ]; then
+  step "installing$missing"
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    apt-get update -qq && apt-get install -y -qq $missing >/dev/null
+  else
+    echo "please install:$missing" >&2
+    exit 1
+  fi
+fi
+
 # Python tools live in a virtualenv inside target/, so nothing touches the
 # system interpreter and `cargo clean` removes them too.
 venv="$root/target/pyenv"

@@ -1,0 +1,887 @@
+//! Shared harness for the end-to-end tests: starts the real `pigeonhole-local`
+//! binary on a free port with a fresh data directory, talks to it over HTTP,
+//! and encrypts/decrypts with `ring` (an AES-GCM implementation independent of
+//! the server's own crypto code).
+#![allow(dead_code)]
+
+use std::collections::BTreeSet;
+use std::fs::{File, OpenOptions};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use reqwest::{Method, RequestBuilder, Response, StatusCode};
+use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
+use ring::rand::{SecureRandom, SystemRandom};
+use serde_json::{json, Value};
+
+pub const API: &str = "/api/v1";
+
+// ---------------------------------------------------------------------------
+// Locating (and building) the server binary
+// ---------------------------------------------------------------------------
+
+fn workspace_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests crate lives inside the workspace")
+        .to_path_buf()
+}
+
+/// Path of the `pigeonhole-local` binary. `PIGEONHOLE_LOCAL_BIN` wins; otherwise
+/// `cargo build -p pigeonhole-local` is run once per test process (a no-op when
+/// it is up to date, and it keeps the tests from running a stale binary).
+pub fn server_binary() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(p) = std::env::var_os("PIGEONHOLE_LOCAL_BIN") {
+            let p = PathBuf::from(p);
+            assert!(
+                p.is_file(),
+                "PIGEONHOLE_LOCAL_BIN={} does not exist",
+                p.display()
+            );
+            return p;
+        }
+        let ws = workspace_dir();
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .map(|t| if t.is_relative() { ws.join(t) } else { t })
+            .unwrap_or_else(|| ws.join("target"));
+        let bin = target.join("debug").join("pigeonhole-local");
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let out = Command::new(cargo)
+            .args(["build", "-p", "pigeonhole-local"])
+            .current_dir(&ws)
+            .stdin(Stdio::null())
+            .output()
+            .expect("failed to run `cargo build -p pigeonhole-local`");
+        assert!(
+            out.status.success(),
+            "`cargo build -p pigeonhole-local` failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            bin.is_file(),
+            "built pigeonhole-local but {} does not exist",
+            bin.display()
+        );
+        bin
+    })
+}
+
+// ---------------------------------------------------------------------------
+// Randomness and small utilities
+// ---------------------------------------------------------------------------
+
+pub fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut b = [0u8; N];
+    SystemRandom::new().fill(&mut b).expect("system randomness");
+    b
+}
+
+pub fn random_token(prefix: &str) -> String {
+    format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
+}
+
+pub fn random_fingerprint() -> String {
+    format!("fp-{}", uuid::Uuid::new_v4())
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind an ephemeral port")
+        .local_addr()
+        .expect("local addr")
+        .port()
+}
+
+// ---------------------------------------------------------------------------
+// Server configuration and lifecycle
+// ---------------------------------------------------------------------------
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// `None` leaves the variable unset (the server then generates one).
+    pub admin_token: Option<String>,
+    pub operator_tokens: Option<Vec<String>>,
+    pub master_key: Option<String>,
+    /// `None` leaves `POLL_RATE_LIMIT` unset (server default 120/min).
+    pub poll_rate_limit: Option<String>,
+    pub acked_retention_secs: Option<String>,
+    pub extra_args: Vec<String>,
+    /// Extra environment variables (applied last, may override the above).
+    pub extra_env: Vec<(String, String)>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            admin_token: Some(random_token("admin")),
+            operator_tokens: Some(vec![random_token("op1"), random_token("op2")]),
+            master_key: Some(B64.encode(random_bytes::<32>())),
+            // High enough never to interfere, except in the rate-limit tests.
+            poll_rate_limit: Some("1000000".into()),
+            acked_retention_secs: None,
+            extra_args: Vec::new(),
+            extra_env: Vec::new(),
+        }
+    }
+}
+
+impl Config {
+    /// No secrets in the environment: the server must generate them.
+    pub fn without_secrets() -> Self {
+        Config {
+            admin_token: None,
+            operator_tokens: None,
+            master_key: None,
+            ..Config::default()
+        }
+    }
+}
+
+pub struct Server {
+    pub config: Config,
+    pub addr: String,
+    pub base: String,
+    pub http: reqwest::Client,
+    root: tempfile::TempDir,
+    child: Option<Child>,
+    generation: u32,
+}
+
+fn new_http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("reqwest client")
+}
+
+impl Server {
+    pub async fn start() -> Server {
+        Server::start_with(Config::default()).await
+    }
+
+    pub async fn start_with(config: Config) -> Server {
+        let mut last_err = String::new();
+        // A freshly picked free port may be grabbed by a parallel test before
+        // the server binds it: retry with another port a few times.
+        for _ in 0..3 {
+            let port = free_port();
+            let addr = format!("127.0.0.1:{port}");
+            let mut server = Server {
+                config: config.clone(),
+                base: format!("http://{addr}"),
+                addr,
+                http: new_http_client(),
+                root: tempfile::tempdir().expect("tempdir"),
+                child: None,
+                generation: 0,
+            };
+            match server.spawn_and_wait().await {
+                Ok(()) => return server,
+                Err(e) => last_err = e,
+            }
+        }
+        panic!("pigeonhole-local did not start: {last_err}");
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.root.path().join("data")
+    }
+
+    fn stdout_path(&self) -> PathBuf {
+        self.root.path().join("stdout.log")
+    }
+
+    fn stderr_path(&self) -> PathBuf {
+        self.root.path().join("stderr.log")
+    }
+
+    /// Everything the server wrote to stdout so far (all runs).
+    pub fn stdout(&self) -> String {
+        std::fs::read_to_string(self.stdout_path()).unwrap_or_default()
+    }
+
+    /// Everything the server wrote to stderr so far (all runs).
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(self.stderr_path()).unwrap_or_default()
+    }
+
+    pub fn logs(&self) -> String {
+        format!("{}\n{}", self.stdout(), self.stderr())
+    }
+
+    fn command(&self) -> Command {
+        let mut cmd = Command::new(server_binary());
+        cmd.arg("--listen")
+            .arg(&self.addr)
+            .arg("--data-dir")
+            .arg(self.data_dir())
+            .args(&self.config.extra_args)
+            .current_dir(self.root.path())
+            .stdin(Stdio::null());
+        for var in [
+            "ADMIN_TOKEN",
+            "OPERATOR_TOKENS",
+            "MASTER_KEY",
+            "POLL_RATE_LIMIT",
+            "ACKED_RETENTION_SECS",
+        ] {
+            cmd.env_remove(var);
+        }
+        let c = &self.config;
+        if let Some(t) = &c.admin_token {
+            cmd.env("ADMIN_TOKEN", t);
+        }
+        if let Some(t) = &c.operator_tokens {
+            cmd.env("OPERATOR_TOKENS", t.join(","));
+        }
+        if let Some(k) = &c.master_key {
+            cmd.env("MASTER_KEY", k);
+        }
+        if let Some(r) = &c.poll_rate_limit {
+            cmd.env("POLL_RATE_LIMIT", r);
+        }
+        if let Some(r) = &c.acked_retention_secs {
+            cmd.env("ACKED_RETENTION_SECS", r);
+        }
+        for (k, v) in &c.extra_env {
+            cmd.env(k, v);
+        }
+        cmd
+    }
+
+    fn open_log(path: &Path) -> File {
+        OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .expect("open log file")
+    }
+
+    async fn spawn_and_wait(&mut self) -> Result<(), String> {
+        self.generation += 1;
+        let mut cmd = self.command();
+        cmd.stdout(Self::open_log(&self.stdout_path()))
+            .stderr(Self::open_log(&self.stderr_path()));
+        let child = cmd
+            .spawn()
+            .map_err(|e| format!("spawn {}: {e}", server_binary().display()))?;
+        self.child = Some(child);
+        self.http = new_http_client();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let probe = reqwest::Client::builder()
+            .timeout(Duration::from_millis(500))
+            .build()
+            .unwrap();
+        loop {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                self.child = None;
+                return Err(format!(
+                    "server exited early with {status} (addr {})\n--- stdout ---\n{}\n--- stderr ---\n{}",
+                    self.addr,
+                    self.stdout(),
+                    self.stderr()
+                ));
+            }
+            if let Ok(r) = probe.get(format!("{}/health", self.base)).send().await {
+                if r.status() == StatusCode::OK {
+                    return Ok(());
+                }
+            }
+            if Instant::now() > deadline {
+                self.kill9();
+                return Err(format!(
+                    "GET /health did not answer 200 within 20 s (addr {})\n--- stdout ---\n{}\n--- stderr ---\n{}",
+                    self.addr,
+                    self.stdout(),
+                    self.stderr()
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Start the binary with `config` expecting it to exit by itself (e.g. on
+    /// invalid configuration) within `timeout`. Returns the exit status (None
+    /// if it was still running, then it is killed) and stdout+stderr.
+    pub fn run_to_exit(
+        config: Config,
+        timeout: Duration,
+    ) -> (Option<std::process::ExitStatus>, String) {
+        let port = free_port();
+        let addr = format!("127.0.0.1:{port}");
+        let mut server = Server {
+            config,
+            base: format!("http://{addr}"),
+            addr,
+            http: new_http_client(),
+            root: tempfile::tempdir().expect("tempdir"),
+            child: None,
+            generation: 0,
+        };
+        let mut cmd = server.command();
+        cmd.stdout(Self::open_log(&server.stdout_path()))
+            .stderr(Self::open_log(&server.stderr_path()));
+        let mut child = cmd.spawn().expect("spawn server");
+        let deadline = Instant::now() + timeout;
+        let status = loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                break Some(st);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        server.child = None;
+        (status, server.logs())
+    }
+
+    /// SIGKILL the server process (no chance to flush or clean up) and reap it.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Send SIGINT (Ctrl-C) and wait up to `timeout` for the process to exit.
+    /// Returns its exit status, or `None` if it did not exit in time (it is
+    /// then killed).
+    pub fn interrupt(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        let ok = Command::new("kill")
+            .arg("-INT")
+            .arg(child.id().to_string())
+            .status()
+            .expect("run kill -INT");
+        assert!(ok.success(), "kill -INT failed");
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Start the server again on the same port, data dir and environment.
+    pub async fn restart(&mut self) {
+        assert!(self.child.is_none(), "restart() needs a stopped server");
+        // The port was just freed; retry briefly in case the OS lags.
+        let mut last = String::new();
+        for _ in 0..5 {
+            match self.spawn_and_wait().await {
+                Ok(()) => return,
+                Err(e) => last = e,
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        panic!("restart failed: {last}");
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    // -----------------------------------------------------------------------
+    // HTTP helpers
+    // -----------------------------------------------------------------------
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub fn request(&self, method: Method, path: &str) -> RequestBuilder {
+        self.http.request(method, self.url(path))
+    }
+
+    pub fn admin_token(&self) -> &str {
+        self.config
+            .admin_token
+            .as_deref()
+            .expect("admin token set in config")
+    }
+
+    pub fn operator_token(&self) -> &str {
+        &self
+            .config
+            .operator_tokens
+            .as_ref()
+            .expect("operator tokens set in config")[0]
+    }
+
+    pub async fn register_raw(&self, body: &Value) -> Response {
+        self.request(Method::POST, &format!("{API}/clients/register"))
+            .json(body)
+            .send()
+            .await
+            .expect("register request")
+    }
+
+    /// Register (or re-register) `fingerprint`; returns the HTTP status and creds.
+    pub async fn register_status(&self, fingerprint: &str, name: Option<&str>) -> (u16, Creds) {
+        let mut body = json!({ "fingerprint": fingerprint });
+        if let Some(n) = name {
+            body["name"] = json!(n);
+        }
+        let resp = self.register_raw(&body).await;
+        let status = resp.status().as_u16();
+        let v = json_body(resp).await;
+        assert!(
+            status == 200 || status == 201,
+            "register answered {status}: {v}"
+        );
+        (status, Creds::from_json(&v))
+    }
+
+    pub async fn register(&self, fingerprint: &str) -> Creds {
+        self.register_status(fingerprint, None).await.1
+    }
+
+    pub async fn new_client(&self) -> Creds {
+        self.register(&random_fingerprint()).await
+    }
+
+    pub async fn publish_raw(&self, body: &Value) -> Response {
+        self.request(Method::POST, &format!("{API}/messages/publish"))
+            .header("X-Admin-Token", self.admin_token())
+            .json(body)
+            .send()
+            .await
+            .expect("publish request")
+    }
+
+    /// Publish and assert 202; returns the response body.
+    pub async fn publish(&self, to: &[&str], kind: &str, payload: Value) -> Value {
+        let resp = self
+            .publish_raw(&json!({ "to_client_ids": to, "type": kind, "payload": payload }))
+            .await;
+        let status = resp.status();
+        let v = json_body(resp).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "publish: {v}");
+        v
+    }
+
+    pub fn poll_request(&self, c: &Creds, query: &str) -> RequestBuilder {
+        let q = if query.is_empty() {
+            String::new()
+        } else {
+            format!("?{query}")
+        };
+        c.auth(self.request(Method::GET, &format!("{API}/messages/poll{q}")))
+    }
+
+    pub async fn poll_raw(&self, c: &Creds, cursor: Option<u64>, limit: Option<u32>) -> Response {
+        let mut q = Vec::new();
+        if let Some(cur) = cursor {
+            q.push(format!("cursor={cur}"));
+        }
+        if let Some(l) = limit {
+            q.push(format!("limit={l}"));
+        }
+        self.poll_request(c, &q.join("&"))
+            .send()
+            .await
+            .expect("poll request")
+    }
+
+    /// Poll; `None` on 204 (asserting an empty body), the body on 200.
+    pub async fn poll(&self, c: &Creds, cursor: Option<u64>, limit: Option<u32>) -> Option<Value> {
+        let resp = self.poll_raw(c, cursor, limit).await;
+        match resp.status() {
+            StatusCode::NO_CONTENT => {
+                let body = resp.bytes().await.expect("204 body");
+                assert!(body.is_empty(), "204 with a body: {body:?}");
+                None
+            }
+            StatusCode::OK => Some(json_body(resp).await),
+            s => panic!(
+                "poll answered {s}: {}",
+                resp.text().await.unwrap_or_default()
+            ),
+        }
+    }
+
+    pub async fn ack_raw(&self, c: &Creds, body: &Value) -> Response {
+        c.auth(self.request(Method::POST, &format!("{API}/messages/ack")))
+            .json(body)
+            .send()
+            .await
+            .expect("ack request")
+    }
+
+    /// Ack and assert 200 `{"cursor": n}`; returns n.
+    pub async fn ack(&self, c: &Creds, last_received_id: u64) -> u64 {
+        let resp = self
+            .ack_raw(c, &json!({ "last_received_id": last_received_id }))
+            .await;
+        let status = resp.status();
+        let v = json_body(resp).await;
+        assert_eq!(status, StatusCode::OK, "ack {last_received_id}: {v}");
+        assert_keys(&v, &["cursor"]);
+        v["cursor"].as_u64().expect("cursor is an integer")
+    }
+
+    pub async fn send_raw(&self, c: &Creds, body: &Value) -> Response {
+        c.auth(self.request(Method::POST, &format!("{API}/messages/send")))
+            .json(body)
+            .send()
+            .await
+            .expect("send request")
+    }
+
+    pub async fn list_clients_raw(&self, token: &str, query: &str) -> Response {
+        let q = if query.is_empty() {
+            String::new()
+        } else {
+            format!("?{query}")
+        };
+        self.request(Method::GET, &format!("{API}/operators/clients{q}"))
+            .header("X-Operator-Token", token)
+            .send()
+            .await
+            .expect("list clients request")
+    }
+
+    /// Walk every page with the given `limit`; returns all clients in order
+    /// and the number of pages visited.
+    pub async fn list_all_clients(&self, limit: u32) -> (Vec<Value>, usize) {
+        let mut all = Vec::new();
+        let mut token: Option<String> = None;
+        let mut pages = 0;
+        loop {
+            let mut q = format!("limit={limit}");
+            if let Some(t) = &token {
+                q.push_str(&format!("&page_token={}", urlencode(t)));
+            }
+            let resp = self.list_clients_raw(self.operator_token(), &q).await;
+            let status = resp.status();
+            let v = json_body(resp).await;
+            assert_eq!(status, StatusCode::OK, "list clients: {v}");
+            pages += 1;
+            let clients = v["clients"].as_array().expect("clients array").clone();
+            assert!(clients.len() <= limit as usize, "page larger than limit");
+            all.extend(clients);
+            match v.get("next_page_token") {
+                Some(Value::String(t)) => token = Some(t.clone()),
+                None | Some(Value::Null) => break,
+                Some(other) => panic!("next_page_token not a string: {other}"),
+            }
+            assert!(pages < 1000, "paging does not terminate");
+        }
+        (all, pages)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+pub fn urlencode(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------
+// Client credentials
+// ---------------------------------------------------------------------------
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Creds {
+    pub client_id: String,
+    pub personal_token: String,
+    pub api_token: String,
+}
+
+impl Creds {
+    pub fn from_json(v: &Value) -> Creds {
+        assert_keys(v, &["api_token", "client_id", "personal_token"]);
+        Creds {
+            client_id: v["client_id"].as_str().expect("client_id string").into(),
+            personal_token: v["personal_token"]
+                .as_str()
+                .expect("personal_token string")
+                .into(),
+            api_token: v["api_token"].as_str().expect("api_token string").into(),
+        }
+    }
+
+    pub fn key(&self) -> [u8; 32] {
+        let k = B64
+            .decode(&self.personal_token)
+            .expect("personal_token is standard base64");
+        k.try_into().expect("personal_token decodes to 32 bytes")
+    }
+
+    pub fn auth(&self, rb: RequestBuilder) -> RequestBuilder {
+        rb.header("Authorization", format!("Bearer {}", self.api_token))
+            .header("X-Client-Id", &self.client_id)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Response helpers
+// ---------------------------------------------------------------------------
+
+pub async fn json_body(resp: Response) -> Value {
+    let status = resp.status();
+    let ct = resp
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let text = resp.text().await.expect("response body");
+    let v: Value = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("status {status}: body is not JSON ({e}): {text:?}"));
+    assert!(
+        ct.starts_with("application/json"),
+        "status {status}: content-type {ct:?} is not application/json (body {text})"
+    );
+    v
+}
+
+/// Assert `v` is an object with exactly these keys.
+pub fn assert_keys(v: &Value, keys: &[&str]) {
+    let obj = v
+        .as_object()
+        .unwrap_or_else(|| panic!("expected an object, got {v}"));
+    let got: BTreeSet<&str> = obj.keys().map(|k| k.as_str()).collect();
+    let want: BTreeSet<&str> = keys.iter().copied().collect();
+    assert_eq!(got, want, "object keys differ in {v}");
+}
+
+/// Assert the response is the error `status`/`code` with exactly the shape
+/// `{"error":{"code","message"}}`; returns the message.
+pub async fn expect_error(resp: Response, status: u16, code: &str) -> String {
+    let got = resp.status().as_u16();
+    let url = resp.url().path().to_string();
+    let v = json_body(resp).await;
+    assert_eq!(
+        got, status,
+        "{url}: expected {status} {code}, got {got}: {v}"
+    );
+    assert_keys(&v, &["error"]);
+    assert_keys(&v["error"], &["code", "message"]);
+    assert_eq!(v["error"]["code"], json!(code), "{url}: wrong code in {v}");
+    let msg = v["error"]["message"]
+        .as_str()
+        .unwrap_or_else(|| panic!("message is not a string: {v}"))
+        .to_string();
+    assert!(!msg.is_empty(), "empty error message: {v}");
+    msg
+}
+
+/// Like `expect_error`, additionally requiring the message to name `field`.
+pub async fn expect_validation(resp: Response, field: &str) -> String {
+    let msg = expect_error(resp, 422, "validation_failed").await;
+    assert!(
+        msg.contains(field),
+        "validation message {msg:?} does not name the field {field:?}"
+    );
+    msg
+}
+
+/// RFC 3339 UTC with milliseconds, e.g. `2026-11-25T23:49:50.123Z`.
+pub fn assert_timestamp(s: &str) {
+    let b = s.as_bytes();
+    let ok = b.len() == 24
+        && b[4] == b'-'
+        && b[7] == b'-'
+        && b[10] == b'T'
+        && b[13] == b':'
+        && b[16] == b':'
+        && b[19] == b'.'
+        && b[23] == b'Z'
+        && [0..4, 5..7, 8..10, 11..13, 14..16, 17..19, 20..23]
+            .iter()
+            .all(|r| b[r.clone()].iter().all(u8::is_ascii_digit));
+    assert!(ok, "not an RFC 3339 UTC timestamp with ms: {s:?}");
+}
+
+// ---------------------------------------------------------------------------
+// Crypto with ring (independent of the server's implementation)
+// ---------------------------------------------------------------------------
+
+/// Canonical AAD bytes: compact JSON with object keys sorted (by code point,
+/// matching Python's `sort_keys=True` for the keys used here), UTF-8 not
+/// escaped. Done by hand so it does not depend on serde_json's map ordering.
+pub fn canonical_json(v: &Value) -> String {
+    match v {
+        Value::Object(m) => {
+            let mut keys: Vec<&String> = m.keys().collect();
+            keys.sort();
+            let parts: Vec<String> = keys
+                .into_iter()
+                .map(|k| {
+                    format!(
+                        "{}:{}",
+                        serde_json::to_string(k).unwrap(),
+                        canonical_json(&m[k])
+                    )
+                })
+                .collect();
+            format!("{{{}}}", parts.join(","))
+        }
+        Value::Array(a) => {
+            let parts: Vec<String> = a.iter().map(canonical_json).collect();
+            format!("[{}]", parts.join(","))
+        }
+        other => serde_json::to_string(other).unwrap(),
+    }
+}
+
+fn aad_bytes(aad: Option<&Value>) -> Vec<u8> {
+    match aad {
+        None | Some(Value::Null) => Vec::new(),
+        Some(v) => canonical_json(v).into_bytes(),
+    }
+}
+
+pub struct Sealed {
+    pub ciphertext: String,
+    pub nonce: String,
+    pub tag: String,
+}
+
+pub fn encrypt_with_nonce(key: &[u8; 32], nonce: [u8; 12], plaintext: &[u8], aad: &[u8]) -> Sealed {
+    let k = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, key).unwrap());
+    let mut buf = plaintext.to_vec();
+    let tag = k
+        .seal_in_place_separate_tag(
+            Nonce::assume_unique_for_key(nonce),
+            Aad::from(aad),
+            &mut buf,
+        )
+        .expect("seal");
+    Sealed {
+        ciphertext: B64.encode(&buf),
+        nonce: B64.encode(nonce),
+        tag: B64.encode(tag.as_ref()),
+    }
+}
+
+pub fn encrypt(key: &[u8; 32], plaintext: &[u8], aad: Option<&Value>) -> Sealed {
+    encrypt_with_nonce(key, random_bytes::<12>(), plaintext, &aad_bytes(aad))
+}
+
+/// Decrypt raw parts; `None` when authentication fails.
+pub fn decrypt_parts(
+    key: &[u8; 32],
+    ciphertext: &str,
+    nonce: &str,
+    tag: &str,
+    aad: &[u8],
+) -> Option<Vec<u8>> {
+    let nonce: [u8; 12] = B64
+        .decode(nonce)
+        .expect("nonce is standard base64")
+        .try_into()
+        .expect("nonce is 12 bytes");
+    let tag = B64.decode(tag).expect("tag is standard base64");
+    assert_eq!(tag.len(), 16, "tag is 16 bytes");
+    let mut buf = B64
+        .decode(ciphertext)
+        .expect("ciphertext is standard base64");
+    buf.extend_from_slice(&tag);
+    let k = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, key).unwrap());
+    let pt = k
+        .open_in_place(
+            Nonce::assume_unique_for_key(nonce),
+            Aad::from(aad),
+            &mut buf,
+        )
+        .ok()?;
+    Some(pt.to_vec())
+}
+
+/// Build a `send` body: encrypt `plaintext` under the client's key with `aad`.
+pub fn send_body(c: &Creds, plaintext: &Value, aad: Option<&Value>) -> Value {
+    let pt = serde_json::to_vec(plaintext).unwrap();
+    let s = encrypt(&c.key(), &pt, aad);
+    let mut body = json!({ "ciphertext": s.ciphertext, "nonce": s.nonce, "tag": s.tag });
+    if let Some(a) = aad {
+        body["aad"] = a.clone();
+    }
+    body
+}
+
+/// Check a delivered message's shape and AAD, decrypt it with ring and return
+/// the plaintext `{"type","payload"}` object.
+pub fn open_message(c: &Creds, m: &Value) -> Value {
+    assert_keys(
+        m,
+        &[
+            "aad",
+            "ciphertext",
+            "created_at",
+            "id",
+            "nonce",
+            "tag",
+            "type",
+        ],
+    );
+    let id = m["id"].as_u64().expect("id is a non-negative integer");
+    let created_at = m["created_at"].as_str().expect("created_at string");
+    assert_timestamp(created_at);
+    let aad = &m["aad"];
+    assert_keys(aad, &["client_id", "created_at", "id"]);
+    assert_eq!(aad["client_id"], json!(c.client_id), "aad.client_id");
+    assert_eq!(aad["created_at"], json!(created_at), "aad.created_at");
+    assert_eq!(aad["id"], json!(id), "aad.id");
+    let pt = decrypt_parts(
+        &c.key(),
+        m["ciphertext"].as_str().expect("ciphertext string"),
+        m["nonce"].as_str().expect("nonce string"),
+        m["tag"].as_str().expect("tag string"),
+        canonical_json(aad).as_bytes(),
+    )
+    .unwrap_or_else(|| panic!("message {id} does not decrypt with the client's key: {m}"));
+    let v: Value = serde_json::from_slice(&pt).expect("plaintext is JSON");
+    assert_keys(&v, &["payload", "type"]);
+    assert_eq!(v["type"], m["type"], "plaintext type matches the envelope");
+    v
+}
+
+/// The messages array of a 200 poll body, checking `next_cursor`.
+pub fn messages_of(body: &Value) -> Vec<Value> {
+    assert_keys(body, &["messages", "next_cursor"]);
+    let msgs = body["messages"].as_array().expect("messages array").clone();
+    assert!(!msgs.is_empty(), "200 poll with no messages: {body}");
+    let last = msgs.last().unwrap()["id"].as_u64().unwrap();
+    assert_eq!(body["next_cursor"], json!(last), "next_cursor = last id");
+    let ids: Vec<u64> = msgs.iter().map(|m| m["id"].as_u64().unwrap()).collect();
+    assert!(
+        ids.windows(2).all(|w| w[0] < w[1]),
+        "ids not ascending: {ids:?}"
+    );
+    msgs
+}
+
+pub fn ids_of(msgs: &[Value]) -> Vec<u64> {
+    msgs.iter().map(|m| m["id"].as_u64().unwrap()).collect()
+}
