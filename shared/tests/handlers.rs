@@ -312,16 +312,18 @@ impl Store for BrokenStore {
     async fn load_clients(&self, _: &[ClientId]) -> s::StoreResult<Vec<s::ClientRecord>> {
         unreachable!()
     }
-    async fn append_inbox(
+    async fn append(
         &self,
+        _: s::Mailbox,
         _: ClientId,
         _: s::Dedup,
         _: s::Sealer,
     ) -> s::StoreResult<s::Appended> {
         unreachable!()
     }
-    async fn read_inbox(
+    async fn read(
         &self,
+        _: s::Mailbox,
         _: ClientId,
         _: u64,
         _: u32,
@@ -334,22 +336,6 @@ impl Store for BrokenStore {
         _: u64,
         _: Timestamp,
     ) -> s::StoreResult<s::AckOutcome> {
-        unreachable!()
-    }
-    async fn append_outbox(
-        &self,
-        _: ClientId,
-        _: s::Dedup,
-        _: s::Sealer,
-    ) -> s::StoreResult<s::Appended> {
-        unreachable!()
-    }
-    async fn read_outbox(
-        &self,
-        _: ClientId,
-        _: u64,
-        _: u32,
-    ) -> s::StoreResult<Vec<s::StoredMessage>> {
         unreachable!()
     }
     async fn list_clients(

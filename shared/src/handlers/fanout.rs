@@ -9,7 +9,7 @@ use crate::clock::Clock;
 use crate::crypto::{canonical_aad, seal, ServerKeys};
 use crate::envelope::delivered_aad;
 use crate::queue::FanoutJob;
-use crate::store::{Appended, Dedup, NewMessage, Sealer, Store, StoreError};
+use crate::store::{Appended, Dedup, Mailbox, NewMessage, Sealer, Store, StoreError};
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 
@@ -95,7 +95,7 @@ impl Fanout {
             });
             match self
                 .store
-                .append_inbox(client.id, dedup.clone(), sealer)
+                .append(Mailbox::Inbox, client.id, dedup.clone(), sealer)
                 .await?
             {
                 Appended::Stored { .. } => report.delivered += 1,

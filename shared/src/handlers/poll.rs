@@ -8,7 +8,7 @@ use crate::crypto::encode_base64;
 use crate::domain::{Seq, DEFAULT_POLL_LIMIT, MAX_POLL_LIMIT};
 use crate::envelope::delivered_aad;
 use crate::error::ApiError;
-use crate::store::Touch;
+use crate::store::{Mailbox, Touch};
 use crate::App;
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -72,7 +72,10 @@ pub async fn poll(app: &App, client: &ClientAuth, input: PollInput) -> Result<Po
     if state.head <= after {
         return Ok(Polled::Nothing);
     }
-    let stored = app.store.read_inbox(id, after, input.limit).await?;
+    let stored = app
+        .store
+        .read(Mailbox::Inbox, id, after, input.limit)
+        .await?;
     let Some(last) = stored.last().map(|m| m.seq) else {
         return Ok(Polled::Nothing);
     };

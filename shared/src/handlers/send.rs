@@ -10,7 +10,7 @@ use crate::crypto::{
 };
 use crate::domain::{valid_type, ClientId, MAX_TYPE_CHARS};
 use crate::error::ApiError;
-use crate::store::{Appended, Dedup, NewMessage, Sealer, Touch};
+use crate::store::{Appended, Dedup, Mailbox, NewMessage, Sealer, Touch};
 use crate::App;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -149,7 +149,7 @@ pub async fn send(app: &App, client: &ClientAuth, input: SendInput) -> Result<Se
             created_at: clock.now(),
         })
     });
-    match app.store.append_outbox(id, dedup, sealer).await? {
+    match app.store.append(Mailbox::Outbox, id, dedup, sealer).await? {
         Appended::Stored { seq } => {
             tracing::info!(client_id = %id, id = seq, "message received from client");
             Ok(Sent { id: seq, created: true })

@@ -53,7 +53,7 @@ pub struct ClientState {
     pub record: ClientRecord,
     /// The acknowledged cursor: every message up to here has been received.
     pub acked: Seq,
-    /// The newest message's sequence number (0 when none yet).
+    /// The newest inbox message's sequence number (0 when none yet).
     pub head: Seq,
 }
 
@@ -84,6 +84,15 @@ pub enum AckOutcome {
         head: Seq,
     },
     UnknownClient,
+}
+
+/// Which of a client's two message sequences an operation works on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Mailbox {
+    /// Server-to-client messages: what polls return.
+    Inbox,
+    /// Client-to-server messages: what sends store.
+    Outbox,
 }
 
 /// Makes an append idempotent: a second append with the same key for the
@@ -167,14 +176,20 @@ pub trait Store: Send + Sync + 'static {
     /// Fetches clients by id; unknown ids are left out.
     async fn load_clients(&self, ids: &[ClientId]) -> StoreResult<Vec<ClientRecord>>;
 
-    /// Appends to a client's inbox (server-to-client messages).
-    async fn append_inbox(&self, id: ClientId, dedup: Dedup, seal: Sealer)
-        -> StoreResult<Appended>;
-
-    /// Inbox messages with `seq > after`, ascending, at most `limit`.
-    /// Reads are strongly consistent.
-    async fn read_inbox(
+    /// Appends to one of a client's mailboxes at the next sequence number.
+    async fn append(
         &self,
+        mailbox: Mailbox,
+        id: ClientId,
+        dedup: Dedup,
+        seal: Sealer,
+    ) -> StoreResult<Appended>;
+
+    /// Messages with `seq > after`, ascending, at most `limit`. Reads are
+    /// strongly consistent.
+    async fn read(
+        &self,
+        mailbox: Mailbox,
         id: ClientId,
         after: Seq,
         limit: u32,
@@ -184,22 +199,6 @@ pub trait Store: Send + Sync + 'static {
     /// records the contact at `now`.
     async fn acknowledge(&self, id: ClientId, upto: Seq, now: Timestamp)
         -> StoreResult<AckOutcome>;
-
-    /// Appends to a client's outbox (client-to-server messages).
-    async fn append_outbox(
-        &self,
-        id: ClientId,
-        dedup: Dedup,
-        seal: Sealer,
-    ) -> StoreResult<Appended>;
-
-    /// Outbox messages with `seq > after`, ascending, at most `limit`.
-    async fn read_outbox(
-        &self,
-        id: ClientId,
-        after: Seq,
-        limit: u32,
-    ) -> StoreResult<Vec<StoredMessage>>;
 
     /// Clients in creation order, `limit` at a time.
     async fn list_clients(

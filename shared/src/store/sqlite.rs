@@ -66,26 +66,17 @@ CREATE TABLE IF NOT EXISTS outbox (
 CREATE UNIQUE INDEX IF NOT EXISTS outbox_dedup ON outbox (client_id, dedup_key);
 ";
 
-/// Which of a client's two sequences an operation works on.
-#[derive(Clone, Copy)]
-enum Box_ {
-    Inbox,
-    Outbox,
+fn table(mailbox: Mailbox) -> &'static str {
+    match mailbox {
+        Mailbox::Inbox => "inbox",
+        Mailbox::Outbox => "outbox",
+    }
 }
 
-impl Box_ {
-    fn table(self) -> &'static str {
-        match self {
-            Box_::Inbox => "inbox",
-            Box_::Outbox => "outbox",
-        }
-    }
-
-    fn head_column(self) -> &'static str {
-        match self {
-            Box_::Inbox => "inbox_head",
-            Box_::Outbox => "outbox_head",
-        }
+fn head_column(mailbox: Mailbox) -> &'static str {
+    match mailbox {
+        Mailbox::Inbox => "inbox_head",
+        Mailbox::Outbox => "outbox_head",
     }
 }
 
@@ -147,10 +138,38 @@ impl SqliteStore {
         .await
         .map_err(backend)?
     }
+}
 
+fn client_record(
+    id: &str,
+    name: Option<String>,
+    wrapped_key: Vec<u8>,
+    created_at: i64,
+) -> StoreResult<ClientRecord> {
+    Ok(ClientRecord {
+        id: ClientId::parse(id).ok_or_else(|| StoreError::Corrupt(format!("client id {id:?}")))?,
+        name,
+        wrapped_key,
+        created_at: Timestamp(created_at),
+    })
+}
+
+fn encode_page_token(created_at: i64, id: &str) -> String {
+    URL_SAFE_NO_PAD.encode(format!("{created_at}:{id}"))
+}
+
+fn decode_page_token(token: &str) -> Option<(i64, String)> {
+    let text = String::from_utf8(URL_SAFE_NO_PAD.decode(token).ok()?).ok()?;
+    let (created_at, id) = text.split_once(':')?;
+    let id = ClientId::parse(id)?;
+    Some((created_at.parse().ok()?, id.to_string()))
+}
+
+#[async_trait]
+impl Store for SqliteStore {
     async fn append(
         &self,
-        which: Box_,
+        which: Mailbox,
         id: ClientId,
         dedup: Dedup,
         seal: Sealer,
@@ -164,7 +183,7 @@ impl SqliteStore {
                 .query_row(
                     &format!(
                         "SELECT {} FROM clients WHERE client_id = ?1",
-                        which.head_column()
+                        head_column(which)
                     ),
                     params![client],
                     |r| r.get(0),
@@ -178,7 +197,7 @@ impl SqliteStore {
                 .query_row(
                     &format!(
                         "SELECT seq, dedup_digest FROM {} WHERE client_id = ?1 AND dedup_key = ?2",
-                        which.table()
+                        table(which)
                     ),
                     params![client, dedup.key],
                     |r| Ok((r.get(0)?, r.get(1)?)),
@@ -197,7 +216,7 @@ impl SqliteStore {
                 &format!(
                     "INSERT INTO {} (client_id, seq, kind, nonce, ciphertext, tag, created_at, dedup_key, dedup_digest)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-                    which.table()
+                    table(which)
                 ),
                 params![
                     client,
@@ -215,7 +234,7 @@ impl SqliteStore {
             tx.execute(
                 &format!(
                     "UPDATE clients SET {} = ?2 WHERE client_id = ?1",
-                    which.head_column()
+                    head_column(which)
                 ),
                 params![client, seq as i64],
             )
@@ -228,7 +247,7 @@ impl SqliteStore {
 
     async fn read(
         &self,
-        which: Box_,
+        which: Mailbox,
         id: ClientId,
         after: Seq,
         limit: u32,
@@ -238,7 +257,7 @@ impl SqliteStore {
                 .prepare_cached(&format!(
                     "SELECT seq, kind, nonce, ciphertext, tag, created_at FROM {}
                      WHERE client_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
-                    which.table()
+                    table(which)
                 ))
                 .map_err(backend)?;
             let rows = stmt
@@ -275,35 +294,7 @@ impl SqliteStore {
         })
         .await
     }
-}
 
-fn client_record(
-    id: &str,
-    name: Option<String>,
-    wrapped_key: Vec<u8>,
-    created_at: i64,
-) -> StoreResult<ClientRecord> {
-    Ok(ClientRecord {
-        id: ClientId::parse(id).ok_or_else(|| StoreError::Corrupt(format!("client id {id:?}")))?,
-        name,
-        wrapped_key,
-        created_at: Timestamp(created_at),
-    })
-}
-
-fn encode_page_token(created_at: i64, id: &str) -> String {
-    URL_SAFE_NO_PAD.encode(format!("{created_at}:{id}"))
-}
-
-fn decode_page_token(token: &str) -> Option<(i64, String)> {
-    let text = String::from_utf8(URL_SAFE_NO_PAD.decode(token).ok()?).ok()?;
-    let (created_at, id) = text.split_once(':')?;
-    let id = ClientId::parse(id)?;
-    Some((created_at.parse().ok()?, id.to_string()))
-}
-
-#[async_trait]
-impl Store for SqliteStore {
     async fn register_client(
         &self,
         fingerprint: [u8; 32],
@@ -442,24 +433,6 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn append_inbox(
-        &self,
-        id: ClientId,
-        dedup: Dedup,
-        seal: Sealer,
-    ) -> StoreResult<Appended> {
-        self.append(Box_::Inbox, id, dedup, seal).await
-    }
-
-    async fn read_inbox(
-        &self,
-        id: ClientId,
-        after: Seq,
-        limit: u32,
-    ) -> StoreResult<Vec<StoredMessage>> {
-        self.read(Box_::Inbox, id, after, limit).await
-    }
-
     async fn acknowledge(
         &self,
         id: ClientId,
@@ -497,24 +470,6 @@ impl Store for SqliteStore {
             Ok(AckOutcome::Acked { cursor })
         })
         .await
-    }
-
-    async fn append_outbox(
-        &self,
-        id: ClientId,
-        dedup: Dedup,
-        seal: Sealer,
-    ) -> StoreResult<Appended> {
-        self.append(Box_::Outbox, id, dedup, seal).await
-    }
-
-    async fn read_outbox(
-        &self,
-        id: ClientId,
-        after: Seq,
-        limit: u32,
-    ) -> StoreResult<Vec<StoredMessage>> {
-        self.read(Box_::Outbox, id, after, limit).await
     }
 
     async fn list_clients(

@@ -101,7 +101,7 @@ fn seq_in_body(body: &Sealed) -> Seq {
 
 async fn append(store: &dyn Store, id: ClientId, key: &str) -> Appended {
     store
-        .append_inbox(id, dedup(key), sealer("event"))
+        .append(Mailbox::Inbox, id, dedup(key), sealer("event"))
         .await
         .unwrap()
 }
@@ -190,7 +190,7 @@ pub async fn unknown_clients_are_reported(store: &dyn Store) {
     assert_eq!(append(store, stranger, "k").await, Appended::UnknownClient);
     assert_eq!(
         store
-            .append_outbox(stranger, dedup("k"), sealer("x"))
+            .append(Mailbox::Outbox, stranger, dedup("k"), sealer("x"))
             .await
             .unwrap(),
         Appended::UnknownClient
@@ -199,7 +199,11 @@ pub async fn unknown_clients_are_reported(store: &dyn Store) {
         store.acknowledge(stranger, 0, T0).await.unwrap(),
         AckOutcome::UnknownClient
     );
-    assert!(store.read_inbox(stranger, 0, 10).await.unwrap().is_empty());
+    assert!(store
+        .read(Mailbox::Inbox, stranger, 0, 10)
+        .await
+        .unwrap()
+        .is_empty());
 }
 
 pub async fn rate_limit_refuses_without_changing_state(store: &dyn Store) {
@@ -253,7 +257,7 @@ pub async fn appends_number_from_one_without_gaps(store: &dyn Store) {
             Appended::Stored { seq: expected }
         );
     }
-    let all = store.read_inbox(id, 0, 100).await.unwrap();
+    let all = store.read(Mailbox::Inbox, id, 0, 100).await.unwrap();
     assert_eq!(
         all.iter().map(|m| m.seq).collect::<Vec<_>>(),
         vec![1, 2, 3, 4, 5]
@@ -269,7 +273,7 @@ pub async fn sealer_sees_the_sequence_number_it_is_stored_at(store: &dyn Store) 
     for i in 0..3 {
         append(store, id, &format!("m{i}")).await;
     }
-    for m in store.read_inbox(id, 0, 10).await.unwrap() {
+    for m in store.read(Mailbox::Inbox, id, 0, 10).await.unwrap() {
         assert_eq!(seq_in_body(&m.body), m.seq);
         assert_eq!(m.created_at, T0.plus_millis(m.seq as i64));
         assert_eq!(m.kind, "event");
@@ -283,14 +287,18 @@ pub async fn reads_after_a_cursor_with_a_limit(store: &dyn Store) {
     }
     let seqs = |ms: Vec<StoredMessage>| ms.iter().map(|m| m.seq).collect::<Vec<_>>();
     assert_eq!(
-        seqs(store.read_inbox(id, 3, 4).await.unwrap()),
+        seqs(store.read(Mailbox::Inbox, id, 3, 4).await.unwrap()),
         vec![4, 5, 6, 7]
     );
     assert_eq!(
-        seqs(store.read_inbox(id, 8, 100).await.unwrap()),
+        seqs(store.read(Mailbox::Inbox, id, 8, 100).await.unwrap()),
         vec![9, 10]
     );
-    assert!(store.read_inbox(id, 10, 100).await.unwrap().is_empty());
+    assert!(store
+        .read(Mailbox::Inbox, id, 10, 100)
+        .await
+        .unwrap()
+        .is_empty());
 }
 
 pub async fn duplicate_appends_store_nothing(store: &dyn Store) {
@@ -316,7 +324,7 @@ pub async fn duplicate_appends_store_nothing(store: &dyn Store) {
     };
     assert_eq!(
         store
-            .append_inbox(id, different, sealer("event"))
+            .append(Mailbox::Inbox, id, different, sealer("event"))
             .await
             .unwrap(),
         Appended::Duplicate {
@@ -324,7 +332,10 @@ pub async fn duplicate_appends_store_nothing(store: &dyn Store) {
             same_content: false
         }
     );
-    assert_eq!(store.read_inbox(id, 0, 10).await.unwrap().len(), 2);
+    assert_eq!(
+        store.read(Mailbox::Inbox, id, 0, 10).await.unwrap().len(),
+        2
+    );
     assert_eq!(
         known(store.touch_client(id, T0, None).await.unwrap()).head,
         2
@@ -336,7 +347,7 @@ pub async fn inbox_and_outbox_are_separate_sequences(store: &dyn Store) {
     append(store, id, "in1").await;
     append(store, id, "in2").await;
     let out = store
-        .append_outbox(id, dedup("in1"), sealer("note"))
+        .append(Mailbox::Outbox, id, dedup("in1"), sealer("note"))
         .await
         .unwrap();
     assert_eq!(
@@ -344,10 +355,13 @@ pub async fn inbox_and_outbox_are_separate_sequences(store: &dyn Store) {
         Appended::Stored { seq: 1 },
         "outbox numbering and dedup keys are its own"
     );
-    let outbox = store.read_outbox(id, 0, 10).await.unwrap();
+    let outbox = store.read(Mailbox::Outbox, id, 0, 10).await.unwrap();
     assert_eq!(outbox.len(), 1);
     assert_eq!(outbox[0].kind, "note");
-    assert_eq!(store.read_inbox(id, 0, 10).await.unwrap().len(), 2);
+    assert_eq!(
+        store.read(Mailbox::Inbox, id, 0, 10).await.unwrap().len(),
+        2
+    );
     assert_eq!(
         known(store.touch_client(id, T0, None).await.unwrap()).head,
         2,
@@ -411,7 +425,7 @@ pub async fn concurrent_appends_never_expose_a_gap(store: &dyn Store) {
         let mut cursor = 0;
         let mut seen = Vec::new();
         while seen.len() < WRITERS * EACH {
-            for m in store.read_inbox(id, cursor, 7).await.unwrap() {
+            for m in store.read(Mailbox::Inbox, id, cursor, 7).await.unwrap() {
                 assert_eq!(
                     m.seq,
                     cursor + 1,
@@ -484,7 +498,7 @@ pub async fn purge_removes_only_old_acknowledged_messages(store: &dyn Store) {
     let removed = store.purge_acknowledged(T0.plus_millis(3)).await.unwrap();
     assert_eq!(removed, 2);
     let left: Vec<Seq> = store
-        .read_inbox(id, 0, 10)
+        .read(Mailbox::Inbox, id, 0, 10)
         .await
         .unwrap()
         .iter()
@@ -499,7 +513,7 @@ pub async fn purge_removes_only_old_acknowledged_messages(store: &dyn Store) {
         1
     );
     let left: Vec<Seq> = store
-        .read_inbox(id, 0, 10)
+        .read(Mailbox::Inbox, id, 0, 10)
         .await
         .unwrap()
         .iter()
@@ -526,7 +540,7 @@ pub async fn data_is_not_shared_between_clients(store: &dyn Store) {
         known(store.touch_client(b, T0, None).await.unwrap()).acked,
         0
     );
-    assert_eq!(store.read_inbox(b, 0, 10).await.unwrap().len(), 1);
+    assert_eq!(store.read(Mailbox::Inbox, b, 0, 10).await.unwrap().len(), 1);
 }
 
 /// Runs futures concurrently on this task (no extra dependency needed).
