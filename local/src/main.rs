@@ -9,7 +9,7 @@ mod secrets;
 mod server;
 
 use clap::Parser;
-use pigeonhole::config::Config;
+use pigeonhole::config::{Config, Secret};
 use pigeonhole::store::sqlite::SqliteStore;
 use pigeonhole::App;
 use std::net::SocketAddr;
@@ -66,19 +66,22 @@ async fn run(args: Args) -> Result<(), String> {
         )
     })?;
     let secrets = secrets::LocalSecrets::load_or_create(&args.data_dir)?;
-    let config = Config::from_lookup(|name| {
-        std::env::var(name)
-            .ok()
-            .filter(|v| !v.trim().is_empty())
-            .or_else(|| secrets.get(name))
-    })
+    let config = Config::from_lookup(
+        |name| {
+            std::env::var(name)
+                .ok()
+                .filter(|v| !v.trim().is_empty())
+                .or_else(|| secrets.get(name))
+        },
+        &Secret::ALL,
+    )
     .map_err(|e| e.to_string())?;
     secrets.announce_generated();
 
     let db_path = args.data_dir.join("pigeonhole.db");
     let store = SqliteStore::open(&db_path)
         .map_err(|e| format!("cannot open {}: {e}", db_path.display()))?;
-    let app = Arc::new(App::in_process(&config, Arc::new(store)));
+    let app = Arc::new(App::in_process(&config, Arc::new(store)).map_err(|e| e.to_string())?);
     tracing::info!(
         data_dir = %args.data_dir.display(),
         poll_rate_limit = config.poll_rate_limit,

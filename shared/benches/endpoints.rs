@@ -6,7 +6,7 @@
 
 use bytes::Bytes;
 use http::Request;
-use pigeonhole::config::Config;
+use pigeonhole::config::{Config, Secret};
 use pigeonhole::crypto::Key;
 use pigeonhole::store::sqlite::SqliteStore;
 use pigeonhole::App;
@@ -43,18 +43,22 @@ fn report(name: &str, ops: usize, started: Instant) {
 #[tokio::main]
 async fn main() {
     let dir = tempfile::tempdir().unwrap();
-    let config = Config::from_lookup(|name| match name {
-        "ADMIN_TOKEN" => Some(ADMIN.into()),
-        "OPERATOR_TOKENS" => Some("bench-operator".into()),
-        "MASTER_KEY" => Some(Key::from_bytes([1; 32]).to_base64()),
-        "POLL_RATE_LIMIT" => Some("0".into()),
-        _ => None,
-    })
+    let config = Config::from_lookup(
+        |name| match name {
+            "ADMIN_TOKEN" => Some(ADMIN.into()),
+            "OPERATOR_TOKENS" => Some("bench-operator".into()),
+            "MASTER_KEY" => Some(Key::from_bytes([1; 32]).to_base64()),
+            "POLL_RATE_LIMIT" => Some("0".into()),
+            _ => None,
+        },
+        &Secret::ALL,
+    )
     .unwrap();
     let app = App::in_process(
         &config,
         Arc::new(SqliteStore::open(&dir.path().join("bench.db")).unwrap()),
-    );
+    )
+    .unwrap();
 
     let register = |i: usize| {
         Request::post("/api/v1/clients/register")

@@ -2,8 +2,9 @@
 //! start, or at local server start) and shared by every request.
 
 use crate::clock::{Clock, SystemClock};
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::crypto::ServerKeys;
+use crate::error::ApiError;
 use crate::handlers::fanout::Fanout;
 use crate::queue::{InProcessQueue, Queue};
 use crate::rate_limit::PollRateLimit;
@@ -14,9 +15,9 @@ use std::time::Duration;
 pub struct App {
     pub store: Arc<dyn Store>,
     pub queue: Arc<dyn Queue>,
-    pub keys: Arc<ServerKeys>,
+    keys: Option<Arc<ServerKeys>>,
     pub clock: Arc<dyn Clock>,
-    pub admin_token: String,
+    pub admin_token: Option<String>,
     pub operator_tokens: Vec<String>,
     pub poll_rate_limit: Option<PollRateLimit>,
     pub acked_retention: Duration,
@@ -24,7 +25,7 @@ pub struct App {
 
 impl App {
     /// An app whose fan-out runs in-process, inside the publish request.
-    pub fn in_process(config: &Config, store: Arc<dyn Store>) -> App {
+    pub fn in_process(config: &Config, store: Arc<dyn Store>) -> Result<App, ConfigError> {
         Self::in_process_with_clock(config, store, Arc::new(SystemClock))
     }
 
@@ -32,24 +33,24 @@ impl App {
         config: &Config,
         store: Arc<dyn Store>,
         clock: Arc<dyn Clock>,
-    ) -> App {
-        let keys = Arc::new(ServerKeys::derive(&config.master_key));
+    ) -> Result<App, ConfigError> {
+        let keys = server_keys(config)
+            .ok_or_else(|| ConfigError("MASTER_KEY not set (the fan-out needs it)".into()))?;
         let fanout = Fanout::new(Arc::clone(&store), Arc::clone(&keys), Arc::clone(&clock));
         let queue = Arc::new(InProcessQueue::new(fanout));
-        Self::new(config, store, queue, keys, clock)
+        Ok(Self::new(config, store, queue, clock))
     }
 
     pub fn new(
         config: &Config,
         store: Arc<dyn Store>,
         queue: Arc<dyn Queue>,
-        keys: Arc<ServerKeys>,
         clock: Arc<dyn Clock>,
     ) -> App {
         App {
             store,
             queue,
-            keys,
+            keys: server_keys(config),
             clock,
             admin_token: config.admin_token.clone(),
             operator_tokens: config.operator_tokens.clone(),
@@ -57,4 +58,20 @@ impl App {
             acked_retention: config.acked_retention,
         }
     }
+
+    /// The keys derived from `MASTER_KEY`. A function deployed without it
+    /// (list-clients needs none) answers 500 on an endpoint that does.
+    pub fn keys(&self) -> Result<&Arc<ServerKeys>, ApiError> {
+        self.keys
+            .as_ref()
+            .ok_or_else(|| ApiError::internal(&"MASTER_KEY is not configured for this function"))
+    }
+}
+
+/// The server keys for a configuration, when it has a master key.
+pub fn server_keys(config: &Config) -> Option<Arc<ServerKeys>> {
+    config
+        .master_key
+        .as_ref()
+        .map(|k| Arc::new(ServerKeys::derive(k)))
 }

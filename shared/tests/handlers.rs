@@ -5,7 +5,7 @@
 use bytes::Bytes;
 use http::{Request, StatusCode};
 use pigeonhole::clock::{Clock, Timestamp};
-use pigeonhole::config::Config;
+use pigeonhole::config::{Config, Secret};
 use pigeonhole::crypto::{canonical_aad, decode_base64, open, Key, Sealed, ServerKeys};
 use pigeonhole::handlers::fanout::{Fanout, FanoutReport};
 use pigeonhole::http::handle;
@@ -39,15 +39,18 @@ const OPERATOR: &str = "operator-secret";
 fn harness() -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("db")).unwrap());
-    let config = Config::from_lookup(|name| match name {
-        "ADMIN_TOKEN" => Some(ADMIN.into()),
-        "OPERATOR_TOKENS" => Some(format!("other,{OPERATOR}")),
-        "MASTER_KEY" => Some(Key::from_bytes([5; 32]).to_base64()),
-        _ => None,
-    })
+    let config = Config::from_lookup(
+        |name| match name {
+            "ADMIN_TOKEN" => Some(ADMIN.into()),
+            "OPERATOR_TOKENS" => Some(format!("other,{OPERATOR}")),
+            "MASTER_KEY" => Some(Key::from_bytes([5; 32]).to_base64()),
+            _ => None,
+        },
+        &Secret::ALL,
+    )
     .unwrap();
     let clock = Arc::new(TestClock(AtomicI64::new(1_764_000_000_000)));
-    let app = App::in_process_with_clock(&config, Arc::clone(&store), clock.clone());
+    let app = App::in_process_with_clock(&config, Arc::clone(&store), clock.clone()).unwrap();
     Harness {
         app,
         clock,
@@ -145,7 +148,7 @@ async fn a_redelivered_fanout_job_stores_nothing_twice() {
     let h = harness();
     let creds = h.register("fingerprint-1").await;
     let id = pigeonhole::domain::ClientId::parse(creds["client_id"].as_str().unwrap()).unwrap();
-    let keys = Arc::new(ServerKeys::derive(&h.config.master_key));
+    let keys = Arc::new(ServerKeys::derive(h.config.master_key.as_ref().unwrap()));
     let plaintext = pigeonhole::envelope::plaintext("event", &json!({"n": 1}));
     let job = FanoutJob {
         publish_id: "p-1".into(),
@@ -194,7 +197,7 @@ async fn a_job_sealed_under_another_master_key_is_refused() {
     };
     let fanout = Fanout::new(
         Arc::clone(&h.store),
-        Arc::new(ServerKeys::derive(&h.config.master_key)),
+        Arc::new(ServerKeys::derive(h.config.master_key.as_ref().unwrap())),
         h.clock.clone(),
     );
     assert!(fanout.deliver(&job).await.is_err());
@@ -353,7 +356,7 @@ impl Store for BrokenStore {
 #[tokio::test]
 async fn internal_failures_reveal_nothing() {
     let h = harness();
-    let app = App::in_process(&h.config, Arc::new(BrokenStore));
+    let app = App::in_process(&h.config, Arc::new(BrokenStore)).unwrap();
     let request = Request::post("/api/v1/clients/register")
         .body(Bytes::from(r#"{"fingerprint":"abcdefgh"}"#))
         .unwrap();

@@ -53,7 +53,7 @@ pub fn authenticate_client(
         .bearer
         .as_deref()
         .ok_or_else(ApiError::unauthorized)?;
-    if app.keys.verify_api_token(id, token) {
+    if app.keys()?.verify_api_token(id, token) {
         Ok(ClientAuth { id })
     } else {
         Err(ApiError::unauthorized())
@@ -62,7 +62,12 @@ pub fn authenticate_client(
 
 pub fn authorize_admin(app: &App, presented: Option<&str>) -> Result<AdminAuth, ApiError> {
     match presented {
-        Some(token) if secrets_equal(token.as_bytes(), app.admin_token.as_bytes()) => {
+        Some(token)
+            if app
+                .admin_token
+                .as_deref()
+                .is_some_and(|admin| secrets_equal(token.as_bytes(), admin.as_bytes())) =>
+        {
             Ok(AdminAuth(()))
         }
         _ => Err(ApiError::unauthorized()),

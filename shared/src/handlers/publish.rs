@@ -75,7 +75,7 @@ pub async fn publish(
     let publish_id = uuid::Uuid::new_v4().to_string();
     let plaintext = envelope::plaintext(&input.kind, &input.payload);
     let sealed = app
-        .keys
+        .keys()?
         .seal_at_rest(&FanoutJob::payload_context(&publish_id), &plaintext);
     let jobs = FanoutJob::plan(&publish_id, &input.kind, &sealed, &input.recipients);
     tracing::info!(%publish_id, recipients = input.recipients.len(), jobs = jobs.len(), "publish accepted");

@@ -39,18 +39,18 @@ pub struct Registered {
 }
 
 pub async fn register(app: &App, input: RegisterInput) -> Result<Registered, ApiError> {
+    let keys = app.keys()?;
     let id = ClientId::new();
     let candidate = ClientRecord {
         id,
         name: input.name,
-        wrapped_key: app.keys.wrap_personal_key(id, &Key::random()),
+        wrapped_key: keys.wrap_personal_key(id, &Key::random()),
         created_at: app.clock.now(),
     };
-    let fingerprint = app.keys.fingerprint_hash(&input.fingerprint);
+    let fingerprint = keys.fingerprint_hash(&input.fingerprint);
     let registration = app.store.register_client(fingerprint, candidate).await?;
     let client = registration.client;
-    let key = app
-        .keys
+    let key = keys
         .unwrap_personal_key(client.id, &client.wrapped_key)
         .map_err(|_| {
             ApiError::internal(&format!(
@@ -65,7 +65,7 @@ pub async fn register(app: &App, input: RegisterInput) -> Result<Registered, Api
         credentials: Credentials {
             client_id: client.id.to_string(),
             personal_token: key.to_base64(),
-            api_token: app.keys.api_token(client.id),
+            api_token: keys.api_token(client.id),
         },
         created: registration.created,
     })

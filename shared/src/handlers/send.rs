@@ -121,7 +121,7 @@ pub async fn send(app: &App, client: &ClientAuth, input: SendInput) -> Result<Se
         Touch::UnknownClient | Touch::RateLimited { .. } => return Err(ApiError::unauthorized()),
     };
     let key = app
-        .keys
+        .keys()?
         .unwrap_personal_key(id, &state.record.wrapped_key)
         .map_err(|_| ApiError::internal(&format!("personal key of {id} does not unwrap")))?;
     let plaintext =
@@ -138,7 +138,7 @@ pub async fn send(app: &App, client: &ClientAuth, input: SendInput) -> Result<Se
         digest: digest.finalize().into(),
     };
     let (keys, clock, plaintext) = (
-        Arc::clone(&app.keys),
+        Arc::clone(app.keys()?),
         Arc::clone(&app.clock),
         Arc::new(plaintext),
     );

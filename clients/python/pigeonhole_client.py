@@ -1,0 +1,1074 @@
+#!/usr/bin/env python3
+"""Pigeonhole Python reference client.
+
+A single file you can copy into your project. It needs Python 3.9 or newer
+and two packages: ``pip install requests cryptography``.
+
+It speaks only the documented HTTP API (``docs/api.md``) and encryption
+format (``docs/encryption.md``): AES-256-GCM under the client's personal key,
+with the AAD in canonical form.
+
+Library use::
+
+    from pigeonhole_client import PigeonholeClient, publish
+
+    creds = PigeonholeClient.register("http://127.0.0.1:8080", SECRET_FINGERPRINT, name="laptop")
+    client = PigeonholeClient.from_credentials(creds)
+    messages = client.poll()                 # decrypted and verified
+    for m in messages:
+        print(m.id, m.type, m.payload)
+    if messages:
+        client.ack(messages[-1].id)
+    client.send("status", {"ok": True})      # fresh nonce, safe retries
+    client.listen(lambda m: print(m.payload))  # the 3 s -> 30 s backoff loop
+
+Command line (``python pigeonhole_client.py --help``)::
+
+    python pigeonhole_client.py register --url http://127.0.0.1:8080 --name laptop
+    python pigeonhole_client.py listen [--once] [--json]
+    python pigeonhole_client.py send --type status --payload '{"ok": true}'
+    python pigeonhole_client.py publish --to CLIENT_ID --type greeting --payload '{"text": "hi"}'
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import binascii
+import json
+import logging
+import os
+import secrets
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple, Union
+
+import requests
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "PigeonholeClient",
+    "Credentials",
+    "Message",
+    "SendResult",
+    "PublishResult",
+    "ListenStats",
+    "PigeonholeError",
+    "ApiError",
+    "RateLimited",
+    "NetworkError",
+    "DecryptionError",
+    "register",
+    "publish",
+    "canonical_aad",
+    "encrypt",
+    "decrypt",
+    "next_interval",
+    "backoff_schedule",
+    "save_credentials",
+    "load_credentials",
+    "INITIAL_INTERVAL",
+    "INTERVAL_STEP",
+    "MAX_INTERVAL",
+]
+
+log = logging.getLogger("pigeonhole")
+
+API_PREFIX = "/api/v1"
+DEFAULT_URL = "http://127.0.0.1:8080"
+USER_AGENT = f"pigeonhole-python/{__version__}"
+NONCE_LEN = 12
+TAG_LEN = 16
+KEY_LEN = 32
+DEFAULT_POLL_LIMIT = 100  # the server's default page size
+
+#: The short-poll backoff (docs/api.md, "Polling clients: backoff schedule").
+INITIAL_INTERVAL = 3.0
+INTERVAL_STEP = 3.0
+MAX_INTERVAL = 30.0
+
+
+# ---------------------------------------------------------------------------
+# Errors
+# ---------------------------------------------------------------------------
+
+class PigeonholeError(Exception):
+    """Base class of every error this module raises on purpose."""
+
+
+class ApiError(PigeonholeError):
+    """The server answered with an error status.
+
+    ``status`` is the HTTP status, ``code`` the documented error code
+    (``unauthorized``, ``validation_failed``, ...; ``http_<status>`` if the body
+    was not a Pigeonhole error) and ``message`` the human-readable text.
+    Branch on ``code``, not on ``message``.
+    """
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(f"{status} {code}: {message}")
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+class RateLimited(ApiError):
+    """429 ``rate_limited``: wait at least ``retry_after`` seconds before polling again."""
+
+    def __init__(self, retry_after: int, message: str = "too many polls") -> None:
+        super().__init__(429, "rate_limited", message)
+        self.retry_after = retry_after
+
+
+class NetworkError(PigeonholeError):
+    """The request did not get an HTTP response (connection refused, timeout, reset...).
+
+    The original ``requests`` exception is chained as ``__cause__``.
+    """
+
+
+class DecryptionError(PigeonholeError):
+    """A delivered message failed verification: its ``aad`` does not match its
+    envelope, the AES-GCM tag does not verify, or the plaintext is malformed.
+
+    Treat it as tampering: never use the content. ``message_id`` is the id of
+    the message as delivered (``None`` if unknown).
+    """
+
+    def __init__(self, reason: str, message_id: Optional[int] = None) -> None:
+        where = f"message {message_id}: " if message_id is not None else ""
+        super().__init__(where + reason)
+        self.reason = reason
+        self.message_id = message_id
+
+
+# ---------------------------------------------------------------------------
+# Data types
+# ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Credentials:
+    """What ``register`` returns, plus where it came from.
+
+    ``personal_token`` (the AES key) and ``api_token`` are secrets, and so is
+    ``fingerprint``: anyone who knows it can register again and get the other
+    two back. Store them like passwords (``save_credentials`` writes mode 0600).
+    """
+
+    base_url: str
+    client_id: str
+    api_token: str
+    personal_token: str
+    fingerprint: Optional[str] = None
+    name: Optional[str] = None
+    #: True when this registration created the client (201), False for a known fingerprint (200).
+    created: bool = field(default=False, compare=False)
+
+    def to_dict(self) -> Dict[str, Any]:
+        """The JSON-serialisable form stored by ``save_credentials`` (without ``created``)."""
+        return {
+            "base_url": self.base_url,
+            "client_id": self.client_id,
+            "api_token": self.api_token,
+            "personal_token": self.personal_token,
+            "fingerprint": self.fingerprint,
+            "name": self.name,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "Credentials":
+        """Build credentials from ``to_dict`` output (or a register response plus ``base_url``)."""
+        missing = [k for k in ("base_url", "client_id", "api_token", "personal_token") if not data.get(k)]
+        if missing:
+            raise ValueError("credentials are missing " + ", ".join(missing))
+        return cls(
+            base_url=str(data["base_url"]),
+            client_id=str(data["client_id"]),
+            api_token=str(data["api_token"]),
+            personal_token=str(data["personal_token"]),
+            fingerprint=data.get("fingerprint"),
+            name=data.get("name"),
+        )
+
+    def __repr__(self) -> str:  # never show the secrets by accident
+        return f"Credentials(base_url={self.base_url!r}, client_id={self.client_id!r}, name={self.name!r})"
+
+
+@dataclass(frozen=True)
+class Message:
+    """A delivered message that passed verification and decryption.
+
+    ``type`` and ``payload`` come from the decrypted plaintext (the
+    authoritative values); ``id``, ``created_at`` and ``aad`` from the envelope.
+    """
+
+    id: int
+    type: str
+    payload: Any
+    created_at: str
+    aad: Dict[str, Any]
+
+    @property
+    def created(self) -> datetime:
+        """``created_at`` as an aware UTC ``datetime``."""
+        return parse_timestamp(self.created_at)
+
+    def to_dict(self) -> Dict[str, Any]:
+        """``{"id", "type", "created_at", "payload"}``, e.g. for one-JSON-object-per-line output."""
+        return {"id": self.id, "type": self.type, "created_at": self.created_at, "payload": self.payload}
+
+
+@dataclass(frozen=True)
+class SendResult:
+    """Outcome of a send: ``id`` is this client's send sequence number.
+
+    ``status`` is 201 for a newly stored message and 200 when the server
+    recognised a retry of an earlier body (``duplicate``).
+    """
+
+    id: int
+    status: int
+
+    @property
+    def duplicate(self) -> bool:
+        """True if the server had already stored this exact body (a retry)."""
+        return self.status == 200
+
+
+@dataclass(frozen=True)
+class PublishResult:
+    """Outcome of an admin publish: the ``publish_id`` and the number of distinct recipients sent."""
+
+    publish_id: str
+    recipients: int
+
+
+@dataclass
+class ListenStats:
+    """Counters returned by ``PigeonholeClient.listen``."""
+
+    polls: int = 0
+    messages: int = 0
+    invalid: int = 0
+    errors: int = 0
+    rate_limited: int = 0
+    cursor: Optional[int] = None
+    #: Every wait the loop asked for, in seconds, in order (the backoff as it happened).
+    sleeps: List[float] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------
+# Backoff
+# ---------------------------------------------------------------------------
+
+def next_interval(current: float, got_messages: bool) -> float:
+    """The poll delay that follows ``current``.
+
+    After messages the delay resets to 3 s; after an empty poll (and after a
+    network error or 5xx) it grows by 3 s, up to 30 s.
+    """
+    if got_messages:
+        return INITIAL_INTERVAL
+    return min(current + INTERVAL_STEP, MAX_INTERVAL)
+
+
+def backoff_schedule(empty_polls: int) -> List[float]:
+    """The waits after ``empty_polls`` consecutive empty polls: ``[3, 6, 9, ..., 30, 30, ...]``."""
+    waits: List[float] = []
+    delay = INITIAL_INTERVAL
+    for _ in range(empty_polls):
+        waits.append(delay)
+        delay = next_interval(delay, got_messages=False)
+    return waits
+
+
+# ---------------------------------------------------------------------------
+# Encryption format (docs/encryption.md)
+# ---------------------------------------------------------------------------
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _unb64(value: Any, what: str, length: Optional[int] = None) -> bytes:
+    if not isinstance(value, str):
+        raise ValueError(f"{what} must be a base64 string")
+    try:
+        raw = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise ValueError(f"{what} is not valid base64") from e
+    if length is not None and len(raw) != length:
+        raise ValueError(f"{what} must be {length} bytes (got {len(raw)})")
+    return raw
+
+
+def key_from_token(personal_token: str) -> bytes:
+    """The 32-byte AES key inside a ``personal_token`` (standard base64)."""
+    return _unb64(personal_token, "personal_token", KEY_LEN)
+
+
+def canonical_aad(aad: Optional[Mapping[str, Any]]) -> bytes:
+    """The associated data for ``aad``: empty for ``None``, else canonical JSON.
+
+    Keys sorted by code point, no whitespace, non-ASCII not escaped, UTF-8.
+    Values must be strings, integers or booleans (``ValueError`` otherwise).
+    """
+    if aad is None:
+        return b""
+    if not isinstance(aad, Mapping):
+        raise ValueError("aad must be an object (a dict) or None")
+    for k, v in aad.items():
+        if not isinstance(k, str):
+            raise ValueError("aad keys must be strings")
+        if not isinstance(v, (str, int, bool)):  # bool is an int; floats, None, lists, dicts are not allowed
+            raise ValueError(f"aad[{k!r}] must be a string, integer or boolean (got {type(v).__name__})")
+    return json.dumps(dict(aad), separators=(",", ":"), sort_keys=True, ensure_ascii=False).encode("utf-8")
+
+
+def encrypt(key: bytes, type: str, payload: Any, aad: Optional[Mapping[str, Any]] = None, *,
+            nonce: Optional[bytes] = None) -> Dict[str, Any]:
+    """Encrypt ``{"type", "payload"}`` into a send body ``{"ciphertext", "nonce", "tag", "aad"?}``.
+
+    A fresh random 12-byte nonce is used unless ``nonce`` is given. Only pass a
+    nonce to reproduce test vectors: reusing a nonce under a key breaks AES-GCM.
+    """
+    if not isinstance(type, str) or not 1 <= len(type) <= 64:
+        raise ValueError("type must be a string of 1 to 64 characters")
+    if nonce is None:
+        nonce = os.urandom(NONCE_LEN)
+    elif len(nonce) != NONCE_LEN:
+        raise ValueError(f"nonce must be {NONCE_LEN} bytes")
+    plaintext = json.dumps({"type": type, "payload": payload}, separators=(",", ":"),
+                           ensure_ascii=False, allow_nan=False).encode("utf-8")
+    sealed = AESGCM(key).encrypt(nonce, plaintext, canonical_aad(aad))  # ciphertext || tag
+    body: Dict[str, Any] = {"ciphertext": _b64(sealed[:-TAG_LEN]), "nonce": _b64(nonce), "tag": _b64(sealed[-TAG_LEN:])}
+    if aad is not None:
+        body["aad"] = dict(aad)
+    return body
+
+
+def decrypt(key: bytes, message: Mapping[str, Any]) -> Any:
+    """Decrypt a message (or a format test vector) and return the parsed plaintext JSON.
+
+    This checks only the AES-GCM tag over the canonical ``aad``. For delivered
+    messages use ``PigeonholeClient.decrypt``, which also checks that the
+    ``aad`` matches the envelope. Raises ``DecryptionError``.
+    """
+    message_id = message.get("id") if isinstance(message.get("id"), int) else None
+    try:
+        nonce = _unb64(message.get("nonce"), "nonce", NONCE_LEN)
+        tag = _unb64(message.get("tag"), "tag", TAG_LEN)
+        ciphertext = _unb64(message.get("ciphertext"), "ciphertext")
+        associated = canonical_aad(message.get("aad"))
+    except ValueError as e:
+        raise DecryptionError(str(e), message_id) from e
+    try:
+        plaintext = AESGCM(key).decrypt(nonce, ciphertext + tag, associated)
+    except InvalidTag as e:
+        raise DecryptionError("authentication tag does not verify (wrong key or tampered message)", message_id) from e
+    try:
+        return json.loads(plaintext.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise DecryptionError("plaintext is not UTF-8 JSON", message_id) from e
+
+
+def parse_timestamp(value: str) -> datetime:
+    """Parse an RFC 3339 timestamp such as ``2026-11-25T23:49:50.123Z`` (works on Python 3.9)."""
+    text = value.strip()
+    if text.endswith(("Z", "z")):
+        text = text[:-1] + "+00:00"
+    parsed = datetime.fromisoformat(text)
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=timezone.utc)
+    return parsed
+
+
+# ---------------------------------------------------------------------------
+# HTTP helpers
+# ---------------------------------------------------------------------------
+
+def api_base(url: str) -> str:
+    """``http://host:port`` or ``http://host:port/api/v1`` -> ``http://host:port/api/v1``."""
+    url = url.strip().rstrip("/")
+    if not url:
+        raise ValueError("empty base URL")
+    return url if url.endswith(API_PREFIX) else url + API_PREFIX
+
+
+def _origin(url: str) -> str:
+    url = url.strip().rstrip("/")
+    return url[: -len(API_PREFIX)] if url.endswith(API_PREFIX) else url
+
+
+def _error_from(resp: requests.Response) -> ApiError:
+    code, message = f"http_{resp.status_code}", (resp.text or resp.reason or "")[:300]
+    try:
+        err = resp.json().get("error")
+        if isinstance(err, dict):
+            code = str(err.get("code") or code)
+            message = str(err.get("message") or message)
+    except (ValueError, AttributeError):
+        pass
+    if resp.status_code == 429:
+        return RateLimited(_retry_after(resp), message)
+    return ApiError(resp.status_code, code, message)
+
+
+def _retry_after(resp: requests.Response) -> int:
+    """``Retry-After`` in whole seconds (at least 1; 1 if missing or garbled)."""
+    try:
+        return max(1, int(str(resp.headers.get("Retry-After", "")).strip()))
+    except ValueError:
+        return 1
+
+
+def _json_body(resp: requests.Response) -> Dict[str, Any]:
+    try:
+        body = resp.json()
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        raise ApiError(resp.status_code, "invalid_response", "the response body is not a JSON object")
+    return body
+
+
+def _request(session: requests.Session, method: str, url: str, timeout: float, **kwargs: Any) -> requests.Response:
+    """One HTTP request; ``NetworkError`` if there is no response, ``ApiError`` for a status >= 400."""
+    headers = {"User-Agent": USER_AGENT, **kwargs.pop("headers", {})}
+    try:
+        resp = session.request(method, url, headers=headers, timeout=timeout, **kwargs)
+    except requests.RequestException as e:
+        raise NetworkError(f"{method} {url}: {e}") from e
+    if resp.status_code >= 400:
+        raise _error_from(resp)
+    return resp
+
+
+def _retryable(exc: Exception) -> bool:
+    return isinstance(exc, NetworkError) or (isinstance(exc, ApiError) and exc.status >= 500)
+
+
+# ---------------------------------------------------------------------------
+# Admin helper
+# ---------------------------------------------------------------------------
+
+def publish(base_url: str, admin_token: str, to_client_ids: Iterable[str], type: str, payload: Any, *,
+            timeout: float = 30.0, session: Optional[requests.Session] = None) -> PublishResult:
+    """Publish one message to each client (admin; ``X-Admin-Token``).
+
+    The server encrypts it for each recipient. At most 10000 ids per request;
+    duplicates are ignored and unknown ids skipped by the server. Publish has
+    no idempotency key, so this does not retry: repeating it publishes again.
+    """
+    ids = list(to_client_ids)
+    resp = _request(session or requests.Session(), "POST", api_base(base_url) + "/messages/publish", timeout,
+                    headers={"X-Admin-Token": admin_token},
+                    json={"to_client_ids": ids, "type": type, "payload": payload})
+    body = _json_body(resp)
+    return PublishResult(publish_id=str(body.get("publish_id")), recipients=int(body.get("recipients", 0)))
+
+
+# ---------------------------------------------------------------------------
+# The client
+# ---------------------------------------------------------------------------
+
+_DEFAULT_AAD: Any = object()  # sentinel: "aad = {"client_id": <own id>}"
+
+MessageHandler = Callable[[Message], Any]
+
+
+class PigeonholeClient:
+    """A registered Pigeonhole client: poll, decrypt, ack, send and listen.
+
+    Build it from ``register``'s result (``PigeonholeClient.from_credentials``)
+    or from the four values directly. ``timeout`` applies to every request.
+    ``sleep`` is used between send retries (inject a fake one in tests).
+    """
+
+    def __init__(self, base_url: str, client_id: str, api_token: str, personal_token: str, *,
+                 timeout: float = 10.0, session: Optional[requests.Session] = None,
+                 send_attempts: int = 4, retry_delay: float = 1.0,
+                 sleep: Callable[[float], Any] = time.sleep) -> None:
+        self.base_url = _origin(base_url)
+        self.client_id = client_id
+        self.api_token = api_token
+        self._key = key_from_token(personal_token)
+        self._personal_token = personal_token
+        self.timeout = timeout
+        self.session = session or requests.Session()
+        self.send_attempts = max(1, send_attempts)
+        self.retry_delay = retry_delay
+        self._sleep = sleep
+        self._api = api_base(base_url)
+
+    def __repr__(self) -> str:
+        return f"PigeonholeClient(base_url={self.base_url!r}, client_id={self.client_id!r})"
+
+    # -- construction ------------------------------------------------------
+
+    @classmethod
+    def register(cls, base_url: str, fingerprint: str, name: Optional[str] = None, *,
+                 timeout: float = 10.0, session: Optional[requests.Session] = None) -> Credentials:
+        """Register (``POST /clients/register``) and return the credentials.
+
+        Idempotent per fingerprint: a known fingerprint returns the same
+        credentials again (``created`` is False; ``name`` is not updated).
+        Use a secret, high-entropy fingerprint, e.g. ``secrets.token_urlsafe(32)``.
+        """
+        body: Dict[str, Any] = {"fingerprint": fingerprint}
+        if name is not None:
+            body["name"] = name
+        resp = _request(session or requests.Session(), "POST", api_base(base_url) + "/clients/register",
+                        timeout, json=body)
+        data = _json_body(resp)
+        for k in ("client_id", "api_token", "personal_token"):
+            if not isinstance(data.get(k), str):
+                raise ApiError(resp.status_code, "invalid_response", f"register response has no {k}")
+        return Credentials(base_url=_origin(base_url), client_id=data["client_id"], api_token=data["api_token"],
+                           personal_token=data["personal_token"], fingerprint=fingerprint, name=name,
+                           created=resp.status_code == 201)
+
+    @classmethod
+    def from_credentials(cls, credentials: Credentials, **kwargs: Any) -> "PigeonholeClient":
+        """A client for ``credentials`` (keyword arguments go to the constructor)."""
+        return cls(credentials.base_url, credentials.client_id, credentials.api_token,
+                   credentials.personal_token, **kwargs)
+
+    @property
+    def credentials(self) -> Credentials:
+        """This client's credentials (without fingerprint and name)."""
+        return Credentials(self.base_url, self.client_id, self.api_token, self._personal_token)
+
+    # -- HTTP --------------------------------------------------------------
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        headers = {"Authorization": "Bearer " + self.api_token, "X-Client-Id": self.client_id}
+        return _request(self.session, method, self._api + path, self.timeout, headers=headers, **kwargs)
+
+    # -- receiving -----------------------------------------------------------
+
+    def poll_raw(self, cursor: Optional[int] = None, limit: Optional[int] = None) -> Optional[Dict[str, Any]]:
+        """``GET /messages/poll`` as delivered: ``{"messages", "next_cursor"}``, or ``None`` on 204.
+
+        Nothing is decrypted or verified; see ``decrypt``. Without ``cursor``
+        the server starts after your acknowledged cursor.
+        Raises ``RateLimited`` (429), ``ApiError``, ``NetworkError``.
+        """
+        params: Dict[str, int] = {}
+        if cursor is not None:
+            params["cursor"] = int(cursor)
+        if limit is not None:
+            params["limit"] = int(limit)
+        resp = self._call("GET", "/messages/poll", params=params)
+        if resp.status_code == 204:
+            return None
+        body = _json_body(resp)
+        if not isinstance(body.get("messages"), list):
+            raise ApiError(resp.status_code, "invalid_response", "poll response has no messages list")
+        return body
+
+    def poll(self, cursor: Optional[int] = None, limit: Optional[int] = None) -> List[Message]:
+        """Poll once and return the verified, decrypted messages in ascending id order.
+
+        An empty list means 204 (nothing new). Nothing is acknowledged: call
+        ``ack(messages[-1].id)`` once you have processed them. Raises
+        ``DecryptionError`` if any message fails verification (use
+        ``poll_raw`` + ``decrypt`` to handle messages one by one),
+        ``RateLimited``, ``ApiError`` or ``NetworkError``.
+        """
+        body = self.poll_raw(cursor, limit)
+        if body is None:
+            return []
+        return [self.decrypt(m) for m in body["messages"]]
+
+    def decrypt(self, message: Mapping[str, Any]) -> Message:
+        """Verify and decrypt one delivered message (an item of ``poll_raw()["messages"]``).
+
+        Checks that ``aad == {"client_id": <own id>, "created_at": <its created_at>,
+        "id": <its id>}``, that the AES-GCM tag verifies over the canonical aad,
+        and that the plaintext is ``{"type": str, "payload": ...}``.
+        Raises ``DecryptionError`` otherwise (treat it as tampering).
+        """
+        mid = message.get("id")
+        if not isinstance(mid, int) or isinstance(mid, bool):
+            raise DecryptionError("envelope has no integer id")
+        created_at = message.get("created_at")
+        expected = {"client_id": self.client_id, "created_at": created_at, "id": mid}
+        aad = message.get("aad")
+        if not isinstance(created_at, str) or not isinstance(aad, dict) or aad != expected \
+                or any(isinstance(v, bool) for v in aad.values()):
+            raise DecryptionError("aad does not match the envelope (client_id, created_at, id)", mid)
+        plain = decrypt(self._key, message)
+        if not isinstance(plain, dict) or set(plain) != {"type", "payload"} or not isinstance(plain["type"], str):
+            raise DecryptionError('plaintext is not {"type": ..., "payload": ...}', mid)
+        return Message(id=mid, type=plain["type"], payload=plain["payload"], created_at=created_at, aad=dict(aad))
+
+    def ack(self, last_id: int) -> int:
+        """Acknowledge everything up to ``last_id`` (``POST /messages/ack``); returns the new cursor.
+
+        The cursor never moves backwards: acking an older id returns the current one.
+        """
+        resp = self._call("POST", "/messages/ack", json={"last_received_id": int(last_id)})
+        return int(_json_body(resp)["cursor"])
+
+    # -- sending -------------------------------------------------------------
+
+    def encrypt(self, type: str, payload: Any, aad: Any = _DEFAULT_AAD) -> Dict[str, Any]:
+        """Build a send body under this client's key, with a fresh nonce.
+
+        ``aad`` defaults to ``{"client_id": <own id>}``, which binds the
+        ciphertext to this client; pass ``None`` for no AAD, or your own dict
+        (string, integer and boolean values; a ``client_id`` must be your own).
+        """
+        if aad is _DEFAULT_AAD:
+            aad = {"client_id": self.client_id}
+        return encrypt(self._key, type, payload, aad)
+
+    def send_body(self, body: Mapping[str, Any]) -> SendResult:
+        """POST a body from ``encrypt`` to ``/messages/send``, retrying with the *same* body.
+
+        Network errors and 5xx are retried up to ``send_attempts`` times in all
+        (waits ``retry_delay``, doubling). The server deduplicates by nonce, so a
+        retry of a message it already stored returns 200 with the original id.
+        """
+        delay = self.retry_delay
+        for attempt in range(1, self.send_attempts + 1):
+            try:
+                resp = self._call("POST", "/messages/send", json=dict(body))
+                return SendResult(id=int(_json_body(resp)["id"]), status=resp.status_code)
+            except (NetworkError, ApiError) as e:
+                if not _retryable(e) or attempt == self.send_attempts:
+                    raise
+                log.warning("send failed (%s); retrying the same body in %.0f s", e, delay)
+                self._sleep(delay)
+                delay *= 2
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def send(self, type: str, payload: Any, aad: Any = _DEFAULT_AAD) -> SendResult:
+        """Encrypt ``{"type", "payload"}`` with a fresh nonce and send it (``POST /messages/send``).
+
+        ``aad`` defaults to ``{"client_id": <own id>}`` (see ``encrypt``).
+        Retries safely on network errors and 5xx (see ``send_body``).
+        """
+        return self.send_body(self.encrypt(type, payload, aad))
+
+    # -- the backoff loop ----------------------------------------------------
+
+    def listen(self, handler: MessageHandler, *, stop: Optional[threading.Event] = None,
+               max_polls: Optional[int] = None, sleep: Optional[Callable[[float], Any]] = None,
+               limit: Optional[int] = None,
+               on_wait: Optional[Callable[[float, str], Any]] = None,
+               on_invalid: Optional[Callable[[Mapping[str, Any], DecryptionError], Any]] = None) -> ListenStats:
+        """Poll with the documented backoff and call ``handler(message)`` for each message.
+
+        - Start with a 3 s delay. After an empty poll wait the delay, then add
+          3 s, up to 30 s (3, 6, 9 ... 30).
+        - After messages: call ``handler`` for each, in order, then ack the
+          batch, then reset the delay to 3 s. A full page (``limit`` messages)
+          is followed by another poll at once.
+        - On 429, wait ``max(Retry-After, delay)`` without changing the delay.
+        - On a network error or 5xx, log it, wait the delay and grow it as for
+          an empty poll; the loop keeps running.
+        - A message that fails verification is passed to ``on_invalid`` (default:
+          a logged warning), never to ``handler``; it is acknowledged with its
+          batch so that it cannot block the queue.
+        - If ``handler`` raises, the messages handled before it are acknowledged
+          and the exception propagates. Other errors (401, 422) propagate too.
+
+        The loop ends when ``stop`` is set or after ``max_polls`` polls (it does
+        not wait after the last one). ``sleep(seconds)`` defaults to
+        ``stop.wait``, so setting ``stop`` from another thread ends the wait at
+        once. ``on_wait(seconds, reason)`` is called before each wait, with
+        reason ``"empty"``, ``"messages"``, ``"rate_limited"`` or ``"error"``.
+        Returns ``ListenStats``.
+        """
+        stop = stop or threading.Event()
+        sleeper = sleep or stop.wait
+        page = limit or DEFAULT_POLL_LIMIT
+        stats = ListenStats()
+        delay = INITIAL_INTERVAL
+        cursor: Optional[int] = None  # None: start from the server's acknowledged cursor
+
+        def wait(seconds: float, reason: str) -> None:
+            stats.sleeps.append(seconds)
+            if on_wait is not None:
+                on_wait(seconds, reason)
+            sleeper(seconds)
+
+        while not stop.is_set() and (max_polls is None or stats.polls < max_polls):
+            stats.polls += 1
+            last = max_polls is not None and stats.polls >= max_polls
+            try:
+                body = self.poll_raw(cursor, limit)
+            except RateLimited as e:
+                stats.rate_limited += 1
+                log.info("rate limited; retrying in %s s", max(e.retry_after, delay))
+                if not last:
+                    wait(max(float(e.retry_after), delay), "rate_limited")
+                continue
+            except (NetworkError, ApiError) as e:
+                if not _retryable(e):
+                    raise
+                stats.errors += 1
+                log.warning("poll failed: %s; retrying in %.0f s", e, delay)
+                wait_for, delay = delay, next_interval(delay, got_messages=False)
+                if not last:
+                    wait(wait_for, "error")
+                continue
+
+            if body is None or not body["messages"]:
+                wait_for, delay = delay, next_interval(delay, got_messages=False)
+                if not last:
+                    wait(wait_for, "empty")
+                continue
+
+            raw_messages = body["messages"]
+            handled_up_to: Optional[int] = None
+            try:
+                for raw in raw_messages:
+                    try:
+                        message = self.decrypt(raw)
+                    except DecryptionError as e:
+                        stats.invalid += 1
+                        if on_invalid is not None:
+                            on_invalid(raw, e)
+                        else:
+                            log.warning("dropping a message that failed verification: %s", e)
+                    else:
+                        handler(message)
+                        stats.messages += 1
+                    if isinstance(raw.get("id"), int):
+                        handled_up_to = raw["id"]
+            finally:
+                if handled_up_to is not None:
+                    cursor = handled_up_to if cursor is None else max(cursor, handled_up_to)
+                    self._ack_quietly(cursor)
+                    stats.cursor = cursor
+            delay = next_interval(delay, got_messages=True)
+            if len(raw_messages) >= page:
+                continue  # a full page: more may be waiting, poll again at once
+            if not last and not stop.is_set():
+                wait(delay, "messages")
+        return stats
+
+    def _ack_quietly(self, cursor: int) -> None:
+        """Ack in ``listen``: a network error or 5xx is logged; the next ack covers it."""
+        try:
+            self.ack(cursor)
+        except (NetworkError, ApiError) as e:
+            if not _retryable(e):
+                raise
+            log.warning("ack of %d failed: %s; the next ack will cover it", cursor, e)
+
+
+#: ``register(base_url, fingerprint, name=None) -> Credentials`` as a plain function.
+register = PigeonholeClient.register
+
+
+# ---------------------------------------------------------------------------
+# Credentials file
+# ---------------------------------------------------------------------------
+
+def default_credentials_path() -> str:
+    """``$PIGEONHOLE_CREDENTIALS``, else ``$XDG_CONFIG_HOME/pigeonhole/python-client.json``
+    (``~/.config/...``)."""
+    explicit = os.environ.get("PIGEONHOLE_CREDENTIALS")
+    if explicit:
+        return explicit
+    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    return os.path.join(base, "pigeonhole", "python-client.json")
+
+
+def save_credentials(credentials: Credentials, path: str) -> str:
+    """Write ``credentials`` as JSON to ``path`` with mode 0600, atomically; returns the path.
+
+    The file is created with ``os.open(..., 0o600)`` (never world-readable, not
+    even briefly) and then renamed over any existing file. A missing parent
+    directory is created with mode 0700.
+    """
+    path = os.path.abspath(os.path.expanduser(path))
+    directory = os.path.dirname(path)
+    if not os.path.isdir(directory):
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+    fd = os.open(tmp, flags, 0o600)
+    try:
+        if hasattr(os, "fchmod"):
+            os.fchmod(fd, 0o600)  # exactly 0600, whatever the umask
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(credentials.to_dict(), f, indent=2)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    return path
+
+
+def load_credentials(path: str) -> Credentials:
+    """Read credentials written by ``save_credentials`` (warns if others can read the file)."""
+    path = os.path.expanduser(path)
+    with open(path, encoding="utf-8") as f:
+        data = json.load(f)
+    if os.name == "posix" and os.stat(path).st_mode & 0o077:
+        log.warning("%s is readable by other users; run: chmod 600 %s", path, path)
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: not a JSON object")
+    return Credentials.from_dict(data)
+
+
+# ---------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------
+
+EXIT_OK = 0
+EXIT_ERROR = 1          # the server refused the request (ApiError: 401, 422, 429 ...)
+EXIT_USAGE = 2          # bad arguments, bad JSON, missing credentials file or token
+EXIT_NO_MESSAGES = 3    # listen --once: the poll was empty
+EXIT_NETWORK = 4        # no response from the server
+EXIT_TAMPERED = 5       # a delivered message failed verification
+
+
+class _UsageError(Exception):
+    pass
+
+
+def _json_arg(text: str, what: str) -> Any:
+    if text == "-":
+        text = sys.stdin.read()
+    try:
+        return json.loads(text)
+    except ValueError as e:
+        raise _UsageError(f"{what} is not valid JSON: {e}") from e
+
+
+def _load_cli_credentials(path: str) -> Credentials:
+    try:
+        return load_credentials(path)
+    except FileNotFoundError:
+        raise _UsageError(f"no credentials at {path}; run `register` first (or pass --credentials)") from None
+    except (ValueError, OSError) as e:
+        raise _UsageError(f"cannot read credentials {path}: {e}") from None
+
+
+def _cmd_register(args: argparse.Namespace) -> int:
+    path = args.credentials
+    existing: Optional[Credentials] = None
+    if os.path.exists(path):
+        existing = _load_cli_credentials(path)
+    fingerprint = args.fingerprint or (existing.fingerprint if existing else None)
+    if existing is not None and not args.force and (
+            fingerprint != existing.fingerprint or _origin(args.url) != existing.base_url):
+        raise _UsageError(f"{path} already holds the credentials of client {existing.client_id}; "
+                          "pass --force to replace them, or --credentials for another file")
+    if not fingerprint:
+        fingerprint = base64.urlsafe_b64encode(os.urandom(32)).decode("ascii").rstrip("=")
+    creds = PigeonholeClient.register(args.url, fingerprint, args.name, timeout=args.timeout)
+    save_credentials(creds, path)
+    state = "registered new client" if creds.created else "fingerprint already registered; same client"
+    print(f"{state} {creds.client_id}", file=sys.stderr)
+    print(f"credentials saved to {os.path.abspath(path)} (mode 0600)", file=sys.stderr)
+    if args.print_credentials:
+        print(json.dumps(creds.to_dict(), indent=2))
+    else:
+        print(creds.client_id)
+    return EXIT_OK
+
+
+def _print_message(m: Message, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(m.to_dict(), ensure_ascii=False), flush=True)
+    else:
+        payload = json.dumps(m.payload, ensure_ascii=False, indent=2)
+        print(f"[{m.created_at}] #{m.id} {m.type}\n{payload}", flush=True)
+
+
+def _cmd_listen(args: argparse.Namespace) -> int:
+    client = PigeonholeClient.from_credentials(_load_cli_credentials(args.credentials), timeout=args.timeout)
+    tty = sys.stderr.isatty() and not args.quiet
+    invalid: List[DecryptionError] = []
+
+    def on_invalid(raw: Mapping[str, Any], e: DecryptionError) -> None:
+        invalid.append(e)
+        print(f"warning: dropped a message that failed verification: {e}", file=sys.stderr)
+
+    def handler(m: Message) -> None:
+        if tty:
+            sys.stderr.write("\r\x1b[K")
+        _print_message(m, args.json)
+
+    if args.once:
+        stats = client.listen(handler, max_polls=1, limit=args.limit, on_invalid=on_invalid)
+        if stats.errors:
+            return EXIT_NETWORK
+        if stats.rate_limited:
+            print("rate limited: try again later", file=sys.stderr)
+            return EXIT_ERROR
+        if invalid:
+            return EXIT_TAMPERED
+        return EXIT_OK if stats.messages else EXIT_NO_MESSAGES
+
+    def on_wait(seconds: float, reason: str) -> None:
+        if tty:
+            what = {"empty": "no new messages", "messages": "received", "rate_limited": "rate limited",
+                    "error": "server unreachable or failing"}.get(reason, reason)
+            sys.stderr.write(f"\r\x1b[Knext poll in {seconds:.0f} s ({what})")
+            sys.stderr.flush()
+
+    stop = threading.Event()
+    try:
+        client.listen(handler, stop=stop, max_polls=args.max_polls, limit=args.limit,
+                      on_wait=on_wait, on_invalid=on_invalid)
+    except KeyboardInterrupt:
+        stop.set()
+        if tty:
+            sys.stderr.write("\r\x1b[K")
+        print("stopped", file=sys.stderr)
+    return EXIT_OK
+
+
+def _cmd_send(args: argparse.Namespace) -> int:
+    client = PigeonholeClient.from_credentials(_load_cli_credentials(args.credentials), timeout=args.timeout)
+    payload = _json_arg(args.payload, "--payload")
+    if args.no_aad:
+        aad: Any = None
+    elif args.aad is not None:
+        aad = _json_arg(args.aad, "--aad")
+    else:
+        aad = _DEFAULT_AAD
+    try:
+        result = client.send(args.type, payload, aad)
+    except ValueError as e:
+        raise _UsageError(str(e)) from None
+    print(json.dumps({"id": result.id, "status": result.status}))
+    return EXIT_OK
+
+
+def _read_ids(args: argparse.Namespace) -> List[str]:
+    ids = list(args.to or [])
+    if args.to_file:
+        try:
+            with (sys.stdin if args.to_file == "-" else open(args.to_file, encoding="utf-8")) as f:
+                ids += [line.strip() for line in f if line.strip() and not line.lstrip().startswith("#")]
+        except OSError as e:
+            raise _UsageError(f"cannot read {args.to_file}: {e}") from None
+    unique = list(dict.fromkeys(ids))
+    if not unique:
+        raise _UsageError("no recipients: pass --to ID... and/or --to-file FILE")
+    return unique
+
+
+def _cmd_publish(args: argparse.Namespace) -> int:
+    token = args.admin_token or os.environ.get("PIGEONHOLE_ADMIN_TOKEN")
+    if not token:
+        raise _UsageError("no admin token: pass --admin-token or set PIGEONHOLE_ADMIN_TOKEN")
+    payload = _json_arg(args.payload, "--payload")
+    ids = _read_ids(args)
+    session = requests.Session()
+    for start in range(0, len(ids), 10000):  # the server takes at most 10000 recipients per request
+        result = publish(args.url, token, ids[start:start + 10000], args.type, payload,
+                         timeout=args.timeout, session=session)
+        print(json.dumps({"publish_id": result.publish_id, "recipients": result.recipients}))
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``argparse`` parser of the command line."""
+    env_url = os.environ.get("PIGEONHOLE_URL") or DEFAULT_URL
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--credentials", default=default_credentials_path(), metavar="PATH",
+                        help="credentials file (default: $PIGEONHOLE_CREDENTIALS or %(default)s)")
+    common.add_argument("--timeout", type=float, default=10.0, help="seconds per HTTP request (default 10)")
+    common.add_argument("-v", "--verbose", action="store_true", help="log retries and backoff to stderr")
+
+    parser = argparse.ArgumentParser(
+        prog="pigeonhole_client.py",
+        description="Pigeonhole reference client: register, listen, send, publish.",
+        epilog="exit codes: 0 ok, 1 the server refused the request, 2 usage error, "
+               "3 listen --once got no messages, 4 server unreachable, 5 a message failed verification",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    p = sub.add_parser("register", parents=[common], help="register and save the credentials (mode 0600)",
+                       description="Register this client and save the credentials to a 0600 JSON file.",
+                       epilog="example: pigeonhole_client.py register --url http://127.0.0.1:8080 --name laptop")
+    p.add_argument("--url", default=env_url, help="server URL (default: $PIGEONHOLE_URL or %(default)s)")
+    p.add_argument("--fingerprint", help="secret device fingerprint, 8-256 characters "
+                   "(default: the one in the credentials file, else 32 random bytes)")
+    p.add_argument("--name", help="display name, shown to operators")
+    p.add_argument("--force", action="store_true", help="replace a credentials file of another client")
+    p.add_argument("--print-credentials", action="store_true",
+                   help="print the credentials (secrets!) as JSON instead of only the client id")
+    p.set_defaults(func=_cmd_register)
+
+    p = sub.add_parser("listen", parents=[common], help="poll with backoff, print and ack messages",
+                       description="Poll with the 3 s -> 30 s backoff; print each message, then ack it.",
+                       epilog="example: pigeonhole_client.py listen --json")
+    p.add_argument("--once", action="store_true", help="poll once and exit (exit 3 if there was nothing)")
+    p.add_argument("--json", action="store_true", help="one JSON object per message and line")
+    p.add_argument("--limit", type=int, help="messages per poll (1-500, server default 100)")
+    p.add_argument("--max-polls", type=int, help="stop after this many polls")
+    p.add_argument("-q", "--quiet", action="store_true", help="no status line on a terminal")
+    p.set_defaults(func=_cmd_listen)
+
+    p = sub.add_parser("send", parents=[common], help="encrypt and send a message to the server",
+                       description="Encrypt {type, payload} with a fresh nonce and send it; retries are safe.",
+                       epilog="""example: pigeonhole_client.py send --type status --payload '{"ok": true}'""")
+    p.add_argument("--type", required=True, help="message type, 1-64 characters")
+    p.add_argument("--payload", required=True, help="payload as JSON ('-' reads stdin)")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--aad", help='aad object as JSON (default: {"client_id": <own id>})')
+    group.add_argument("--no-aad", action="store_true", help="send without aad")
+    p.set_defaults(func=_cmd_send)
+
+    p = sub.add_parser("publish", parents=[common], help="admin: publish a message to clients",
+                       description="Admin: publish one message to each listed client.",
+                       epilog="""example: PIGEONHOLE_ADMIN_TOKEN=... pigeonhole_client.py publish """
+                              """--to 3f2b8c1e-... --type greeting --payload '{"text": "hi"}'""")
+    p.add_argument("--url", default=env_url, help="server URL (default: $PIGEONHOLE_URL or %(default)s)")
+    p.add_argument("--admin-token", help="admin token (default: $PIGEONHOLE_ADMIN_TOKEN)")
+    p.add_argument("--to", nargs="+", metavar="ID", help="recipient client ids")
+    p.add_argument("--to-file", metavar="FILE", help="file with one client id per line ('-' reads stdin)")
+    p.add_argument("--type", required=True, help="message type, 1-64 characters")
+    p.add_argument("--payload", required=True, help="payload as JSON ('-' reads stdin)")
+    p.set_defaults(func=_cmd_publish)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Run the command line; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s: %(message)s", stream=sys.stderr)
+    try:
+        return int(args.func(args))
+    except _UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except DecryptionError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_TAMPERED
+    except NetworkError as e:
+        print(f"error: server unreachable: {e}", file=sys.stderr)
+        return EXIT_NETWORK
+    except ApiError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,648 @@
+"""The Python reference client (clients/python) against the real `pigeonhole-local`.
+
+- pigeonhole_client.py as a library: register, publish (admin helper), poll +
+  verify + decrypt, ack, send with safe retries, the listen loop's backoff
+  (driven with an injected sleep, never real waiting), typed errors.
+- A scripted stub server covers what the real one can't be made to do on
+  demand: 5xx, a chosen Retry-After, a tampered delivery.
+- pigeonhole_operator.py and the pigeonhole_client.py command line, run as
+  scripts from their own directory.
+"""
+from __future__ import annotations
+
+import ast
+import base64
+import importlib.util
+import json
+import os
+import socket
+import stat
+import subprocess
+import sys
+import threading
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import requests
+
+from docutil import REPO
+from harness import start_server, stop_server
+
+CLIENT_DIR = REPO / "clients" / "python"
+CLIENT_PY = CLIENT_DIR / "pigeonhole_client.py"
+OPERATOR_PY = CLIENT_DIR / "pigeonhole_operator.py"
+FORMAT_VECTORS = REPO / "shared" / "tests" / "data" / "pigeonhole_format_vectors.json"
+
+
+# ---------------------------------------------------------------------------
+# Fixtures and helpers
+# ---------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def phc():
+    """clients/python/pigeonhole_client.py, loaded from its path (as a user who copied it would)."""
+    spec = importlib.util.spec_from_file_location("pigeonhole_client", CLIENT_PY)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["pigeonhole_client"] = module
+    spec.loader.exec_module(module)
+    yield module
+    sys.modules.pop("pigeonhole_client", None)
+
+
+@pytest.fixture(scope="module")
+def start_local_server(tmp_path_factory):
+    """Factory: start another real server with extra environment (e.g. POLL_RATE_LIMIT)."""
+    started = []
+
+    def start(**env):
+        srv = start_server(tmp_path_factory.mktemp("pigeonhole-ref"), admin_token="test-admin-token",
+                           operator_token="test-operator-token", extra_env={k: str(v) for k, v in env.items()})
+        started.append(srv)
+        return srv
+
+    yield start
+    for srv in started:
+        stop_server(srv)
+
+
+@pytest.fixture(scope="module")
+def limited_server(start_local_server):
+    """A server allowing one poll per minute per client."""
+    return start_local_server(POLL_RATE_LIMIT=1)
+
+
+def _new_client(phc, server, name: str, **kwargs):
+    creds = phc.PigeonholeClient.register(server.origin, f"pytest-ref-{name}-{uuid.uuid4()}", name=name)
+    return creds, phc.PigeonholeClient.from_credentials(creds, **kwargs)
+
+
+def _publish(phc, server, ids, type_="greeting", payload=None):
+    return phc.publish(server.origin, server.admin_token, ids, type_, payload)
+
+
+class Recorder:
+    """An injectable sleep that records the waits and can run an action at wait number n."""
+
+    def __init__(self, actions=None):
+        self.sleeps = []
+        self.actions = actions or {}
+
+    def __call__(self, seconds):
+        self.sleeps.append(seconds)
+        action = self.actions.get(len(self.sleeps))
+        if action:
+            action()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Stub:
+    """A scripted HTTP server: each poll/send answers with the next scripted reply
+    (default: 204 for polls). Records every request."""
+
+    def __init__(self, poll=(), send=()):
+        self.poll_script = list(poll)
+        self.send_script = list(send)
+        self.requests = []  # (method, path, json body or None)
+        stub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _reply(self, status, headers=None, body=None):
+                data = b"" if body is None else json.dumps(body).encode()
+                self.send_response(status)
+                for k, v in (headers or {}).items():
+                    self.send_header(k, v)
+                if body is not None:
+                    self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self):
+                stub.requests.append(("GET", self.path, None))
+                if self.path.startswith("/api/v1/messages/poll"):
+                    return self._reply(*(stub.poll_script.pop(0) if stub.poll_script else (204,)))
+                self._reply(404, None, {"error": {"code": "not_found", "message": "no"}})
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"null")
+                stub.requests.append(("POST", self.path, body))
+                if self.path == "/api/v1/messages/ack":
+                    return self._reply(200, None, {"cursor": body["last_received_id"]})
+                if self.path == "/api/v1/messages/send":
+                    return self._reply(*stub.send_script.pop(0))
+                self._reply(404, None, {"error": {"code": "not_found", "message": "no"}})
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.origin = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def calls(self, method, path):
+        return [b for m, p, b in self.requests if m == method and p.startswith(path)]
+
+
+def _error(status, code, message="scripted"):
+    return (status, None, {"error": {"code": code, "message": message}})
+
+
+STUB_CLIENT_ID = "00000000-0000-4000-8000-0000000000aa"
+STUB_TOKEN = base64.b64encode(bytes(range(32))).decode()
+
+
+def _stub_client(phc, stub, **kwargs):
+    return phc.PigeonholeClient(stub.origin, STUB_CLIENT_ID, "pht_stub", STUB_TOKEN, **kwargs)
+
+
+def _delivered(phc, mid, type_, payload, client_id=STUB_CLIENT_ID):
+    """A correctly encrypted delivered message, as the server would build it."""
+    created_at = f"2026-11-25T12:00:{mid:02d}.000Z"
+    aad = {"client_id": client_id, "created_at": created_at, "id": mid}
+    body = phc.encrypt(base64.b64decode(STUB_TOKEN), type_, payload, aad)
+    return dict(body, id=mid, type=type_, created_at=created_at)
+
+
+def _run(script: Path, *args, env=None, timeout=30):
+    """Run a client script from its own directory, as a user would."""
+    full_env = {k: v for k, v in os.environ.items()
+                if k not in ("PIGEONHOLE_OPERATOR_TOKEN", "PIGEONHOLE_ADMIN_TOKEN", "PIGEONHOLE_URL",
+                             "PIGEONHOLE_CREDENTIALS")}
+    full_env.update(env or {})
+    return subprocess.run([sys.executable, script.name, *map(str, args)], cwd=script.parent, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+# ---------------------------------------------------------------------------
+# The files themselves
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("path, allowed", [(CLIENT_PY, {"requests", "cryptography"}), (OPERATOR_PY, {"requests"})])
+def test_single_files_use_only_the_stdlib_and_their_documented_deps(path, allowed):
+    tree = ast.parse(path.read_text(encoding="utf-8"), feature_version=(3, 9))  # Python >= 3.9 syntax
+    imported = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            imported.add(node.module.split(".")[0])
+    stdlib = getattr(sys, "stdlib_module_names", None)  # Python >= 3.10
+    if stdlib is None:
+        pytest.skip("needs Python 3.10+ to know the standard library's module names")
+    extra = {m for m in imported if m not in stdlib and m != "__future__"}
+    assert extra <= allowed, extra
+
+
+def test_backoff_schedule_and_next_interval(phc):
+    assert phc.backoff_schedule(12) == [3, 6, 9, 12, 15, 18, 21, 24, 27, 30, 30, 30]
+    assert phc.next_interval(3, got_messages=False) == 6
+    assert phc.next_interval(27, got_messages=False) == 30
+    assert phc.next_interval(30, got_messages=False) == 30
+    assert phc.next_interval(30, got_messages=True) == 3
+    assert phc.next_interval(12, got_messages=True) == 3
+
+
+def test_format_vectors_round_trip(phc):
+    """The library's encrypt/decrypt/canonical_aad reproduce every published format vector."""
+    for v in json.loads(FORMAT_VECTORS.read_text(encoding="utf-8")):
+        key = base64.b64decode(v["personal_token"])
+        assert phc.canonical_aad(v["aad"]).decode() == v["aad_bytes"], v["description"]
+        plain = phc.decrypt(key, v)
+        assert plain == json.loads(v["plaintext"]), v["description"]
+        body = phc.encrypt(key, plain["type"], plain["payload"], v["aad"], nonce=base64.b64decode(v["nonce"]))
+        want = {"ciphertext": v["ciphertext"], "nonce": v["nonce"], "tag": v["tag"]}
+        if v["aad"] is not None:
+            want["aad"] = v["aad"]
+        assert body == want, v["description"]
+    with pytest.raises(ValueError):
+        phc.canonical_aad({"x": 1.0})
+    with pytest.raises(ValueError):
+        phc.canonical_aad({"x": None})
+
+
+# ---------------------------------------------------------------------------
+# Library against the real server
+# ---------------------------------------------------------------------------
+
+def test_register_is_idempotent_per_fingerprint(phc, server):
+    fp = f"pytest-ref-idem-{uuid.uuid4()}"
+    first = phc.PigeonholeClient.register(server.origin, fp, name="idem")
+    again = phc.register(server.origin + "/api/v1/", fp, name="renamed")  # the function form; either URL form
+    assert first.created is True and again.created is False
+    assert (again.client_id, again.api_token, again.personal_token) == \
+        (first.client_id, first.api_token, first.personal_token)
+    assert first.api_token not in repr(first) and first.personal_token not in repr(first)
+    with pytest.raises(phc.ApiError) as e:
+        phc.register(server.origin, "short")
+    assert (e.value.status, e.value.code) == (422, "validation_failed")
+
+
+def test_publish_poll_decrypt_ack(phc, server):
+    creds, client = _new_client(phc, server, "receive")
+    payloads = [{"text": "hello ✓"}, [1, 2, 3], None]
+    for p in payloads:
+        result = _publish(phc, server, [creds.client_id, creds.client_id], "greeting", p)
+        assert result.recipients == 1 and result.publish_id
+    messages = client.poll()
+    assert [(m.id, m.type, m.payload) for m in messages] == [(i, "greeting", p) for i, p in enumerate(payloads, 1)]
+    assert all(m.aad == {"client_id": creds.client_id, "created_at": m.created_at, "id": m.id} for m in messages)
+    assert messages[0].created.tzinfo is not None
+    assert [m.id for m in client.poll(limit=1)] == [1]
+    assert [m.id for m in client.poll(cursor=2)] == [3]
+    assert client.ack(messages[-1].id) == 3
+    assert client.poll() == []
+    assert client.ack(1) == 3  # never backwards
+
+
+def test_wrong_credentials_raise_unauthorized(phc, server):
+    creds, _ = _new_client(phc, server, "unauth")
+    bad = phc.PigeonholeClient(server.origin, creds.client_id, "pht_" + "A" * 43, creds.personal_token)
+    with pytest.raises(phc.ApiError) as e:
+        bad.poll()
+    assert (e.value.status, e.value.code) == (401, "unauthorized")
+
+
+def test_send_201_then_same_body_200_same_id(phc, server):
+    creds, client = _new_client(phc, server, "send")
+    body = client.encrypt("status", {"battery": 87})
+    assert body["aad"] == {"client_id": creds.client_id}
+    assert len(base64.b64decode(body["nonce"])) == 12
+    first, retry = client.send_body(body), client.send_body(body)
+    assert (first.status, first.id, first.duplicate) == (201, 1, False)
+    assert (retry.status, retry.id, retry.duplicate) == (200, 1, True)
+    # Fresh nonce per message; aad may be omitted or carry more fields.
+    assert client.encrypt("status", {})["nonce"] != client.encrypt("status", {})["nonce"]
+    assert client.send("note", {"text": "café ✓"}, aad=None).id == 2
+    assert client.send("note", [1], aad={"client_id": creds.client_id, "n": 3, "urgent": True, "x": "é"}).id == 3
+    with pytest.raises(phc.ApiError) as e:  # aad.client_id must be our own
+        client.send("note", {}, aad={"client_id": str(uuid.uuid4())})
+    assert (e.value.status, e.value.code) == (422, "validation_failed")
+
+
+def test_send_retries_the_same_body_after_a_lost_response(phc, server):
+    """The first response is lost after the server stored the message: the retry
+    with the same body is recognised (200, same id) instead of stored twice."""
+
+    class LoseFirstSendResponse(requests.Session):
+        lost = 0
+
+        def request(self, method, url, *args, **kwargs):
+            resp = super().request(method, url, *args, **kwargs)
+            if url.endswith("/messages/send") and self.lost == 0:
+                self.lost += 1
+                raise requests.ConnectionError("connection reset (simulated, after the server stored it)")
+            return resp
+
+    sleep = Recorder()
+    creds, client = _new_client(phc, server, "send-lost", session=LoseFirstSendResponse(), sleep=sleep)
+    result = client.send("status", {"ok": True})
+    assert (result.status, result.id) == (200, 1)
+    assert sleep.sleeps == [1.0]
+    assert client.send("status", {"ok": True}).id == 2
+
+
+def test_send_retries_5xx_with_the_same_body_but_not_4xx(phc):
+    with Stub(send=[_error(502, "http_502"), (201, None, {"id": 7})]) as stub:
+        sleep = Recorder()
+        result = _stub_client(phc, stub, sleep=sleep).send("status", {"ok": True})
+        assert (result.status, result.id) == (201, 7)
+        bodies = stub.calls("POST", "/api/v1/messages/send")
+        assert len(bodies) == 2 and bodies[0] == bodies[1]
+        assert sleep.sleeps == [1.0]
+    with Stub(send=[_error(500, "internal")] * 3) as stub:
+        sleep = Recorder()
+        with pytest.raises(phc.ApiError) as e:
+            _stub_client(phc, stub, sleep=sleep, send_attempts=3).send("status", {})
+        assert e.value.status == 500 and sleep.sleeps == [1.0, 2.0]
+        assert len(stub.calls("POST", "/api/v1/messages/send")) == 3
+    with Stub(send=[_error(422, "decryption_failed")]) as stub:
+        with pytest.raises(phc.ApiError) as e:
+            _stub_client(phc, stub, sleep=Recorder()).send("status", {})
+        assert e.value.code == "decryption_failed" and len(stub.calls("POST", "/api/v1/messages/send")) == 1
+
+
+def test_tampered_messages_raise_decryption_error(phc, server):
+    creds, client = _new_client(phc, server, "tamper")
+    other_creds, other = _new_client(phc, server, "tamper-other")
+    _publish(phc, server, [creds.client_id], "secret", {"pin": 1234})
+    raw = client.poll_raw()["messages"][0]
+    assert client.decrypt(raw).payload == {"pin": 1234}
+
+    def tampered(**changes):
+        m = json.loads(json.dumps(raw))
+        for k, v in changes.items():
+            if k.startswith("aad_"):
+                m["aad"][k[4:]] = v
+            else:
+                m[k] = v
+        return m
+
+    ct = bytearray(base64.b64decode(raw["ciphertext"]))
+    ct[0] ^= 1
+    cases = {
+        "aad id moved": tampered(aad_id=2),
+        "aad client_id swapped": tampered(aad_client_id=other_creds.client_id),
+        "aad created_at changed": tampered(aad_created_at="2020-01-01T00:00:00.000Z"),
+        # The envelope and aad agree, so only the tag can catch it.
+        "moved to another position": tampered(id=2, aad_id=2),
+        "ciphertext bit flipped": tampered(ciphertext=base64.b64encode(bytes(ct)).decode()),
+        "tag garbled": tampered(tag="not base64!"),
+        "aad removed": tampered(aad=None),
+    }
+    for what, m in cases.items():
+        with pytest.raises(phc.DecryptionError):
+            client.decrypt(m)
+            pytest.fail(f"{what}: accepted")
+    with pytest.raises(phc.DecryptionError):  # another client's copy: wrong recipient and wrong key
+        other.decrypt(raw)
+    with pytest.raises(phc.DecryptionError):  # the key-only decrypt also catches a changed aad
+        phc.decrypt(base64.b64decode(creds.personal_token), tampered(aad_id=2))
+
+
+def test_poll_and_listen_on_a_tampered_delivery(phc):
+    good = _delivered(phc, 1, "greeting", {"text": "ok"})
+    bad = dict(_delivered(phc, 2, "greeting", {"text": "evil"}), tag=_delivered(phc, 3, "x", 1)["tag"])
+    page = {"messages": [good, bad], "next_cursor": 2}
+    with Stub(poll=[(200, None, page), (200, None, page)]) as stub:
+        client = _stub_client(phc, stub)
+        with pytest.raises(phc.DecryptionError) as e:
+            client.poll()
+        assert e.value.message_id == 2
+        got, invalid = [], []
+        stats = client.listen(got.append, max_polls=1, sleep=Recorder(),
+                              on_invalid=lambda raw, err: invalid.append(raw["id"]))
+        assert [m.payload for m in got] == [{"text": "ok"}] and invalid == [2]
+        assert stats.invalid == 1 and stats.messages == 1
+        assert stub.calls("POST", "/api/v1/messages/ack") == [{"last_received_id": 2}]  # it can't block the queue
+
+
+def test_poll_429_raises_rate_limited(phc, limited_server):
+    _, client = _new_client(phc, limited_server, "limited")
+    assert client.poll() == []
+    with pytest.raises(phc.RateLimited) as e:
+        client.poll()
+    assert isinstance(e.value, phc.ApiError)
+    assert (e.value.status, e.value.code) == (429, "rate_limited")
+    assert isinstance(e.value.retry_after, int) and e.value.retry_after >= 1
+
+
+def test_listen_honours_retry_after_from_the_server(phc, limited_server):
+    _, client = _new_client(phc, limited_server, "limited-listen")
+    sleep = Recorder()
+    stats = client.listen(lambda m: None, max_polls=3, sleep=sleep)
+    assert (stats.polls, stats.rate_limited) == (3, 2)
+    # 204 -> wait 3; 429 -> wait Retry-After (about a minute at 1 poll/min), not the 6 s delay.
+    assert sleep.sleeps[0] == 3 and len(sleep.sleeps) == 2
+    assert sleep.sleeps[1] > 6
+
+
+# ---------------------------------------------------------------------------
+# The listen loop
+# ---------------------------------------------------------------------------
+
+def test_listen_receives_acks_after_handler_and_resets_backoff(phc, server):
+    creds, client = _new_client(phc, server, "listen")
+    received = []
+
+    def handler(m):
+        # Not acknowledged yet while the handler runs: a poll from the acked cursor still returns it.
+        assert [x.id for x in client.poll()] == [m.id]
+        received.append(m)
+
+    sleep = Recorder({2: lambda: _publish(phc, server, [creds.client_id], "greeting", {"text": "during backoff"})})
+    stats = client.listen(handler, max_polls=6, sleep=sleep)
+    # empty: 3, empty: 6 (publish meanwhile), message: reset to 3, empty: 3, empty: 6, (last poll: no wait)
+    assert sleep.sleeps == [3, 6, 3, 3, 6]
+    assert [(m.id, m.type, m.payload) for m in received] == [(1, "greeting", {"text": "during backoff"})]
+    assert (stats.polls, stats.messages, stats.cursor, stats.errors) == (6, 1, 1, 0)
+    assert stats.sleeps == sleep.sleeps
+    assert client.poll() == []  # acknowledged
+
+
+def test_listen_stops_on_event_after_acking(phc, server):
+    creds, client = _new_client(phc, server, "listen-stop")
+    _publish(phc, server, [creds.client_id], "a", 1)
+    _publish(phc, server, [creds.client_id], "b", 2)
+    stop = threading.Event()
+    got = []
+
+    def handler(m):
+        got.append(m.payload)
+        stop.set()
+
+    sleep = Recorder()
+    stats = client.listen(handler, stop=stop, sleep=sleep)  # no max_polls: only the event ends it
+    assert got == [1, 2] and stats.polls == 1 and sleep.sleeps == []
+    assert client.poll() == []
+
+
+def test_listen_full_page_polls_again_at_once(phc, server):
+    creds, client = _new_client(phc, server, "listen-page")
+    for i in range(3):
+        _publish(phc, server, [creds.client_id], "n", i)
+    got, sleep = [], Recorder()
+    client.listen(lambda m: got.append(m.payload), limit=2, max_polls=3, sleep=sleep)
+    # page of 2 (full): no wait; page of 1: reset to 3; empty: last poll.
+    assert got == [0, 1, 2] and sleep.sleeps == [3]
+
+
+def test_listen_backoff_caps_at_30_seconds(phc):
+    with Stub() as stub:  # always 204
+        sleep = Recorder()
+        stats = _stub_client(phc, stub).listen(lambda m: None, max_polls=13, sleep=sleep)
+        assert sleep.sleeps == phc.backoff_schedule(12) == [3, 6, 9, 12, 15, 18, 21, 24, 27, 30, 30, 30]
+        assert stats.polls == 13
+
+
+def test_listen_survives_5xx_and_honours_retry_after(phc):
+    script = [
+        _error(503, "http_503"),                                   # wait 3, delay -> 6
+        (429, {"Retry-After": "40"}, {"error": {"code": "rate_limited", "message": "slow down"}}),  # wait 40
+        _error(500, "internal"),                                   # wait 6, delay -> 9
+        (429, {"Retry-After": "1"}, {"error": {"code": "rate_limited", "message": "slow down"}}),   # wait max(1, 9)
+        (204,),                                                    # wait 9, delay -> 12
+        (200, None, {"messages": [_delivered(phc, 1, "hello", {"n": 1})], "next_cursor": 1}),      # reset: wait 3
+        (204,),                                                    # last poll
+    ]
+    with Stub(poll=script) as stub:
+        got, sleep, waits = [], Recorder(), []
+        stats = _stub_client(phc, stub).listen(lambda m: got.append(m.payload), max_polls=7, sleep=sleep,
+                                               on_wait=lambda s, reason: waits.append(reason))
+        assert sleep.sleeps == [3, 40, 6, 9, 9, 3]
+        assert waits == ["error", "rate_limited", "error", "rate_limited", "empty", "messages"]
+        assert got == [{"n": 1}] and (stats.errors, stats.rate_limited, stats.messages) == (2, 2, 1)
+        assert stub.calls("POST", "/api/v1/messages/ack") == [{"last_received_id": 1}]
+        polls = [p for m, p, _ in stub.requests if m == "GET"]
+        assert "cursor=1" in polls[-1]  # continues after what it handled
+
+
+def test_listen_handler_error_acks_what_was_handled_and_propagates(phc):
+    page = {"messages": [_delivered(phc, 1, "a", 1), _delivered(phc, 2, "b", 2)], "next_cursor": 2}
+    with Stub(poll=[(200, None, page)]) as stub:
+        def handler(m):
+            if m.id == 2:
+                raise RuntimeError("handler bug")
+
+        with pytest.raises(RuntimeError, match="handler bug"):
+            _stub_client(phc, stub).listen(handler, sleep=Recorder())
+        assert stub.calls("POST", "/api/v1/messages/ack") == [{"last_received_id": 1}]
+
+
+def test_listen_survives_network_errors(phc):
+    client = phc.PigeonholeClient(f"http://127.0.0.1:{_free_port()}", STUB_CLIENT_ID, "pht_x", STUB_TOKEN,
+                                  timeout=2)
+    sleep = Recorder()
+    stats = client.listen(lambda m: None, max_polls=4, sleep=sleep)
+    assert sleep.sleeps == [3, 6, 9] and stats.errors == 4
+    with pytest.raises(phc.NetworkError):
+        client.poll()
+
+
+# ---------------------------------------------------------------------------
+# pigeonhole_operator.py
+# ---------------------------------------------------------------------------
+
+def test_operator_lists_clients_with_status(phc, server):
+    online_creds, online = _new_client(phc, server, "op-online")
+    online.poll()  # an authenticated request: online
+    offline_creds, _ = _new_client(phc, server, "op-offline")  # registered, never seen
+    env = {"PIGEONHOLE_OPERATOR_TOKEN": server.operator_token}
+
+    table = _run(OPERATOR_PY, "--url", server.origin, env=env)
+    assert table.returncode == 0, table.stderr
+    rows = {line.split()[0]: line for line in table.stdout.splitlines() if line.strip()}
+    assert rows["ID"].split() == ["ID", "NAME", "STATUS", "LAST", "SEEN"]
+    assert "op-online" in rows[online_creds.client_id] and " online " in rows[online_creds.client_id]
+    assert rows[online_creds.client_id].rstrip().endswith(("just now", "s ago"))
+    assert rows[offline_creds.client_id].split()[-2:] == ["offline", "never"]
+
+    as_json = _run(OPERATOR_PY, "--url", server.origin, "--json", env=env)
+    assert as_json.returncode == 0, as_json.stderr
+    clients = {c["id"]: c for c in json.loads(as_json.stdout)}
+    assert clients[online_creds.client_id]["status"] == "online"
+    assert clients[online_creds.client_id]["name"] == "op-online"
+    assert clients[offline_creds.client_id]["status"] == "offline"
+    assert clients[offline_creds.client_id]["last_seen_at"] is None
+
+    # The token from the flag; --status filters.
+    offline_only = _run(OPERATOR_PY, "--url", server.origin, "--json", "--status", "offline",
+                        "--operator-token", server.operator_token)
+    assert offline_only.returncode == 0, offline_only.stderr
+    listed = json.loads(offline_only.stdout)
+    assert {c["status"] for c in listed} == {"offline"}
+    ids = {c["id"] for c in listed}
+    assert offline_creds.client_id in ids and online_creds.client_id not in ids
+
+    # Every page is followed: page size 1 gives the same list as one big page, in creation order.
+    direct = requests.get(f"{server.base}/operators/clients", params={"limit": 1000},
+                          headers={"X-Operator-Token": server.operator_token}, timeout=10).json()["clients"]
+    assert len(direct) >= 2
+    paged = _run(OPERATOR_PY, "--url", server.origin, "--json", "--page-size", "1", env=env)
+    assert paged.returncode == 0, paged.stderr
+    assert [c["id"] for c in json.loads(paged.stdout)] == [c["id"] for c in direct]
+
+
+def test_operator_errors_and_exit_codes(server):
+    no_token = _run(OPERATOR_PY, "--url", server.origin)
+    assert no_token.returncode == 2 and "PIGEONHOLE_OPERATOR_TOKEN" in no_token.stderr
+    wrong = _run(OPERATOR_PY, "--url", server.origin, "--operator-token", "wrong-token")
+    assert wrong.returncode == 1 and "unauthorized" in wrong.stderr
+    down = _run(OPERATOR_PY, "--url", f"http://127.0.0.1:{_free_port()}", "--operator-token", "x")
+    assert down.returncode == 4, down.stderr
+
+
+def test_operator_relative_time():
+    spec = importlib.util.spec_from_file_location("pigeonhole_operator", OPERATOR_PY)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    from datetime import datetime, timezone
+    now = datetime(2026, 11, 25, 12, 0, 0, tzinfo=timezone.utc)
+    cases = {None: "never", "2026-11-25T11:59:58.500Z": "just now", "2026-11-25T11:59:18.000Z": "42 s ago",
+             "2026-11-25T11:58:00.000Z": "2 min ago", "2026-11-25T09:00:00.000Z": "3 h ago",
+             "2026-11-20T12:00:00.000Z": "5 d ago"}
+    for ts, want in cases.items():
+        assert tool.relative_time(ts, now) == want, ts
+
+
+# ---------------------------------------------------------------------------
+# pigeonhole_client.py command line
+# ---------------------------------------------------------------------------
+
+def test_cli_register_listen_send_publish(phc, server, tmp_path):
+    creds_path = tmp_path / "conf" / "client.json"
+    reg = _run(CLIENT_PY, "register", "--url", server.origin, "--name", "cli", "--credentials", creds_path)
+    assert reg.returncode == 0, reg.stderr
+    assert stat.S_IMODE(os.stat(creds_path).st_mode) == 0o600
+    saved = json.loads(creds_path.read_text())
+    client_id = saved["client_id"]
+    assert reg.stdout.strip() == client_id
+    assert saved["base_url"] == server.origin and len(saved["fingerprint"]) >= 32
+    assert saved["api_token"] not in reg.stdout + reg.stderr
+    assert saved["personal_token"] not in reg.stdout + reg.stderr
+
+    # Again with the same file: the stored fingerprint is reused, so it's the same client.
+    os.chmod(creds_path, 0o644)
+    again = _run(CLIENT_PY, "register", "--url", server.origin, "--credentials", creds_path)
+    assert again.returncode == 0 and again.stdout.strip() == client_id, again.stderr
+    assert "already registered" in again.stderr
+    assert stat.S_IMODE(os.stat(creds_path).st_mode) == 0o600
+    other = _run(CLIENT_PY, "register", "--url", server.origin, "--credentials", creds_path,
+                 "--fingerprint", f"another-{uuid.uuid4()}")
+    assert other.returncode == 2 and "--force" in other.stderr
+
+    empty = _run(CLIENT_PY, "listen", "--once", "--credentials", creds_path)
+    assert empty.returncode == 3, empty.stderr
+
+    pub = _run(CLIENT_PY, "publish", "--url", server.origin, "--to", client_id, "--type", "greeting",
+               "--payload", '{"text": "hi from the CLI ✓"}', env={"PIGEONHOLE_ADMIN_TOKEN": server.admin_token})
+    assert pub.returncode == 0, pub.stderr
+    assert json.loads(pub.stdout)["recipients"] == 1
+
+    got = _run(CLIENT_PY, "listen", "--once", "--json", "--credentials", creds_path)
+    assert got.returncode == 0, got.stderr
+    lines = [json.loads(line) for line in got.stdout.splitlines()]
+    assert [(m["id"], m["type"], m["payload"]) for m in lines] == [(1, "greeting", {"text": "hi from the CLI ✓"})]
+    assert _run(CLIENT_PY, "listen", "--once", "--credentials", creds_path).returncode == 3  # acked
+
+    sent = _run(CLIENT_PY, "send", "--type", "status", "--payload", '{"ok": true}', "--credentials", creds_path)
+    assert sent.returncode == 0, sent.stderr
+    assert json.loads(sent.stdout) == {"id": 1, "status": 201}
+
+    bad_json = _run(CLIENT_PY, "send", "--type", "status", "--payload", "{nope", "--credentials", creds_path)
+    assert bad_json.returncode == 2
+    no_admin = _run(CLIENT_PY, "publish", "--url", server.origin, "--to", client_id, "--type", "t",
+                    "--payload", "1")
+    assert no_admin.returncode == 2 and "PIGEONHOLE_ADMIN_TOKEN" in no_admin.stderr
+    missing = _run(CLIENT_PY, "listen", "--once", "--credentials", tmp_path / "nope.json")
+    assert missing.returncode == 2 and "register" in missing.stderr
+
+
+def test_cli_exit_codes_for_rate_limit_and_unreachable(phc, limited_server, tmp_path):
+    creds_path = tmp_path / "limited.json"
+    assert _run(CLIENT_PY, "register", "--url", limited_server.origin, "--credentials", creds_path).returncode == 0
+    assert _run(CLIENT_PY, "listen", "--once", "--credentials", creds_path).returncode == 3
+    limited = _run(CLIENT_PY, "listen", "--once", "--credentials", creds_path)
+    assert limited.returncode == 1 and "rate limited" in limited.stderr
+
+    creds = phc.load_credentials(str(creds_path))
+    down_path = phc.save_credentials(
+        phc.Credentials(f"http://127.0.0.1:{_free_port()}", creds.client_id, creds.api_token,
+                        creds.personal_token), str(tmp_path / "down.json"))
+    down = _run(CLIENT_PY, "listen", "--once", "--timeout", "2", "--credentials", down_path)
+    assert down.returncode == 4, down.stderr
+
