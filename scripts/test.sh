@@ -52,6 +52,9 @@ export PIGEONHOLE_LOCAL_BIN="$root/target/debug/pigeonhole-local"
 step "Rust tests (unit, store contract, handlers, end-to-end)"
 cargo test --workspace --locked
 
+step "browser client (headless Chromium)"
+clients/browser/test/run.sh
+
 step "OpenAPI description"
 "$venv/bin/openapi-spec-validator" openapi.yaml
 

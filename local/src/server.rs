@@ -19,6 +19,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 
+#[path = "static_page.rs"]
+mod static_page;
+
 /// How long in-flight requests get to finish after a shutdown signal.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -75,6 +78,16 @@ pub async fn serve(app: Arc<App>, addr: SocketAddr) -> Result<(), String> {
 }
 
 async fn respond(app: &App, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    // The browser client's files; every other path is the API's.
+    if let Some(page) = static_page::respond(request.method(), request.uri().path()) {
+        tracing::debug!(
+            method = %request.method(),
+            path = %request.uri().path(),
+            status = page.status().as_u16(),
+            "static"
+        );
+        return page.map(Full::new);
+    }
     let (parts, body) = request.into_parts();
     // Stop reading at the limit rather than buffering whatever is sent.
     let response = match Limited::new(body, MAX_BODY_BYTES).collect().await {
