@@ -45,9 +45,10 @@ cargo fmt --all -- --check
 step "lints (cargo clippy -D warnings)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
-step "build the local server for the end-to-end tests"
-cargo build --locked -p pigeonhole-local
+step "build the binaries the end-to-end tests drive"
+cargo build --locked -p pigeonhole-local -p pigeonhole-cli
 export PIGEONHOLE_LOCAL_BIN="$root/target/debug/pigeonhole-local"
+export PIGEONHOLE_CLI_BIN="$root/target/debug/pigeonhole"
 
 step "Rust tests (unit, store contract, handlers, end-to-end)"
 cargo test --workspace --locked

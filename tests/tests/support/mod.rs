@@ -885,3 +885,334 @@ pub fn messages_of(body: &Value) -> Vec<Value> {
 pub fn ids_of(msgs: &[Value]) -> Vec<u64> {
     msgs.iter().map(|m| m["id"].as_u64().unwrap()).collect()
 }
+
+// ---------------------------------------------------------------------------
+// The `pigeonhole` CLI
+// ---------------------------------------------------------------------------
+
+/// Path of the `pigeonhole` CLI binary. `PIGEONHOLE_CLI_BIN` wins; otherwise
+/// `cargo build -p pigeonhole-cli` is run once per test process.
+pub fn cli_binary() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(p) = std::env::var_os("PIGEONHOLE_CLI_BIN") {
+            let p = PathBuf::from(p);
+            assert!(
+                p.is_file(),
+                "PIGEONHOLE_CLI_BIN={} does not exist",
+                p.display()
+            );
+            return p;
+        }
+        let ws = workspace_dir();
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .map(|t| if t.is_relative() { ws.join(t) } else { t })
+            .unwrap_or_else(|| ws.join("target"));
+        let bin = target.join("debug").join("pigeonhole");
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let mut build = Command::new(cargo);
+        build
+            .args(["build", "-p", "pigeonhole-cli"])
+            .current_dir(&ws)
+            .stdin(Stdio::null());
+        // Cargo runs this test with the variables it sets for a crate
+        // (CARGO_MANIFEST_DIR, CARGO_PKG_*, …). Some build scripts in the CLI's
+        // tree (ring's) track CARGO_MANIFEST_DIR, so passing them on would make
+        // this build and a plain one from the shell rebuild each other.
+        for (name, _) in std::env::vars_os() {
+            let name = name.to_string_lossy();
+            if name == "CARGO_MANIFEST_DIR"
+                || name == "CARGO_MANIFEST_PATH"
+                || name == "CARGO_CRATE_NAME"
+                || name == "CARGO_PRIMARY_PACKAGE"
+                || name == "CARGO_TARGET_TMPDIR"
+                || name.starts_with("CARGO_PKG_")
+                || name.starts_with("CARGO_BIN_")
+            {
+                build.env_remove(name.as_ref());
+            }
+        }
+        let out = build
+            .output()
+            .expect("failed to run `cargo build -p pigeonhole-cli`");
+        assert!(
+            out.status.success(),
+            "`cargo build -p pigeonhole-cli` failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            bin.is_file(),
+            "built pigeonhole-cli but {} does not exist",
+            bin.display()
+        );
+        bin
+    })
+}
+
+/// What one CLI run produced.
+#[derive(Debug)]
+pub struct CliOutput {
+    /// `None` when it was killed by a signal.
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl CliOutput {
+    /// Panics with everything the run printed unless it exited with `code`.
+    pub fn expect_code(&self, code: i32) -> &Self {
+        assert_eq!(self.code, Some(code), "unexpected exit code: {self:#?}");
+        assert!(
+            !self.stderr.contains("panicked"),
+            "the CLI panicked: {self:#?}"
+        );
+        self
+    }
+
+    pub fn expect_ok(&self) -> &Self {
+        self.expect_code(0)
+    }
+
+    pub fn stdout_lines(&self) -> Vec<&str> {
+        self.stdout
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .collect()
+    }
+}
+
+/// One CLI user: its own `HOME` (so the real one is never touched) and the
+/// server URL. The environment is cleared of every `PIGEONHOLE_*` variable
+/// the CLI reads, so the caller's shell cannot leak in.
+pub struct Cli {
+    pub home: tempfile::TempDir,
+    pub url: String,
+    /// Extra environment for every run (e.g. `PIGEONHOLE_CONFIG`).
+    pub env: Vec<(String, String)>,
+}
+
+impl Cli {
+    pub fn new(server: &Server) -> Cli {
+        Cli::with_url(&server.base)
+    }
+
+    pub fn with_url(url: &str) -> Cli {
+        Cli {
+            home: tempfile::tempdir().expect("tempdir for HOME"),
+            url: url.to_string(),
+            env: Vec::new(),
+        }
+    }
+
+    /// Where the CLI keeps its profiles with this `HOME` and no overrides.
+    pub fn config_path(&self) -> PathBuf {
+        self.env
+            .iter()
+            .find(|(k, _)| k == "PIGEONHOLE_CONFIG")
+            .map(|(_, v)| PathBuf::from(v))
+            .unwrap_or_else(|| {
+                self.home
+                    .path()
+                    .join(".config")
+                    .join("pigeonhole")
+                    .join("config.json")
+            })
+    }
+
+    /// The parsed config file.
+    pub fn config(&self) -> Value {
+        let text = std::fs::read_to_string(self.config_path()).expect("config file exists");
+        serde_json::from_str(&text).expect("config file is JSON")
+    }
+
+    /// The saved profile `name`.
+    pub fn profile(&self, name: &str) -> Value {
+        let config = self.config();
+        let p = config["profiles"][name].clone();
+        assert!(p.is_object(), "no profile {name:?} in {config}");
+        p
+    }
+
+    /// The credentials saved in profile `name`, for talking to the server directly.
+    pub fn creds(&self, name: &str) -> Creds {
+        let p = self.profile(name);
+        Creds {
+            client_id: p["client_id"].as_str().unwrap().into(),
+            personal_token: p["personal_token"].as_str().unwrap().into(),
+            api_token: p["api_token"].as_str().unwrap().into(),
+        }
+    }
+
+    /// A `pigeonhole` command with a clean environment and `--url`.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(cli_binary());
+        cmd.args(args)
+            .current_dir(self.home.path())
+            .stdin(Stdio::null())
+            .env("HOME", self.home.path())
+            .env("PIGEONHOLE_URL", &self.url)
+            .env("NO_COLOR", "1");
+        for var in [
+            "PIGEONHOLE_CONFIG",
+            "PIGEONHOLE_PROFILE",
+            "PIGEONHOLE_ADMIN_TOKEN",
+            "PIGEONHOLE_OPERATOR_TOKEN",
+            "XDG_CONFIG_HOME",
+        ] {
+            cmd.env_remove(var);
+        }
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        cmd
+    }
+
+    /// Runs to completion (killed and failing after 60 s).
+    pub fn run(&self, args: &[&str]) -> CliOutput {
+        self.run_with(self.command(args))
+    }
+
+    /// Like `run` with extra environment variables.
+    pub fn run_env(&self, args: &[&str], env: &[(&str, &str)]) -> CliOutput {
+        let mut cmd = self.command(args);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        self.run_with(cmd)
+    }
+
+    pub fn run_with(&self, cmd: Command) -> CliOutput {
+        let mut child = self.spawn_with(cmd);
+        let status = child.wait_timeout(Duration::from_secs(60));
+        child.output(status)
+    }
+
+    /// Starts the command in the background; output goes to files.
+    pub fn spawn(&self, args: &[&str]) -> CliChild {
+        self.spawn_with(self.command(args))
+    }
+
+    pub fn spawn_with(&self, mut cmd: Command) -> CliChild {
+        let dir = tempfile::tempdir().expect("tempdir for output");
+        let stdout = dir.path().join("stdout");
+        let stderr = dir.path().join("stderr");
+        cmd.stdout(File::create(&stdout).unwrap())
+            .stderr(File::create(&stderr).unwrap());
+        let child = cmd.spawn().expect("spawn the pigeonhole CLI");
+        CliChild {
+            child,
+            stdout,
+            stderr,
+            _dir: dir,
+        }
+    }
+
+    /// `register` with a random fingerprint (two `Cli`s of one test never
+    /// collide on the machine-derived default); returns the client id.
+    pub fn register(&self, name: &str) -> String {
+        let fp = random_fingerprint();
+        self.run(&["register", "--name", name, "--fingerprint", &fp])
+            .expect_ok();
+        self.creds("default").client_id
+    }
+}
+
+pub struct CliChild {
+    child: Child,
+    stdout: PathBuf,
+    stderr: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl CliChild {
+    pub fn stdout(&self) -> String {
+        std::fs::read_to_string(&self.stdout).unwrap_or_default()
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits until stdout holds `n` non-empty lines; panics after `timeout`.
+    pub fn wait_for_lines(&mut self, n: usize, timeout: Duration) -> Vec<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let lines: Vec<String> = self
+                .stdout()
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .map(String::from)
+                .collect();
+            if lines.len() >= n {
+                return lines;
+            }
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!(
+                    "the CLI exited ({status}) with {} of {n} lines\nstdout:\n{}\nstderr:\n{}",
+                    lines.len(),
+                    self.stdout(),
+                    self.stderr()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "only {} of {n} lines after {timeout:?}\nstdout:\n{}\nstderr:\n{}",
+                lines.len(),
+                self.stdout(),
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Sends SIGINT (Ctrl-C).
+    pub fn interrupt(&self) {
+        let ok = Command::new("kill")
+            .arg("-INT")
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("run kill -INT");
+        assert!(ok.success(), "kill -INT failed");
+    }
+
+    /// Waits for the exit status; kills the process after `timeout` (`None`).
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Collects the output of a finished run; panics if it timed out.
+    pub fn output(&self, status: Option<std::process::ExitStatus>) -> CliOutput {
+        let out = CliOutput {
+            code: status.and_then(|s| s.code()),
+            stdout: self.stdout(),
+            stderr: self.stderr(),
+        };
+        assert!(status.is_some(), "the CLI did not finish in time: {out:#?}");
+        out
+    }
+}
+
+impl Drop for CliChild {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}

@@ -1,0 +1,494 @@
+//! A typed client for the HTTP API in `docs/api.md`.
+//!
+//! Every non-success answer becomes an [`ApiError`]: the server's
+//! `{"error": {"code", "message"}}` body when it sent one, plus `Retry-After`
+//! on 429. Transport failures are [`ApiError::Network`]. Callers decide what
+//! is worth retrying with [`ApiError::is_retryable`].
+
+use std::time::Duration;
+
+use reqwest::{RequestBuilder, Response, StatusCode};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+const PREFIX: &str = "/api/v1";
+const USER_AGENT: &str = concat!("pigeonhole-cli/", env!("CARGO_PKG_VERSION"));
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The server answered with an error status.
+    #[error("{code}: {message}{}", retry_hint(*.retry_after))]
+    Server {
+        status: u16,
+        code: String,
+        message: String,
+        retry_after: Option<u64>,
+    },
+    /// The request never got an answer (DNS, connect, TLS, timeout, reset).
+    #[error("network: {0}")]
+    Network(String),
+    /// The server answered something the API does not allow.
+    #[error("unexpected response: {0}")]
+    Protocol(String),
+    #[error("invalid server URL {url:?}: {reason}")]
+    BadUrl { url: String, reason: String },
+}
+
+fn retry_hint(retry_after: Option<u64>) -> String {
+    match retry_after {
+        Some(s) => format!(" (retry after {s} s)"),
+        None => String::new(),
+    }
+}
+
+impl ApiError {
+    /// Network errors and 5xx: the same request may well succeed later.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            ApiError::Network(_) => true,
+            ApiError::Server { status, .. } => *status >= 500,
+            _ => false,
+        }
+    }
+
+    /// `Retry-After` of a 429.
+    pub fn rate_limited(&self) -> Option<Duration> {
+        match self {
+            ApiError::Server {
+                status: 429,
+                retry_after,
+                ..
+            } => Some(Duration::from_secs(retry_after.unwrap_or(1).max(1))),
+            _ => None,
+        }
+    }
+}
+
+/// What register returns, and what authenticates a client.
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Credentials {
+    pub client_id: String,
+    pub api_token: String,
+    pub personal_token: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("client_id", &self.client_id)
+            .field("api_token", &"<redacted>")
+            .field("personal_token", &"<redacted>")
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PublishReceipt {
+    pub publish_id: String,
+    pub recipients: u64,
+}
+
+/// The body of `POST /messages/send`. Kept whole so a retry resends exactly
+/// the same bytes (the server deduplicates by nonce).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct SendBody {
+    pub ciphertext: String,
+    pub nonce: String,
+    pub tag: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub aad: Option<Map<String, Value>>,
+}
+
+/// One message as delivered by poll (still encrypted).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct Delivered {
+    pub id: u64,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub ciphertext: String,
+    pub nonce: String,
+    pub tag: String,
+    #[serde(default)]
+    pub aad: Option<Value>,
+    pub created_at: String,
+}
+
+/// A 200 poll. Its `next_cursor` is always the last message's id, so the
+/// messages alone say how far the client got.
+#[derive(Debug, Clone, Deserialize)]
+pub struct PollPage {
+    pub messages: Vec<Delivered>,
+}
+
+#[derive(Debug)]
+pub enum Poll {
+    /// 204: nothing newer than the cursor.
+    Empty,
+    Page(PollPage),
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+pub struct ClientInfo {
+    pub id: String,
+    pub name: Option<String>,
+    pub created_at: String,
+    pub last_seen_at: Option<String>,
+    pub status: String,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ClientsPage {
+    pub clients: Vec<ClientInfo>,
+    #[serde(default)]
+    pub next_page_token: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Id {
+    id: u64,
+}
+
+#[derive(Deserialize)]
+struct Cursor {
+    cursor: u64,
+}
+
+#[derive(Deserialize)]
+struct ErrorBody {
+    error: ErrorDetail,
+}
+
+#[derive(Deserialize)]
+struct ErrorDetail {
+    code: String,
+    message: String,
+}
+
+#[derive(Clone)]
+pub struct Api {
+    http: reqwest::Client,
+    base: String,
+}
+
+/// Trims a user-given server URL to its base: no trailing `/`, no `/api/v1`.
+pub fn normalize_url(url: &str) -> Result<String, ApiError> {
+    let bad = |reason: &str| ApiError::BadUrl {
+        url: url.to_string(),
+        reason: reason.to_string(),
+    };
+    let mut base = url.trim().trim_end_matches('/').to_string();
+    if let Some(stripped) = base.strip_suffix(PREFIX) {
+        base = stripped.trim_end_matches('/').to_string();
+    }
+    let parsed = reqwest::Url::parse(&base).map_err(|e| bad(&e.to_string()))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(bad("the scheme must be http or https"));
+    }
+    if parsed.host_str().is_none() {
+        return Err(bad("no host"));
+    }
+    if parsed.query().is_some() || parsed.fragment().is_some() {
+        return Err(bad("no query or fragment allowed"));
+    }
+    Ok(base)
+}
+
+fn describe(err: &reqwest::Error) -> String {
+    let what = if err.is_timeout() {
+        "request timed out"
+    } else if err.is_connect() {
+        "cannot connect"
+    } else if err.is_body() || err.is_decode() {
+        "cannot read the response"
+    } else {
+        "request failed"
+    };
+    // The innermost cause says most (e.g. "Connection refused (os error 111)").
+    let mut root: &dyn std::error::Error = err;
+    while let Some(next) = root.source() {
+        root = next;
+    }
+    let target = err
+        .url()
+        .map(|u| format!(" to {}", u.origin().ascii_serialization()))
+        .unwrap_or_default();
+    format!("{what}{target}: {root}")
+}
+
+impl Api {
+    pub fn new(url: &str) -> Result<Api, ApiError> {
+        let base = normalize_url(url)?;
+        let http = reqwest::Client::builder()
+            .user_agent(USER_AGENT)
+            .connect_timeout(Duration::from_secs(10))
+            .timeout(Duration::from_secs(30))
+            .build()
+            .map_err(|e| ApiError::Network(describe(&e)))?;
+        Ok(Api { http, base })
+    }
+
+    /// The server base URL (without `/api/v1`).
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    fn endpoint(&self, path: &str) -> String {
+        format!("{}{PREFIX}{path}", self.base)
+    }
+
+    fn authed(&self, rb: RequestBuilder, creds: &Credentials) -> RequestBuilder {
+        rb.bearer_auth(&creds.api_token)
+            .header("X-Client-Id", &creds.client_id)
+    }
+
+    async fn execute(rb: RequestBuilder) -> Result<Response, ApiError> {
+        rb.send().await.map_err(|e| ApiError::Network(describe(&e)))
+    }
+
+    /// Turns a non-success response into an [`ApiError`].
+    async fn error_from(resp: Response) -> ApiError {
+        let status = resp.status().as_u16();
+        let retry_after = resp
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        let text = match resp.text().await {
+            Ok(text) => text,
+            Err(e) => return ApiError::Network(describe(&e)),
+        };
+        match serde_json::from_str::<ErrorBody>(&text) {
+            Ok(body) => ApiError::Server {
+                status,
+                code: body.error.code,
+                message: body.error.message,
+                retry_after,
+            },
+            Err(_) => {
+                let snippet: String = text.trim().chars().take(200).collect();
+                ApiError::Server {
+                    status,
+                    code: format!("http_{status}"),
+                    message: if snippet.is_empty() {
+                        "the server gave no details".into()
+                    } else {
+                        snippet
+                    },
+                    retry_after,
+                }
+            }
+        }
+    }
+
+    async fn json<T: DeserializeOwned>(resp: Response) -> Result<T, ApiError> {
+        let status = resp.status();
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| ApiError::Network(describe(&e)))?;
+        serde_json::from_slice(&bytes)
+            .map_err(|e| ApiError::Protocol(format!("{status} with an unexpected body: {e}")))
+    }
+
+    /// Sends and returns the response when its status is one of `ok`.
+    async fn expect(rb: RequestBuilder, ok: &[StatusCode]) -> Result<Response, ApiError> {
+        let resp = Self::execute(rb).await?;
+        if ok.contains(&resp.status()) {
+            Ok(resp)
+        } else if resp.status().is_success() {
+            Err(ApiError::Protocol(format!(
+                "status {} is not one this endpoint returns",
+                resp.status()
+            )))
+        } else {
+            Err(Self::error_from(resp).await)
+        }
+    }
+
+    /// `POST /clients/register`. The flag is true for a new client (201),
+    /// false when the fingerprint was already registered (200).
+    pub async fn register(
+        &self,
+        fingerprint: &str,
+        name: Option<&str>,
+    ) -> Result<(Credentials, bool), ApiError> {
+        let body = serde_json::json!({ "fingerprint": fingerprint, "name": name });
+        let rb = self
+            .http
+            .post(self.endpoint("/clients/register"))
+            .json(&body);
+        let resp = Self::expect(rb, &[StatusCode::CREATED, StatusCode::OK]).await?;
+        let created = resp.status() == StatusCode::CREATED;
+        Ok((Self::json(resp).await?, created))
+    }
+
+    /// `POST /messages/publish` with the admin token.
+    pub async fn publish(
+        &self,
+        admin_token: &str,
+        to: &[String],
+        kind: &str,
+        payload: &Value,
+    ) -> Result<PublishReceipt, ApiError> {
+        let body = serde_json::json!({ "to_client_ids": to, "type": kind, "payload": payload });
+        let rb = self
+            .http
+            .post(self.endpoint("/messages/publish"))
+            .header("X-Admin-Token", admin_token)
+            .json(&body);
+        Self::json(Self::expect(rb, &[StatusCode::ACCEPTED]).await?).await
+    }
+
+    /// `POST /messages/send`. Returns the message id, and whether it was
+    /// stored now (201) rather than recognised as a retry (200).
+    pub async fn send(
+        &self,
+        creds: &Credentials,
+        body: &SendBody,
+    ) -> Result<(u64, bool), ApiError> {
+        let rb = self.authed(self.http.post(self.endpoint("/messages/send")), creds);
+        let resp = Self::expect(rb.json(body), &[StatusCode::CREATED, StatusCode::OK]).await?;
+        let created = resp.status() == StatusCode::CREATED;
+        Ok((Self::json::<Id>(resp).await?.id, created))
+    }
+
+    /// `GET /messages/poll`. `cursor: None` starts from the acked cursor.
+    pub async fn poll(
+        &self,
+        creds: &Credentials,
+        cursor: Option<u64>,
+        limit: u32,
+    ) -> Result<Poll, ApiError> {
+        let mut rb = self.http.get(self.endpoint("/messages/poll"));
+        if let Some(c) = cursor {
+            rb = rb.query(&[("cursor", c)]);
+        }
+        let rb = self.authed(rb.query(&[("limit", limit)]), creds);
+        let resp = Self::expect(rb, &[StatusCode::OK, StatusCode::NO_CONTENT]).await?;
+        if resp.status() == StatusCode::NO_CONTENT {
+            return Ok(Poll::Empty);
+        }
+        let page: PollPage = Self::json(resp).await?;
+        if page.messages.is_empty() {
+            return Err(ApiError::Protocol("200 poll with no messages".into()));
+        }
+        Ok(Poll::Page(page))
+    }
+
+    /// `POST /messages/ack`; returns the server's cursor after the ack.
+    pub async fn ack(&self, creds: &Credentials, last_received_id: u64) -> Result<u64, ApiError> {
+        let rb = self.authed(self.http.post(self.endpoint("/messages/ack")), creds);
+        let body = serde_json::json!({ "last_received_id": last_received_id });
+        let resp = Self::expect(rb.json(&body), &[StatusCode::OK]).await?;
+        Ok(Self::json::<Cursor>(resp).await?.cursor)
+    }
+
+    /// One page of `GET /operators/clients`.
+    pub async fn clients_page(
+        &self,
+        operator_token: &str,
+        limit: u32,
+        page_token: Option<&str>,
+    ) -> Result<ClientsPage, ApiError> {
+        let mut rb = self
+            .http
+            .get(self.endpoint("/operators/clients"))
+            .header("X-Operator-Token", operator_token)
+            .query(&[("limit", limit)]);
+        if let Some(t) = page_token {
+            rb = rb.query(&[("page_token", t)]);
+        }
+        Self::json(Self::expect(rb, &[StatusCode::OK]).await?).await
+    }
+
+    /// Every client, walking all pages of `limit` clients.
+    pub async fn all_clients(
+        &self,
+        operator_token: &str,
+        limit: u32,
+    ) -> Result<Vec<ClientInfo>, ApiError> {
+        let mut all = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let page = self
+                .clients_page(operator_token, limit, token.as_deref())
+                .await?;
+            all.extend(page.clients);
+            match page.next_page_token {
+                Some(next) if Some(&next) != token.as_ref() => token = Some(next),
+                Some(_) => {
+                    return Err(ApiError::Protocol(
+                        "the server repeated a page token".into(),
+                    ))
+                }
+                None => return Ok(all),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_normalized() {
+        for (given, want) in [
+            ("http://127.0.0.1:8080", "http://127.0.0.1:8080"),
+            ("http://127.0.0.1:8080/", "http://127.0.0.1:8080"),
+            ("http://127.0.0.1:8080/api/v1", "http://127.0.0.1:8080"),
+            ("https://x.example/prod/api/v1/", "https://x.example/prod"),
+            (" https://x.example/prod ", "https://x.example/prod"),
+        ] {
+            assert_eq!(normalize_url(given).unwrap(), want, "{given}");
+        }
+        for bad in [
+            "",
+            "127.0.0.1:8080",
+            "ftp://x",
+            "http://x/?a=1",
+            "not a url",
+        ] {
+            assert!(normalize_url(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn server_errors_read_like_the_api() {
+        let e = ApiError::Server {
+            status: 429,
+            code: "rate_limited".into(),
+            message: "too many polls".into(),
+            retry_after: Some(7),
+        };
+        assert_eq!(
+            e.to_string(),
+            "rate_limited: too many polls (retry after 7 s)"
+        );
+        assert_eq!(e.rate_limited(), Some(Duration::from_secs(7)));
+        assert!(!e.is_retryable());
+        let e = ApiError::Server {
+            status: 503,
+            code: "http_503".into(),
+            message: "down".into(),
+            retry_after: None,
+        };
+        assert!(e.is_retryable());
+        assert!(ApiError::Network("reset".into()).is_retryable());
+    }
+
+    #[test]
+    fn credentials_debug_is_redacted() {
+        let c = Credentials {
+            client_id: "id".into(),
+            api_token: "pht_x".into(),
+            personal_token: "key".into(),
+        };
+        let shown = format!("{c:?}");
+        assert!(
+            !shown.contains("pht_x") && !shown.contains("key\""),
+            "{shown}"
+        );
+    }
+}

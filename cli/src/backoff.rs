@@ -1,0 +1,184 @@
+//! The short-poll schedule from `docs/api.md`, as a pure state machine.
+//!
+//! Start at 3 s. After an empty poll (204), wait the delay, then add 3 s, up to
+//! 30 s (3, 6, 9, … 30, 30, …). After messages, reset to 3 s (or poll again at
+//! once when the page was full). On 429 wait `Retry-After` without touching the
+//! delay. Network errors and 5xx back off like an empty poll.
+//!
+//! Nothing here sleeps or reads a clock, so the schedule is tested directly.
+
+use std::time::Duration;
+
+/// What the last poll came back with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PollOutcome {
+    /// 204: nothing new.
+    Empty,
+    /// 200: the messages were handled. `full_page` when the page held `limit`
+    /// messages, so more may be waiting.
+    Messages { full_page: bool },
+    /// 429 with its `Retry-After`.
+    RateLimited { retry_after: Duration },
+    /// A network error or a 5xx.
+    Failed,
+}
+
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    step: Duration,
+    max: Duration,
+    delay: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff::new()
+    }
+}
+
+impl Backoff {
+    /// The first delay, and what every empty poll adds.
+    pub const STEP: Duration = Duration::from_secs(3);
+    /// The schedule never waits longer than this (10 steps).
+    pub const MAX: Duration = Duration::from_secs(30);
+
+    /// The documented schedule: 3 s steps up to 30 s.
+    pub fn new() -> Backoff {
+        Backoff {
+            step: Backoff::STEP,
+            max: Backoff::MAX,
+            delay: Backoff::STEP,
+        }
+    }
+
+    /// The same shape (step, 2×step, … 10×step) with another step; the
+    /// hidden `--interval-base-ms` flag uses it to make tests fast.
+    pub fn with_step(step: Duration) -> Backoff {
+        let step = step.max(Duration::from_millis(1));
+        Backoff {
+            step,
+            max: step * 10,
+            delay: step,
+        }
+    }
+
+    /// The delay the next empty poll will wait.
+    pub fn current(&self) -> Duration {
+        self.delay
+    }
+
+    /// Feeds one poll's outcome in and returns how long to wait before the
+    /// next poll.
+    pub fn next_delay(&mut self, outcome: PollOutcome) -> Duration {
+        match outcome {
+            PollOutcome::Empty | PollOutcome::Failed => {
+                let wait = self.delay;
+                self.delay = (self.delay + self.step).min(self.max);
+                wait
+            }
+            PollOutcome::Messages { full_page } => {
+                self.delay = self.step;
+                if full_page {
+                    Duration::ZERO
+                } else {
+                    self.delay
+                }
+            }
+            PollOutcome::RateLimited { retry_after } => retry_after,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn secs(d: Duration) -> u64 {
+        d.as_secs()
+    }
+
+    #[test]
+    fn empty_polls_climb_by_three_seconds_to_thirty() {
+        let mut b = Backoff::new();
+        assert_eq!(b.current(), Duration::from_secs(3));
+        let waits: Vec<u64> = (0..13)
+            .map(|_| secs(b.next_delay(PollOutcome::Empty)))
+            .collect();
+        assert_eq!(waits, [3, 6, 9, 12, 15, 18, 21, 24, 27, 30, 30, 30, 30]);
+        assert_eq!(b.current(), Backoff::MAX);
+    }
+
+    #[test]
+    fn messages_reset_to_three_seconds() {
+        let mut b = Backoff::new();
+        for _ in 0..7 {
+            b.next_delay(PollOutcome::Empty);
+        }
+        assert_eq!(secs(b.current()), 24);
+        let wait = b.next_delay(PollOutcome::Messages { full_page: false });
+        assert_eq!(secs(wait), 3);
+        let waits: Vec<u64> = (0..3)
+            .map(|_| secs(b.next_delay(PollOutcome::Empty)))
+            .collect();
+        assert_eq!(waits, [3, 6, 9]);
+    }
+
+    #[test]
+    fn a_full_page_polls_again_at_once_and_still_resets() {
+        let mut b = Backoff::new();
+        for _ in 0..20 {
+            b.next_delay(PollOutcome::Empty);
+        }
+        assert_eq!(
+            b.next_delay(PollOutcome::Messages { full_page: true }),
+            Duration::ZERO
+        );
+        assert_eq!(secs(b.next_delay(PollOutcome::Empty)), 3);
+    }
+
+    #[test]
+    fn failures_back_off_like_empty_polls() {
+        let mut b = Backoff::new();
+        let waits: Vec<u64> = [PollOutcome::Failed, PollOutcome::Empty, PollOutcome::Failed]
+            .into_iter()
+            .map(|o| secs(b.next_delay(o)))
+            .collect();
+        assert_eq!(waits, [3, 6, 9]);
+        for _ in 0..20 {
+            b.next_delay(PollOutcome::Failed);
+        }
+        assert_eq!(secs(b.next_delay(PollOutcome::Failed)), 30);
+    }
+
+    #[test]
+    fn rate_limits_wait_retry_after_and_keep_the_delay() {
+        let mut b = Backoff::new();
+        b.next_delay(PollOutcome::Empty);
+        b.next_delay(PollOutcome::Empty);
+        assert_eq!(secs(b.current()), 9);
+        let retry_after = Duration::from_secs(42);
+        assert_eq!(
+            b.next_delay(PollOutcome::RateLimited { retry_after }),
+            retry_after
+        );
+        assert_eq!(secs(b.current()), 9);
+        assert_eq!(secs(b.next_delay(PollOutcome::Empty)), 9);
+    }
+
+    #[test]
+    fn a_scaled_schedule_keeps_its_shape() {
+        let mut b = Backoff::with_step(Duration::from_millis(100));
+        let waits: Vec<u128> = (0..12)
+            .map(|_| b.next_delay(PollOutcome::Empty).as_millis())
+            .collect();
+        assert_eq!(
+            waits,
+            [100, 200, 300, 400, 500, 600, 700, 800, 900, 1000, 1000, 1000]
+        );
+        assert_eq!(
+            b.next_delay(PollOutcome::Messages { full_page: false })
+                .as_millis(),
+            100
+        );
+    }
+}

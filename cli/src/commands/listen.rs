@@ -1,0 +1,358 @@
+//! `pigeonhole listen`: the short-poll loop. Poll, verify and decrypt, print,
+//! ack, save the cursor, wait as the backoff schedule says, repeat.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use pigeonhole::crypto::Key;
+use pigeonhole::domain::{DEFAULT_POLL_LIMIT, MAX_POLL_LIMIT};
+use serde::Serialize;
+use serde_json::Value;
+use tokio::time::Instant;
+
+use super::{ctrl_c, print_line, profile_key, Ctx};
+use crate::api::{Api, Credentials, Delivered, Poll, PollPage};
+use crate::backoff::{Backoff, PollOutcome};
+use crate::config;
+use crate::error::{CliError, EXIT_NO_MESSAGES, EXIT_OK};
+use crate::message::{open_delivered, Plain};
+use crate::status::{printable, StatusLine};
+
+const EXAMPLES: &str = "\
+Examples:
+  pigeonhole listen
+  pigeonhole listen --json | jq .payload
+  pigeonhole listen --once --json; echo \"exit $?\"
+
+Output: `[created_at] type: payload` per message, or with --json one object per
+line: {\"id\", \"type\", \"created_at\", \"payload\"}. Each message's aad is checked
+against its envelope and it is decrypted before it is printed; it is acked after
+it is printed, and the cursor is saved to the profile, so a restart continues
+where it left off. A message that fails verification is reported on stderr and
+skipped.
+
+Schedule: 3 s, then +3 s after each empty poll up to 30 s, back to 3 s after a
+message; Retry-After is honoured on 429; network errors and 5xx back off the
+same way. Ctrl-C stops (exit 0).
+
+Exit codes: 0 messages came (or stopped with Ctrl-C), 1 error, 3 with --once:
+nothing new.";
+
+#[derive(Debug, Args)]
+#[command(after_help = EXAMPLES)]
+pub struct ListenArgs {
+    /// One JSON object per line: {"id", "type", "created_at", "payload"}
+    #[arg(long)]
+    pub json: bool,
+
+    /// Poll once and exit: 0 when messages came, 3 when there were none
+    #[arg(long)]
+    pub once: bool,
+
+    /// Messages per poll
+    #[arg(long, default_value_t = DEFAULT_POLL_LIMIT,
+          value_parser = clap::value_parser!(u32).range(1..=MAX_POLL_LIMIT as i64))]
+    pub limit: u32,
+
+    /// First step of the schedule in milliseconds (testing)
+    #[arg(long, hide = true, default_value_t = 3000)]
+    pub interval_base_ms: u64,
+}
+
+/// One line of `--json` output.
+#[derive(Serialize)]
+struct JsonLine<'a> {
+    id: u64,
+    #[serde(rename = "type")]
+    kind: &'a str,
+    created_at: &'a str,
+    payload: &'a Value,
+}
+
+/// How a message is printed.
+pub fn render(msg: &Delivered, plain: &Plain, json: bool) -> String {
+    if json {
+        serde_json::to_string(&JsonLine {
+            id: msg.id,
+            kind: &plain.kind,
+            created_at: &msg.created_at,
+            payload: &plain.payload,
+        })
+        .expect("JSON values serialize")
+    } else {
+        format!(
+            "[{}] {}: {}",
+            printable(&msg.created_at),
+            printable(&plain.kind),
+            plain.payload
+        )
+    }
+}
+
+struct Listener {
+    api: Api,
+    creds: Credentials,
+    key: Key,
+    json: bool,
+    limit: u32,
+    config_path: PathBuf,
+    profile: String,
+    /// The highest message id handled (printed or rejected).
+    cursor: u64,
+    /// What the server last confirmed.
+    acked: u64,
+    /// What the profile file holds.
+    saved: u64,
+    status: StatusLine,
+}
+
+/// What handling one page did.
+struct Handled {
+    printed: usize,
+    rejected: usize,
+}
+
+impl Listener {
+    fn poll_cursor(&self) -> Option<u64> {
+        // 0 means "never acked here": let the server start from its own cursor.
+        (self.cursor > 0).then_some(self.cursor)
+    }
+
+    async fn handle(&mut self, page: PollPage) -> Result<Handled, CliError> {
+        let mut handled = Handled {
+            printed: 0,
+            rejected: 0,
+        };
+        for msg in &page.messages {
+            if msg.id <= self.cursor {
+                continue; // already handled
+            }
+            match open_delivered(&self.key, &self.creds.client_id, msg) {
+                Ok(plain) => {
+                    self.status.clear();
+                    print_line(&render(msg, &plain, self.json))?;
+                    handled.printed += 1;
+                }
+                Err(e) => {
+                    self.status
+                        .note(&format!("warning: message {} rejected: {e}", msg.id));
+                    handled.rejected += 1;
+                }
+            }
+            self.cursor = msg.id;
+        }
+        self.ack().await?;
+        Ok(handled)
+    }
+
+    /// Acks `cursor` and saves the result. A retryable failure only warns: the
+    /// ack is tried again before the next poll.
+    async fn ack(&mut self) -> Result<(), CliError> {
+        if self.cursor <= self.acked {
+            return Ok(());
+        }
+        match self.api.ack(&self.creds, self.cursor).await {
+            Ok(server_cursor) => {
+                self.acked = server_cursor.max(self.cursor);
+                self.cursor = self.acked;
+                self.save_cursor();
+                Ok(())
+            }
+            Err(e) if e.is_retryable() => {
+                self.status.note(&format!(
+                    "warning: ack of {} failed ({e}); trying again before the next poll",
+                    self.cursor
+                ));
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn save_cursor(&mut self) {
+        if self.acked == self.saved {
+            return;
+        }
+        let (profile, client_id, cursor) = (&self.profile, &self.creds.client_id, self.acked);
+        let result = config::update(&self.config_path, |c| {
+            if let Some(p) = c.profiles.get_mut(profile) {
+                if p.credentials.client_id == *client_id {
+                    p.cursor = cursor;
+                }
+            }
+        });
+        match result {
+            Ok(()) => self.saved = cursor,
+            Err(e) => self
+                .status
+                .note(&format!("warning: cannot save the cursor: {e}")),
+        }
+    }
+
+    async fn once(&mut self) -> Result<u8, CliError> {
+        match self
+            .api
+            .poll(&self.creds, self.poll_cursor(), self.limit)
+            .await?
+        {
+            Poll::Empty => Ok(EXIT_NO_MESSAGES),
+            Poll::Page(page) => {
+                let handled = self.handle(page).await?;
+                if self.cursor > self.acked {
+                    // `--once` has no next poll to retry the ack before.
+                    self.api.ack(&self.creds, self.cursor).await?;
+                }
+                if handled.printed == 0 && handled.rejected > 0 {
+                    return Err(CliError::Failed(format!(
+                        "{} message(s) failed verification",
+                        handled.rejected
+                    )));
+                }
+                Ok(EXIT_OK)
+            }
+        }
+    }
+
+    async fn forever(&mut self, mut backoff: Backoff) -> Result<u8, CliError> {
+        loop {
+            self.ack().await?;
+            self.status.show("polling…");
+            let result = self
+                .api
+                .poll(&self.creds, self.poll_cursor(), self.limit)
+                .await;
+            let (outcome, problem) = match result {
+                Ok(Poll::Empty) => (PollOutcome::Empty, None),
+                Ok(Poll::Page(page)) => {
+                    let full_page = page.messages.len() >= self.limit as usize;
+                    self.handle(page).await?;
+                    (PollOutcome::Messages { full_page }, None)
+                }
+                Err(e) => match e.rate_limited() {
+                    Some(retry_after) => (
+                        PollOutcome::RateLimited { retry_after },
+                        Some(format!("rate limited by the server ({e})")),
+                    ),
+                    None if e.is_retryable() => (
+                        PollOutcome::Failed,
+                        Some(format!("warning: poll failed: {e}")),
+                    ),
+                    None => return Err(e.into()),
+                },
+            };
+            let interval = backoff.current();
+            let delay = backoff.next_delay(outcome);
+            if let Some(problem) = problem {
+                self.status
+                    .note(&format!("{problem}; next poll in {}", seconds(delay)));
+            }
+            self.wait(delay, interval).await;
+        }
+    }
+
+    /// Sleeps `delay`, counting down in the status line on a terminal.
+    async fn wait(&mut self, delay: Duration, interval: Duration) {
+        if !self.status.enabled() {
+            tokio::time::sleep(delay).await;
+            return;
+        }
+        let end = Instant::now() + delay;
+        loop {
+            let left = end.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            let whole = left.as_secs_f64().ceil().max(1.0) as u64;
+            self.status.show(&format!(
+                "next poll in {whole} s (interval {}) · cursor {} · Ctrl-C to stop",
+                seconds(interval),
+                self.cursor
+            ));
+            // Wake when the displayed number changes.
+            let tick = left.saturating_sub(Duration::from_secs(whole - 1));
+            tokio::time::sleep(tick.max(Duration::from_millis(1))).await;
+        }
+    }
+}
+
+fn seconds(d: Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{} s", d.as_secs())
+    } else {
+        format!("{:.1} s", d.as_secs_f64())
+    }
+}
+
+pub async fn run(ctx: &Ctx, args: ListenArgs) -> Result<u8, CliError> {
+    let profile = ctx.profile()?;
+    let key = profile_key(&profile)?;
+    let api = Api::new(&ctx.url_for(&profile))?;
+    let mut listener = Listener {
+        api,
+        key,
+        json: args.json,
+        limit: args.limit,
+        config_path: ctx.config_path()?.to_path_buf(),
+        profile: ctx.profile.clone(),
+        cursor: profile.cursor,
+        acked: profile.cursor,
+        saved: profile.cursor,
+        creds: profile.credentials,
+        status: StatusLine::stderr(),
+    };
+    let backoff = Backoff::with_step(Duration::from_millis(args.interval_base_ms));
+    let work = async {
+        if args.once {
+            listener.once().await
+        } else {
+            listener.forever(backoff).await
+        }
+    };
+    tokio::select! {
+        result = work => result,
+        () = ctrl_c() => Ok(EXIT_OK),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn msg() -> Delivered {
+        serde_json::from_value(json!({
+            "id": 7, "type": "greeting", "ciphertext": "", "nonce": "", "tag": "",
+            "aad": null, "created_at": "2026-11-25T12:00:00.000Z"
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn human_and_json_lines() {
+        let plain = Plain {
+            kind: "greeting".into(),
+            payload: json!({"text": "hi"}),
+        };
+        assert_eq!(
+            render(&msg(), &plain, false),
+            "[2026-11-25T12:00:00.000Z] greeting: {\"text\":\"hi\"}"
+        );
+        let line: Value = serde_json::from_str(&render(&msg(), &plain, true)).unwrap();
+        assert_eq!(
+            line,
+            json!({"id": 7, "type": "greeting", "created_at": "2026-11-25T12:00:00.000Z",
+                   "payload": {"text": "hi"}})
+        );
+    }
+
+    #[test]
+    fn control_characters_do_not_reach_the_terminal() {
+        let plain = Plain {
+            kind: "x\x1b[2J".into(),
+            payload: json!("a\u{1b}b"),
+        };
+        let line = render(&msg(), &plain, false);
+        assert!(!line.contains('\x1b'), "{line:?}");
+    }
+}

@@ -1,0 +1,134 @@
+//! `pigeonhole register`: create (or recover) this machine's client and save
+//! its credentials to the profile.
+
+use clap::Args;
+use pigeonhole::crypto::Key;
+use pigeonhole::domain::{FINGERPRINT_CHARS, MAX_NAME_CHARS};
+
+use super::{print_line, Ctx};
+use crate::api::Api;
+use crate::config::{self, Profile};
+use crate::error::{CliError, EXIT_OK};
+use crate::fingerprint;
+
+const EXAMPLES: &str = "\
+Examples:
+  pigeonhole register --url http://127.0.0.1:8080 --name laptop
+  pigeonhole --profile work register --url https://pigeonhole.example.com
+  pigeonhole register --url http://127.0.0.1:8080 --show-credentials | jq .client_id
+
+Registering again with the same fingerprint returns the same credentials, so
+running this twice on one machine is harmless. The default fingerprint is a
+SHA-256 of /etc/machine-id (or the host name), your user name and the profile;
+the machine id itself is never sent.";
+
+#[derive(Debug, Args)]
+#[command(after_help = EXAMPLES)]
+pub struct RegisterArgs {
+    /// Name shown to operators (at most 100 characters)
+    #[arg(long)]
+    pub name: Option<String>,
+
+    /// Fingerprint to register with (8–256 characters). Anyone who knows it can
+    /// recover the credentials: use a secret, high-entropy value
+    /// [default: derived from this machine, user and profile]
+    #[arg(long)]
+    pub fingerprint: Option<String>,
+
+    /// Print the credentials as JSON on stdout (they are secret)
+    #[arg(long)]
+    pub show_credentials: bool,
+}
+
+pub async fn run(ctx: &Ctx, args: RegisterArgs) -> Result<u8, CliError> {
+    let path = ctx.config_path()?.to_path_buf();
+    let existing = ctx.find_profile()?;
+    let url = ctx
+        .url
+        .clone()
+        .or_else(|| existing.as_ref().map(|p| p.url.clone()))
+        .ok_or_else(|| {
+            CliError::Usage(
+                "register needs the server URL: pass --url URL or set PIGEONHOLE_URL".into(),
+            )
+        })?;
+
+    let fingerprint = match args.fingerprint {
+        Some(fp) => fp,
+        None => fingerprint::default_for(&ctx.profile).ok_or_else(|| {
+            CliError::Usage(
+                "cannot derive a fingerprint (no /etc/machine-id and no host name): \
+                 pass --fingerprint"
+                    .into(),
+            )
+        })?,
+    };
+    let fp_chars = fingerprint.chars().count();
+    if !FINGERPRINT_CHARS.contains(&fp_chars) {
+        return Err(CliError::Usage(format!(
+            "--fingerprint must be {} to {} characters (got {fp_chars})",
+            FINGERPRINT_CHARS.start(),
+            FINGERPRINT_CHARS.end()
+        )));
+    }
+    if let Some(name) = &args.name {
+        let n = name.chars().count();
+        if n > MAX_NAME_CHARS {
+            return Err(CliError::Usage(format!(
+                "--name must be at most {MAX_NAME_CHARS} characters (got {n})"
+            )));
+        }
+    }
+
+    let api = Api::new(&url)?;
+    let (credentials, created) = api.register(&fingerprint, args.name.as_deref()).await?;
+    if Key::from_base64(&credentials.personal_token).is_none() {
+        return Err(CliError::Failed(
+            "the server returned a personal_token that is not base64 of 32 bytes".into(),
+        ));
+    }
+
+    // Keep listen's cursor when this is the same client on the same server.
+    let cursor = existing
+        .as_ref()
+        .filter(|p| p.credentials.client_id == credentials.client_id && p.url == api.base())
+        .map_or(0, |p| p.cursor);
+    let client_id = credentials.client_id.clone();
+    let profile = Profile {
+        url: api.base().to_string(),
+        credentials: credentials.clone(),
+        fingerprint,
+        name: args.name,
+        cursor,
+    };
+    config::update(&path, |c| c.profiles.insert(ctx.profile.clone(), profile))?;
+
+    let summary = [
+        if created {
+            format!("Registered new client {client_id} at {}.", api.base())
+        } else {
+            format!(
+                "This fingerprint was already registered: client {client_id} at {} \
+                 (same credentials as before).",
+                api.base()
+            )
+        },
+        format!(
+            "Credentials saved to {} (profile {:?}, mode 0600).",
+            path.display(),
+            ctx.profile
+        ),
+    ];
+    if args.show_credentials {
+        for line in summary {
+            eprintln!("{line}");
+        }
+        let shown = serde_json::to_string_pretty(&credentials).expect("credentials serialize");
+        print_line(&shown)?;
+    } else {
+        for line in summary {
+            print_line(&line)?;
+        }
+    }
+    Ok(EXIT_OK)
+}

@@ -1,0 +1,485 @@
+//! `pigeonhole simulate`: a bounded load test. Registers N clients, runs one
+//! backoff poller per client for a fixed time, shows a live progress line and
+//! prints a summary.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use clap::Args;
+use pigeonhole::crypto::{random_bytes, Key};
+use pigeonhole::domain::{DEFAULT_POLL_LIMIT, MAX_RECIPIENTS};
+use serde::Serialize;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio::time::{sleep_until, Instant};
+
+use super::{ctrl_c, print_line, Ctx};
+use crate::api::{Api, ApiError, Credentials, Poll};
+use crate::backoff::{Backoff, PollOutcome};
+use crate::error::{CliError, EXIT_FAILURE, EXIT_OK};
+use crate::fingerprint;
+use crate::message::open_delivered;
+use crate::status::StatusLine;
+
+const EXAMPLES: &str = "\
+Examples:
+  pigeonhole simulate --url http://127.0.0.1:8080 --clients 100 --duration 60
+  PIGEONHOLE_ADMIN_TOKEN=dev-admin-token \\
+    pigeonhole simulate --url http://127.0.0.1:8080 --clients 50 --duration 30 --publish-every 5
+
+Each simulated client registers with a random fingerprint (named `sim-<n>`),
+then polls on the 3 → 30 s schedule, verifies, decrypts and acks what it
+receives. With --publish-every, a message is published to all of them that
+often, so `received` means something. Stops by itself after --duration (or on
+Ctrl-C) and prints a summary. Exit code 1 if no client could register or a
+message failed verification. Only point it at a deployment you run.";
+
+#[derive(Debug, Args)]
+#[command(after_help = EXAMPLES)]
+pub struct SimulateArgs {
+    /// Number of simulated clients
+    #[arg(long, default_value_t = 10,
+          value_parser = clap::value_parser!(u32).range(1..=MAX_RECIPIENTS as i64))]
+    pub clients: u32,
+
+    /// How long the clients poll, in seconds
+    #[arg(long, default_value_t = 60, value_name = "SECS",
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub duration: u64,
+
+    /// Publish a message to every simulated client this often, in seconds
+    /// (needs the admin token)
+    #[arg(long, value_name = "SECS")]
+    pub publish_every: Option<f64>,
+
+    /// Admin token, for --publish-every
+    #[arg(long, env = "PIGEONHOLE_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+
+    /// Registrations in flight at once
+    #[arg(long, default_value_t = 16,
+          value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub register_concurrency: u32,
+
+    /// Print the summary as one JSON object
+    #[arg(long)]
+    pub json: bool,
+
+    /// First step of the schedule in milliseconds (testing)
+    #[arg(long, hide = true, default_value_t = 3000)]
+    pub interval_base_ms: u64,
+}
+
+#[derive(Debug, Default)]
+struct Stats {
+    polls: u64,
+    empty: u64,
+    pages: u64,
+    received: u64,
+    rejected: u64,
+    rate_limited: u64,
+    errors: u64,
+    published: u64,
+    latencies_us: Vec<u32>,
+    last_error: Option<String>,
+}
+
+impl Stats {
+    fn error(&mut self, e: impl ToString) {
+        self.errors += 1;
+        self.last_error = Some(e.to_string());
+    }
+}
+
+type Shared = Arc<Mutex<Stats>>;
+
+fn lock(stats: &Shared) -> std::sync::MutexGuard<'_, Stats> {
+    // A poisoned lock only means a task panicked; the counters are still fine.
+    stats.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Nearest-rank percentile of sorted values.
+pub fn percentile(sorted: &[u32], p: f64) -> Option<u32> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    Some(sorted[rank.clamp(1, sorted.len()) - 1])
+}
+
+fn ms(us: Option<u32>) -> String {
+    us.map_or("-".into(), |us| format!("{:.1} ms", f64::from(us) / 1000.0))
+}
+
+struct Sim {
+    api: Api,
+    deadline: Instant,
+    step: Duration,
+    stats: Shared,
+}
+
+impl Sim {
+    async fn poller(self: Arc<Self>, creds: Credentials, key: Key) {
+        let mut backoff = Backoff::with_step(self.step);
+        let mut cursor = 0u64;
+        // Spread the first polls over one step so clients don't move in lockstep.
+        let step_ms = self.step.as_millis().max(1) as u64;
+        let jitter = u64::from_le_bytes(random_bytes::<8>()) % step_ms;
+        sleep_until((Instant::now() + Duration::from_millis(jitter)).min(self.deadline)).await;
+        while Instant::now() < self.deadline {
+            let started = Instant::now();
+            let result = self
+                .api
+                .poll(&creds, (cursor > 0).then_some(cursor), DEFAULT_POLL_LIMIT)
+                .await;
+            let latency = started.elapsed().as_micros().min(u128::from(u32::MAX)) as u32;
+            let outcome = match result {
+                Ok(Poll::Empty) => {
+                    let mut s = lock(&self.stats);
+                    s.polls += 1;
+                    s.empty += 1;
+                    s.latencies_us.push(latency);
+                    PollOutcome::Empty
+                }
+                Ok(Poll::Page(page)) => {
+                    let full_page = page.messages.len() >= DEFAULT_POLL_LIMIT as usize;
+                    let (mut ok, mut bad) = (0, 0);
+                    for m in &page.messages {
+                        match open_delivered(&key, &creds.client_id, m) {
+                            Ok(_) => ok += 1,
+                            Err(_) => bad += 1,
+                        }
+                        cursor = cursor.max(m.id);
+                    }
+                    {
+                        let mut s = lock(&self.stats);
+                        s.polls += 1;
+                        s.pages += 1;
+                        s.received += ok;
+                        s.rejected += bad;
+                        s.latencies_us.push(latency);
+                    }
+                    if let Err(e) = self.api.ack(&creds, cursor).await {
+                        lock(&self.stats).error(format!("ack: {e}"));
+                    }
+                    PollOutcome::Messages { full_page }
+                }
+                Err(e) => {
+                    let mut s = lock(&self.stats);
+                    if let ApiError::Server { .. } = e {
+                        s.polls += 1;
+                        s.latencies_us.push(latency);
+                    }
+                    match e.rate_limited() {
+                        Some(retry_after) => {
+                            s.rate_limited += 1;
+                            PollOutcome::RateLimited { retry_after }
+                        }
+                        None => {
+                            s.error(format!("poll: {e}"));
+                            PollOutcome::Failed
+                        }
+                    }
+                }
+            };
+            let delay = backoff.next_delay(outcome);
+            sleep_until((Instant::now() + delay).min(self.deadline)).await;
+        }
+    }
+
+    async fn publisher(self: Arc<Self>, token: String, ids: Vec<String>, every: Duration) {
+        let mut next = Instant::now() + every;
+        loop {
+            sleep_until(next.min(self.deadline)).await;
+            if Instant::now() >= self.deadline {
+                return;
+            }
+            for batch in ids.chunks(MAX_RECIPIENTS) {
+                let result = self
+                    .api
+                    .publish(
+                        &token,
+                        batch,
+                        "simulate",
+                        &serde_json::json!({"at": now_ms()}),
+                    )
+                    .await;
+                let mut s = lock(&self.stats);
+                match result {
+                    Ok(receipt) => s.published += receipt.recipients,
+                    Err(e) => s.error(format!("publish: {e}")),
+                }
+            }
+            next += every;
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+#[derive(Debug, Serialize)]
+struct Summary {
+    url: String,
+    clients: usize,
+    seconds: f64,
+    polls: u64,
+    polls_per_second: f64,
+    empty_polls: u64,
+    message_polls: u64,
+    received: u64,
+    failed_verification: u64,
+    published: u64,
+    rate_limited: u64,
+    errors: u64,
+    p50_ms: Option<f64>,
+    p90_ms: Option<f64>,
+    p99_ms: Option<f64>,
+    max_ms: Option<f64>,
+    last_error: Option<String>,
+    interrupted: bool,
+}
+
+async fn register_all(
+    api: &Api,
+    count: u32,
+    concurrency: u32,
+    status: &mut StatusLine,
+) -> (Vec<Credentials>, Vec<ApiError>) {
+    let gate = Arc::new(Semaphore::new(concurrency as usize));
+    let mut tasks = JoinSet::new();
+    for n in 1..=count {
+        let (api, gate) = (api.clone(), gate.clone());
+        tasks.spawn(async move {
+            let _permit = gate
+                .acquire_owned()
+                .await
+                .expect("semaphore is never closed");
+            let name = format!("sim-{n}");
+            api.register(&fingerprint::random(), Some(&name))
+                .await
+                .map(|(c, _)| c)
+        });
+    }
+    let (mut ok, mut failed) = (Vec::new(), Vec::new());
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok(Ok(creds)) => ok.push(creds),
+            Ok(Err(e)) => failed.push(e),
+            Err(e) => failed.push(ApiError::Protocol(format!("registration task failed: {e}"))),
+        }
+        status.show(&format!(
+            "registering clients: {}/{count}",
+            ok.len() + failed.len()
+        ));
+    }
+    (ok, failed)
+}
+
+pub async fn run(ctx: &Ctx, args: SimulateArgs) -> Result<u8, CliError> {
+    let publish_every = match args.publish_every {
+        None => None,
+        Some(secs) if secs.is_finite() && secs >= 0.05 => Some(Duration::from_secs_f64(secs)),
+        Some(_) => {
+            return Err(CliError::Usage(
+                "--publish-every must be at least 0.05 seconds".into(),
+            ))
+        }
+    };
+    let admin_token = match (publish_every, args.admin_token.as_deref()) {
+        (Some(_), None | Some("")) => {
+            return Err(CliError::Usage(
+                "--publish-every needs --admin-token or PIGEONHOLE_ADMIN_TOKEN".into(),
+            ))
+        }
+        (_, token) => token.map(str::to_string),
+    };
+    let api = Api::new(&ctx.server_url()?)?;
+    let mut status = StatusLine::stderr();
+
+    let registered = tokio::select! {
+        r = register_all(&api, args.clients, args.register_concurrency, &mut status) => r,
+        () = ctrl_c() => {
+            status.note("interrupted while registering");
+            return Ok(EXIT_OK);
+        }
+    };
+    let (clients, failures) = registered;
+    if let Some(first) = failures.first() {
+        status.note(&format!(
+            "warning: {} of {} registrations failed; first: {first}",
+            failures.len(),
+            args.clients
+        ));
+    }
+    if clients.is_empty() {
+        return Err(CliError::Failed(
+            "no simulated client could register".into(),
+        ));
+    }
+
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(args.duration);
+    let sim = Arc::new(Sim {
+        api: api.clone(),
+        deadline,
+        step: Duration::from_millis(args.interval_base_ms),
+        stats: Arc::new(Mutex::new(Stats::default())),
+    });
+    let mut tasks = JoinSet::new();
+    let ids: Vec<String> = clients.iter().map(|c| c.client_id.clone()).collect();
+    for creds in clients {
+        let Some(key) = Key::from_base64(&creds.personal_token) else {
+            lock(&sim.stats).error("register returned an invalid personal_token");
+            continue;
+        };
+        tasks.spawn(sim.clone().poller(creds, key));
+    }
+    if let (Some(every), Some(token)) = (publish_every, admin_token) {
+        tasks.spawn(sim.clone().publisher(token, ids.clone(), every));
+    }
+
+    // Live progress until every task ends (at the deadline), Ctrl-C, or a
+    // grace period after the deadline for requests still in flight.
+    let report_every = if status.enabled() {
+        Duration::from_secs(1)
+    } else {
+        Duration::from_secs(10)
+    };
+    let mut ticker = tokio::time::interval_at(started + report_every, report_every);
+    let mut interrupt = std::pin::pin!(ctrl_c());
+    let grace = deadline + Duration::from_secs(5);
+    let (mut last_polls, mut last_at) = (0u64, started);
+    let mut interrupted = false;
+    loop {
+        tokio::select! {
+            joined = tasks.join_next() => match joined {
+                None => break,
+                Some(Err(e)) if e.is_panic() => lock(&sim.stats).error(format!("task panicked: {e}")),
+                Some(_) => {}
+            },
+            _ = ticker.tick() => {
+                let now = Instant::now();
+                let line = {
+                    let s = lock(&sim.stats);
+                    let mut sorted = s.latencies_us.clone();
+                    sorted.sort_unstable();
+                    let rate = (s.polls - last_polls) as f64
+                        / now.duration_since(last_at).as_secs_f64().max(1e-3);
+                    last_polls = s.polls;
+                    format!(
+                        "[{:>4}/{} s] clients {} · polls/s {rate:.1} · received {} · errors {} · p50 {} · p99 {}",
+                        now.duration_since(started).as_secs().min(args.duration),
+                        args.duration,
+                        ids.len(),
+                        s.received,
+                        s.errors + s.rejected,
+                        ms(percentile(&sorted, 50.0)),
+                        ms(percentile(&sorted, 99.0)),
+                    )
+                };
+                last_at = now;
+                if status.enabled() {
+                    status.show(&line);
+                } else {
+                    eprintln!("{line}");
+                }
+            }
+            () = &mut interrupt => { interrupted = true; break; }
+            () = sleep_until(grace) => break,
+        }
+    }
+    tasks.abort_all();
+    status.clear();
+
+    let elapsed = Instant::now().min(deadline).duration_since(started);
+    let s = lock(&sim.stats);
+    let mut sorted = s.latencies_us.clone();
+    sorted.sort_unstable();
+    let pct = |p: f64| percentile(&sorted, p).map(|us| f64::from(us) / 1000.0);
+    let summary = Summary {
+        url: api.base().to_string(),
+        clients: ids.len(),
+        seconds: elapsed.as_secs_f64(),
+        polls: s.polls,
+        polls_per_second: s.polls as f64 / elapsed.as_secs_f64().max(1e-3),
+        empty_polls: s.empty,
+        message_polls: s.pages,
+        received: s.received,
+        failed_verification: s.rejected,
+        published: s.published,
+        rate_limited: s.rate_limited,
+        errors: s.errors,
+        p50_ms: pct(50.0),
+        p90_ms: pct(90.0),
+        p99_ms: pct(99.0),
+        max_ms: pct(100.0),
+        last_error: s.last_error.clone(),
+        interrupted,
+    };
+    drop(s);
+    if args.json {
+        print_line(&serde_json::to_string(&summary).expect("summary serializes"))?;
+    } else {
+        for line in summary_lines(&summary) {
+            print_line(&line)?;
+        }
+    }
+    Ok(if summary.failed_verification > 0 {
+        EXIT_FAILURE
+    } else {
+        EXIT_OK
+    })
+}
+
+fn summary_lines(s: &Summary) -> Vec<String> {
+    let f = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.1} ms"));
+    let mut lines = vec![
+        format!(
+            "simulated {} clients for {:.1} s against {}{}",
+            s.clients,
+            s.seconds,
+            s.url,
+            if s.interrupted { " (interrupted)" } else { "" }
+        ),
+        format!(
+            "polls      {} ({:.1}/s): {} empty, {} with messages, {} rate limited",
+            s.polls, s.polls_per_second, s.empty_polls, s.message_polls, s.rate_limited
+        ),
+        format!(
+            "messages   {} received and decrypted, {} failed verification, {} published",
+            s.received, s.failed_verification, s.published
+        ),
+        format!(
+            "latency    p50 {}, p90 {}, p99 {}, max {}",
+            f(s.p50_ms),
+            f(s.p90_ms),
+            f(s.p99_ms),
+            f(s.max_ms)
+        ),
+        format!("errors     {}", s.errors),
+    ];
+    if let Some(e) = &s.last_error {
+        lines.push(format!("last error {e}"));
+    }
+    lines
+}
+
+#[cfg(test)]
+mod tests {
+    use super::percentile;
+
+    #[test]
+    fn nearest_rank_percentiles() {
+        assert_eq!(percentile(&[], 50.0), None);
+        assert_eq!(percentile(&[7], 99.0), Some(7));
+        let v: Vec<u32> = (1..=100).collect();
+        assert_eq!(percentile(&v, 50.0), Some(50));
+        assert_eq!(percentile(&v, 99.0), Some(99));
+        assert_eq!(percentile(&v, 100.0), Some(100));
+        assert_eq!(percentile(&v, 0.0), Some(1));
+    }
+}

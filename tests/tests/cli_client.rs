@@ -1,0 +1,326 @@
+//! The `pigeonhole` CLI as a client uses it, against the real local server:
+//! register, listen (once and as a loop), send.
+
+mod support;
+
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use support::*;
+
+fn mode(path: &std::path::Path) -> u32 {
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn register_saves_credentials_0600_and_never_prints_them() {
+    let s = Server::start().await;
+    let cli = Cli::new(&s);
+
+    let out = cli.run(&["register", "--name", "laptop"]);
+    out.expect_ok();
+    let path = cli.config_path();
+    assert!(path.is_file(), "no config at {}: {out:#?}", path.display());
+    assert_eq!(mode(&path), 0o600, "config file mode");
+    assert_eq!(mode(path.parent().unwrap()), 0o700, "config dir mode");
+
+    let creds = cli.creds("default");
+    let profile = cli.profile("default");
+    assert_eq!(profile["url"], json!(s.base));
+    assert_eq!(profile["name"], json!("laptop"));
+    assert_eq!(profile["cursor"], json!(0));
+    let printed = format!("{}{}", out.stdout, out.stderr);
+    assert!(
+        printed.contains(&creds.client_id),
+        "client id shown: {out:#?}"
+    );
+    for secret in [&creds.api_token, &creds.personal_token] {
+        assert!(
+            !printed.contains(secret.as_str()),
+            "a token was printed: {out:#?}"
+        );
+    }
+    assert!(
+        !printed.contains("pht_"),
+        "an API token was printed: {out:#?}"
+    );
+
+    // The saved credentials are real: the server accepts them.
+    assert!(s.poll(&creds, None, None).await.is_none());
+
+    // The default fingerprint is stable: registering again recovers the same
+    // client, and the file stays 0600.
+    let again = cli.run(&["register"]);
+    again.expect_ok();
+    assert!(
+        again.stdout.contains("already registered"),
+        "second register: {again:#?}"
+    );
+    assert_eq!(cli.creds("default"), creds);
+    assert_eq!(mode(&path), 0o600);
+
+    // Another profile gets another client (the profile is part of the
+    // fingerprint), kept alongside the first.
+    cli.run(&["--profile", "work", "register"]).expect_ok();
+    let work = cli.creds("work");
+    assert_ne!(work.client_id, creds.client_id);
+    assert_eq!(cli.creds("default"), creds);
+
+    // Only --show-credentials prints them, as JSON on stdout.
+    let shown = cli.run(&["register", "--show-credentials"]);
+    shown.expect_ok();
+    let v: Value = serde_json::from_str(&shown.stdout).expect("credentials JSON on stdout");
+    assert_eq!(v["api_token"], json!(creds.api_token));
+    assert_eq!(v["personal_token"], json!(creds.personal_token));
+    assert_eq!(v["client_id"], json!(creds.client_id));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pigeonhole_config_overrides_the_location() {
+    let s = Server::start().await;
+    let mut cli = Cli::new(&s);
+    let custom = cli.home.path().join("elsewhere").join("ph.json");
+    cli.env
+        .push(("PIGEONHOLE_CONFIG".into(), custom.display().to_string()));
+    cli.run(&["register", "--fingerprint", &random_fingerprint()])
+        .expect_ok();
+    assert!(custom.is_file());
+    assert_eq!(mode(&custom), 0o600);
+    assert!(!cli.home.path().join(".config").exists());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn publish_then_listen_once_decrypts_acks_then_reports_nothing_new() {
+    let s = Server::start().await;
+    let cli = Cli::new(&s);
+    let id = cli.register("reader");
+    let creds = cli.creds("default");
+
+    let payload = json!({"text": "hello", "note": "café ✓", "n": [1, 2, 3]});
+    let out = cli.run(&[
+        "publish",
+        "--to",
+        &id,
+        "--type",
+        "greeting",
+        "--payload",
+        &payload.to_string(),
+        "--admin-token",
+        s.admin_token(),
+    ]);
+    out.expect_ok();
+    assert!(
+        out.stdout.contains("to 1 recipient"),
+        "publish output: {out:#?}"
+    );
+
+    let out = cli.run(&["listen", "--once", "--json"]);
+    out.expect_ok();
+    let lines = out.stdout_lines();
+    assert_eq!(lines.len(), 1, "one message: {out:#?}");
+    let msg: Value = serde_json::from_str(lines[0]).expect("a JSON line");
+    assert_keys(&msg, &["created_at", "id", "payload", "type"]);
+    assert_eq!(msg["id"], json!(1));
+    assert_eq!(msg["type"], json!("greeting"));
+    assert_eq!(msg["payload"], payload);
+    assert_timestamp(msg["created_at"].as_str().unwrap());
+
+    // Acked on the server and the cursor saved in the profile.
+    assert!(
+        s.poll(&creds, None, None).await.is_none(),
+        "the message was acked"
+    );
+    assert_eq!(cli.profile("default")["cursor"], json!(1));
+
+    // Nothing new: exit 3, nothing on stdout.
+    let out = cli.run(&["listen", "--once"]);
+    out.expect_code(3);
+    assert_eq!(out.stdout, "");
+
+    // Human-readable output: `[time] type: payload`.
+    s.publish(&[&id], "note", json!({"k": "v"})).await;
+    s.publish(&[&id], "note", json!(null)).await;
+    let out = cli.run(&["listen", "--once"]);
+    out.expect_ok();
+    let lines = out.stdout_lines();
+    assert_eq!(lines.len(), 2, "{out:#?}");
+    assert!(lines[0].starts_with('['), "{}", lines[0]);
+    assert!(lines[0].ends_with("] note: {\"k\":\"v\"}"), "{}", lines[0]);
+    assert!(lines[1].ends_with("] note: null"), "{}", lines[1]);
+    assert_eq!(cli.profile("default")["cursor"], json!(3));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn listen_uses_the_saved_cursor_across_restarts() {
+    let s = Server::start().await;
+    let cli = Cli::new(&s);
+    let id = cli.register("reader");
+    for n in 1..=2 {
+        s.publish(&[&id], "n", json!(n)).await;
+    }
+    cli.run(&["listen", "--once", "--json"]).expect_ok();
+    assert_eq!(cli.profile("default")["cursor"], json!(2));
+
+    // A new message, and the profile's cursor is wound back to 1: the next
+    // run asks the server for what follows 1 (messages 2 and 3; 2 is still
+    // retained), which proves the saved cursor is what drives it.
+    s.publish(&[&id], "n", json!(3)).await;
+    let path = cli.config_path();
+    let mut config = cli.config();
+    config["profiles"]["default"]["cursor"] = json!(1);
+    std::fs::write(&path, serde_json::to_string(&config).unwrap()).unwrap();
+    let out = cli.run(&["listen", "--once", "--json"]);
+    out.expect_ok();
+    let ids: Vec<u64> = out
+        .stdout_lines()
+        .iter()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["id"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(ids, [2, 3]);
+    assert_eq!(cli.profile("default")["cursor"], json!(3));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_listen_loop_prints_acks_and_stops_cleanly_on_ctrl_c() {
+    let s = Server::start().await;
+    let cli = Cli::new(&s);
+    let id = cli.register("looper");
+    let creds = cli.creds("default");
+
+    // A 100 ms step keeps the test fast; the schedule itself is unit-tested.
+    let mut child = cli.spawn(&["listen", "--json", "--interval-base-ms", "100"]);
+    for n in 1..=3 {
+        s.publish(&[&id], "tick", json!({ "n": n })).await;
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    let lines = child.wait_for_lines(3, Duration::from_secs(20));
+    let got: Vec<Value> = lines
+        .iter()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap()["payload"].clone())
+        .collect();
+    assert_eq!(got, [json!({"n": 1}), json!({"n": 2}), json!({"n": 3})]);
+
+    child.interrupt();
+    let status = child.wait_timeout(Duration::from_secs(10));
+    let out = child.output(status);
+    out.expect_ok();
+
+    assert!(s.poll(&creds, None, None).await.is_none(), "all acked");
+    assert_eq!(cli.profile("default")["cursor"], json!(3));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_listen_loop_survives_the_server_going_away() {
+    let mut s = Server::start().await;
+    let cli = Cli::new(&s);
+    let id = cli.register("patient");
+    let mut child = cli.spawn(&["listen", "--json", "--interval-base-ms", "100"]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    s.kill9();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    s.restart().await;
+    s.publish(&[&id], "back", json!("again")).await;
+
+    let lines = child.wait_for_lines(1, Duration::from_secs(20));
+    assert!(lines[0].contains("\"again\""), "{lines:?}");
+    let stderr = child.stderr();
+    assert!(stderr.contains("poll failed"), "stderr: {stderr}");
+    assert!(!stderr.contains("panicked"), "stderr: {stderr}");
+    child.interrupt();
+    let status = child.wait_timeout(Duration::from_secs(10));
+    child.output(status).expect_ok();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn send_encrypts_and_the_server_stores_it() {
+    let s = Server::start().await;
+    let cli = Cli::new(&s);
+    cli.register("sender");
+
+    // The server only answers 201 with the next id after it has verified the
+    // tag against the client's key and checked the plaintext's shape.
+    let out = cli.run(&["send", "--type", "reply", "--payload", r#"{"text": "hi"}"#]);
+    out.expect_ok();
+    assert_eq!(out.stdout.trim(), "1");
+    let out = cli.run(&["send", "--type", "reply", "--payload", "[1, \"ünïcode\"]"]);
+    out.expect_ok();
+    assert_eq!(out.stdout.trim(), "2");
+
+    // Bad input is a clear error, not a panic, and nothing is sent.
+    let out = cli.run(&["send", "--type", "reply", "--payload", "{oops"]);
+    out.expect_code(2);
+    assert!(
+        out.stderr.contains("error: --payload is not valid JSON"),
+        "{out:#?}"
+    );
+    let out = cli.run(&["send", "--type", "", "--payload", "1"]);
+    out.expect_code(2);
+    assert!(out.stderr.contains("--type"), "{out:#?}");
+    let out = cli.run(&["send", "--type", "reply", "--payload", "3"]);
+    out.expect_ok();
+    assert_eq!(out.stdout.trim(), "3");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn send_retries_while_the_server_is_down() {
+    let mut s = Server::start().await;
+    let cli = Cli::new(&s);
+    cli.register("sender");
+    s.kill9();
+
+    // Retries after 1, 2, 4 s: the server is back for the second or third.
+    let mut child = cli.spawn(&["send", "--type", "t", "--payload", "1", "--retries", "4"]);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    s.restart().await;
+    let status = child.wait_timeout(Duration::from_secs(30));
+    let out = child.output(status);
+    out.expect_ok();
+    assert_eq!(out.stdout.trim(), "1");
+    assert!(out.stderr.contains("retrying the same message"), "{out:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn commands_without_a_profile_or_server_fail_clearly() {
+    let cli = Cli::with_url("http://127.0.0.1:9");
+    let out = cli.run(&["listen", "--once"]);
+    out.expect_code(2);
+    assert!(out.stderr.contains("pigeonhole register"), "{out:#?}");
+
+    // Nothing listens on port 9: a network error, exit 1, no panic.
+    let out = cli.run(&["register", "--fingerprint", &random_fingerprint()]);
+    out.expect_code(1);
+    assert!(out.stderr.starts_with("error: network:"), "{out:#?}");
+    assert!(!cli.config_path().exists());
+}
+
+#[test]
+fn help_has_examples_and_completions_are_generated() {
+    let cli = Cli::with_url("http://127.0.0.1:9");
+    for sub in [
+        "register",
+        "listen",
+        "send",
+        "publish",
+        "clients",
+        "simulate",
+        "profiles",
+        "completions",
+    ] {
+        let out = cli.run(&[sub, "--help"]);
+        out.expect_ok();
+        assert!(out.stdout.contains("Example"), "{sub} --help: {out:#?}");
+    }
+    let out = cli.run(&["listen", "--help"]);
+    assert!(out.stdout.contains("3 with --once"), "{out:#?}");
+    for shell in ["bash", "zsh", "fish"] {
+        let out = cli.run(&["completions", shell]);
+        out.expect_ok();
+        assert!(out.stdout.contains("pigeonhole"), "{shell}: {out:#?}");
+    }
+}
