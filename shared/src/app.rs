@@ -14,7 +14,7 @@ use std::time::Duration;
 
 pub struct App {
     pub store: Arc<dyn Store>,
-    pub queue: Arc<dyn Queue>,
+    queue: Option<Arc<dyn Queue>>,
     keys: Option<Arc<ServerKeys>>,
     pub clock: Arc<dyn Clock>,
     pub admin_token: Option<String>,
@@ -38,13 +38,13 @@ impl App {
             .ok_or_else(|| ConfigError("MASTER_KEY not set (the fan-out needs it)".into()))?;
         let fanout = Fanout::new(Arc::clone(&store), Arc::clone(&keys), Arc::clone(&clock));
         let queue = Arc::new(InProcessQueue::new(fanout));
-        Ok(Self::new(config, store, queue, clock))
+        Ok(Self::new(config, store, Some(queue), clock))
     }
 
     pub fn new(
         config: &Config,
         store: Arc<dyn Store>,
-        queue: Arc<dyn Queue>,
+        queue: Option<Arc<dyn Queue>>,
         clock: Arc<dyn Clock>,
     ) -> App {
         App {
@@ -65,6 +65,15 @@ impl App {
         self.keys
             .as_ref()
             .ok_or_else(|| ApiError::internal(&"MASTER_KEY is not configured for this function"))
+    }
+}
+
+impl App {
+    /// The fan-out queue. Only the functions that publish are given one.
+    pub fn queue(&self) -> Result<&Arc<dyn Queue>, ApiError> {
+        self.queue
+            .as_ref()
+            .ok_or_else(|| ApiError::internal(&"no fan-out queue is configured for this function"))
     }
 }
 

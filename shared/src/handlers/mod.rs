@@ -11,3 +11,5 @@ pub mod poll;
 pub mod publish;
 pub mod register;
 pub mod send;
+#[cfg(feature = "aws")]
+pub mod sqs_batch;

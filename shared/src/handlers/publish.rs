@@ -79,7 +79,7 @@ pub async fn publish(
         .seal_at_rest(&FanoutJob::payload_context(&publish_id), &plaintext);
     let jobs = FanoutJob::plan(&publish_id, &input.kind, &sealed, &input.recipients);
     tracing::info!(%publish_id, recipients = input.recipients.len(), jobs = jobs.len(), "publish accepted");
-    app.queue.enqueue(jobs).await?;
+    app.queue()?.enqueue(jobs).await?;
     Ok(Published {
         publish_id,
         recipients: input.recipients.len(),

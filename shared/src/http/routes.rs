@@ -1,5 +1,6 @@
 //! The route table: every path the API answers, and its one method.
 
+use crate::config::Secret;
 use http::Method;
 
 pub const BASE_PATH: &str = "/api/v1";
@@ -50,6 +51,22 @@ impl Route {
                 Method::GET
             }
         }
+    }
+
+    /// The secrets the endpoint needs. A deployment of one endpoint (a
+    /// Lambda function) is given these and no others.
+    pub fn secrets(self) -> &'static [Secret] {
+        match self {
+            Route::Health | Route::HealthUnversioned => &[],
+            Route::Register | Route::Send | Route::Poll | Route::Ack => &[Secret::MasterKey],
+            Route::Publish => &[Secret::AdminToken, Secret::MasterKey],
+            Route::ListClients => &[Secret::OperatorTokens],
+        }
+    }
+
+    /// Whether the endpoint hands work to the fan-out queue.
+    pub fn publishes(self) -> bool {
+        self == Route::Publish
     }
 
     /// The `Allow` header value for this route.

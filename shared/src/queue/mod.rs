@@ -7,8 +7,12 @@
 //! recipients may become several jobs.
 
 mod in_process;
+#[cfg(feature = "aws")]
+mod sqs;
 
 pub use in_process::InProcessQueue;
+#[cfg(feature = "aws")]
+pub use sqs::SqsQueue;
 
 use crate::crypto::{decode_base64, encode_base64, Sealed};
 use crate::domain::ClientId;

@@ -14,6 +14,8 @@
 //! All adapters are held to the same contract suite in
 //! `shared/tests/store_contract/`.
 
+#[cfg(feature = "aws")]
+pub mod dynamodb;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 
