@@ -5,6 +5,10 @@
 //! `~/.config/pigeonhole/config.json`. It holds secrets, so every write
 //! creates a fresh file with mode 0600 (set by `open(2)`, never widened) and
 //! renames it over the old one; a crash mid-write leaves the old file intact.
+//!
+//! Besides the profiles it holds `fingerprint_secret`: 32 random bytes, made
+//! the first time a default fingerprint is needed, that keep the default
+//! fingerprint out of reach of anyone who cannot read this file.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -36,12 +40,49 @@ pub enum ConfigError {
         path: PathBuf,
         source: serde_json::Error,
     },
+    #[error(
+        "{path}: fingerprint_secret is not base64 of {FINGERPRINT_SECRET_BYTES} bytes; \
+         restore it from a backup, or delete it to make a new one (the default \
+         fingerprint then changes, so `register` creates a new client)"
+    )]
+    BadFingerprintSecret { path: PathBuf },
 }
 
-#[derive(Debug, Default, Clone, Serialize, Deserialize, PartialEq, Eq)]
+/// Length of the random secret mixed into the default fingerprint.
+pub const FINGERPRINT_SECRET_BYTES: usize = 32;
+
+#[derive(Default, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ConfigFile {
+    /// Base64 of [`FINGERPRINT_SECRET_BYTES`] random bytes, mixed into the
+    /// default fingerprint (see [`fingerprint_secret`]). Absent until first
+    /// needed; every update keeps it, since it is part of the whole file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint_secret: Option<String>,
     #[serde(default)]
     pub profiles: BTreeMap<String, Profile>,
+}
+
+impl std::fmt::Debug for ConfigFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConfigFile")
+            .field(
+                "fingerprint_secret",
+                &self.fingerprint_secret.as_ref().map(|_| "<redacted>"),
+            )
+            .field("profiles", &self.profiles)
+            .finish()
+    }
+}
+
+impl ConfigFile {
+    /// The decoded secret; `None` when absent, `Some(Err)` when malformed.
+    fn decoded_fingerprint_secret(&self) -> Option<Result<Vec<u8>, ()>> {
+        self.fingerprint_secret.as_deref().map(|text| {
+            pigeonhole::crypto::decode_base64(text.trim())
+                .filter(|bytes| bytes.len() == FINGERPRINT_SECRET_BYTES)
+                .ok_or(())
+        })
+    }
 }
 
 /// One registration: where, who, and how far `listen` got.
@@ -155,6 +196,29 @@ pub fn update<T>(path: &Path, change: impl FnOnce(&mut ConfigFile) -> T) -> Resu
     let out = change(&mut config);
     save(path, &config)?;
     Ok(out)
+}
+
+/// The per-user secret for the default fingerprint, made (32 random bytes)
+/// and saved the first time it is needed, then returned unchanged.
+pub fn fingerprint_secret(path: &Path) -> Result<Vec<u8>, ConfigError> {
+    let bad = || ConfigError::BadFingerprintSecret {
+        path: path.to_path_buf(),
+    };
+    if let Some(found) = load(path)?.decoded_fingerprint_secret() {
+        return found.map_err(|()| bad());
+    }
+    update(path, |c| {
+        if c.fingerprint_secret.is_none() {
+            let bytes = pigeonhole::crypto::random_bytes::<FINGERPRINT_SECRET_BYTES>();
+            c.fingerprint_secret = Some(pigeonhole::crypto::encode_base64(&bytes));
+        }
+    })?;
+    // Read it back: if another process made one at the same moment and its
+    // save landed last, this one uses that secret too.
+    load(path)?
+        .decoded_fingerprint_secret()
+        .ok_or_else(bad)?
+        .map_err(|()| bad())
 }
 
 #[cfg(test)]
@@ -273,5 +337,65 @@ mod tests {
         let shown = format!("{:?}", profile(0));
         assert!(!shown.contains("pht_secret"), "{shown}");
         assert!(!shown.contains("AAECAwQF"), "{shown}");
+        let file = ConfigFile {
+            fingerprint_secret: Some("c2VjcmV0LXNlY3JldC1zZWNyZXQ=".into()),
+            profiles: BTreeMap::new(),
+        };
+        let shown = format!("{file:?}");
+        assert!(!shown.contains("c2VjcmV0"), "{shown}");
+    }
+
+    #[test]
+    fn fingerprint_secret_is_made_once_and_survives_other_updates() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pigeonhole").join("config.json");
+        let secret = fingerprint_secret(&path).unwrap();
+        assert_eq!(secret.len(), FINGERPRINT_SECRET_BYTES);
+        assert_ne!(secret, vec![0u8; FINGERPRINT_SECRET_BYTES]);
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert_eq!(fingerprint_secret(&path).unwrap(), secret);
+
+        // Registering, listening (cursor saves) and the like keep it.
+        update(&path, |c| c.profiles.insert("default".into(), profile(0))).unwrap();
+        update(&path, |c| c.profiles.get_mut("default").unwrap().cursor = 5).unwrap();
+        update(&path, |c| c.profiles.insert("work".into(), profile(1))).unwrap();
+        assert_eq!(fingerprint_secret(&path).unwrap(), secret);
+        let stored = load(&path).unwrap();
+        assert_eq!(
+            stored.fingerprint_secret,
+            Some(pigeonhole::crypto::encode_base64(&secret))
+        );
+        assert_eq!(stored.profiles.len(), 2);
+
+        // Another user's file gets another secret.
+        let other = dir.path().join("other.json");
+        assert_ne!(fingerprint_secret(&other).unwrap(), secret);
+    }
+
+    #[test]
+    fn fingerprint_secret_is_added_to_an_existing_file_and_never_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.json");
+        // A file from before the secret existed keeps its profiles.
+        std::fs::write(
+            &path,
+            serde_json::json!({"profiles": {"default": profile(4)}}).to_string(),
+        )
+        .unwrap();
+        let secret = fingerprint_secret(&path).unwrap();
+        assert_eq!(load(&path).unwrap().profiles["default"], profile(4));
+        assert_eq!(fingerprint_secret(&path).unwrap(), secret);
+
+        // A damaged secret is an error, not silently a new fingerprint.
+        update(&path, |c| c.fingerprint_secret = Some("c2hvcnQ=".into())).unwrap();
+        let err = fingerprint_secret(&path).unwrap_err().to_string();
+        assert!(err.contains("fingerprint_secret"), "{err}");
+        assert_eq!(
+            load(&path).unwrap().fingerprint_secret.as_deref(),
+            Some("c2hvcnQ=")
+        );
     }
 }

@@ -49,6 +49,19 @@ async fn register_saves_credentials_0600_and_never_prints_them() {
     // The saved credentials are real: the server accepts them.
     assert!(s.poll(&creds, None, None).await.is_none());
 
+    // The default fingerprint mixes in a per-user secret kept in the config
+    // file, and shows nothing of the machine id.
+    let secret = fingerprint_secret(&cli);
+    let fingerprint = profile["fingerprint"].as_str().unwrap().to_string();
+    assert_eq!(fingerprint.len(), 64, "{fingerprint}");
+    if let Ok(id) = std::fs::read_to_string("/etc/machine-id") {
+        let id = id.trim();
+        if !id.is_empty() {
+            assert!(!fingerprint.contains(id), "{fingerprint} shows {id}");
+            assert!(!cli.config().to_string().contains(id));
+        }
+    }
+
     // The default fingerprint is stable: registering again recovers the same
     // client, and the file stays 0600.
     let again = cli.run(&["register"]);
@@ -66,6 +79,7 @@ async fn register_saves_credentials_0600_and_never_prints_them() {
     let work = cli.creds("work");
     assert_ne!(work.client_id, creds.client_id);
     assert_eq!(cli.creds("default"), creds);
+    assert_eq!(fingerprint_secret(&cli), secret, "the secret is made once");
 
     // Only --show-credentials prints them, as JSON on stdout.
     let shown = cli.run(&["register", "--show-credentials"]);
@@ -74,6 +88,59 @@ async fn register_saves_credentials_0600_and_never_prints_them() {
     assert_eq!(v["api_token"], json!(creds.api_token));
     assert_eq!(v["personal_token"], json!(creds.personal_token));
     assert_eq!(v["client_id"], json!(creds.client_id));
+}
+
+/// The config file's `fingerprint_secret`, checked to be base64 of 32 bytes.
+fn fingerprint_secret(cli: &Cli) -> String {
+    use base64::Engine as _;
+    let config = cli.config();
+    let secret = config["fingerprint_secret"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no fingerprint_secret in {config}"))
+        .to_string();
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(&secret)
+        .expect("fingerprint_secret is base64");
+    assert_eq!(bytes.len(), 32);
+    secret
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_default_fingerprint_cannot_be_worked_out_by_another_user() {
+    let s = Server::start().await;
+    // Same machine, same user name, same profile; only the config file (the
+    // HOME) differs, as for another local user who claims to be this one.
+    let (victim, other) = (Cli::new(&s), Cli::new(&s));
+    let env = [("USER", "alice"), ("LOGNAME", "alice")];
+    victim.run_env(&["register"], &env).expect_ok();
+    let creds = victim.creds("default");
+    let out = other.run_env(&["register"], &env);
+    out.expect_ok();
+    assert!(out.stdout.contains("Registered new client"), "{out:#?}");
+    let theirs = other.creds("default");
+    assert_ne!(theirs.client_id, creds.client_id);
+    assert_ne!(theirs.api_token, creds.api_token);
+    assert_ne!(fingerprint_secret(&victim), fingerprint_secret(&other));
+
+    // Losing the secret means a new client, unless the old fingerprint is
+    // passed; other profiles survive the secret being made again.
+    let old_fp = victim.profile("default")["fingerprint"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let path = victim.config_path();
+    let mut config = victim.config();
+    config.as_object_mut().unwrap().remove("fingerprint_secret");
+    std::fs::write(&path, serde_json::to_string(&config).unwrap()).unwrap();
+    let out = victim.run_env(&["register"], &env);
+    out.expect_ok();
+    assert!(out.stdout.contains("Registered new client"), "{out:#?}");
+    assert_ne!(victim.creds("default").client_id, creds.client_id);
+    fingerprint_secret(&victim);
+    let out = victim.run_env(&["register", "--fingerprint", &old_fp], &env);
+    out.expect_ok();
+    assert!(out.stdout.contains("already registered"), "{out:#?}");
+    assert_eq!(victim.creds("default"), creds);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -318,6 +385,8 @@ fn help_has_examples_and_completions_are_generated() {
     }
     let out = cli.run(&["listen", "--help"]);
     assert!(out.stdout.contains("3 with --once"), "{out:#?}");
+    let out = cli.run(&["register", "--help"]);
+    assert!(out.stdout.contains("fingerprint_secret"), "{out:#?}");
     for shell in ["bash", "zsh", "fish"] {
         let out = cli.run(&["completions", shell]);
         out.expect_ok();

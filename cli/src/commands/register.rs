@@ -19,8 +19,11 @@ Examples:
 
 Registering again with the same fingerprint returns the same credentials, so
 running this twice on one machine is harmless. The default fingerprint is a
-SHA-256 of /etc/machine-id (or the host name), your user name and the profile;
-the machine id itself is never sent.";
+SHA-256 of a random secret kept in your config file (fingerprint_secret, made
+on first use, mode 0600), /etc/machine-id (or the host name), your user name
+and the profile: other users cannot work it out, and the machine id itself is
+never sent. If you lose the config file, the default changes and `register`
+creates a new client, unless you pass the old --fingerprint.";
 
 #[derive(Debug, Args)]
 #[command(after_help = EXAMPLES)]
@@ -31,7 +34,8 @@ pub struct RegisterArgs {
 
     /// Fingerprint to register with (8–256 characters). Anyone who knows it can
     /// recover the credentials: use a secret, high-entropy value
-    /// [default: derived from this machine, user and profile]
+    /// [default: derived from a secret in the config file, this machine, user
+    /// and profile]
     #[arg(long)]
     pub fingerprint: Option<String>,
 
@@ -55,13 +59,21 @@ pub async fn run(ctx: &Ctx, args: RegisterArgs) -> Result<u8, CliError> {
 
     let fingerprint = match args.fingerprint {
         Some(fp) => fp,
-        None => fingerprint::default_for(&ctx.profile).ok_or_else(|| {
-            CliError::Usage(
-                "cannot derive a fingerprint (no /etc/machine-id and no host name): \
-                 pass --fingerprint"
-                    .into(),
-            )
-        })?,
+        None => {
+            let no_machine = || {
+                CliError::Usage(
+                    "cannot derive a fingerprint (no /etc/machine-id and no host name): \
+                     pass --fingerprint"
+                        .into(),
+                )
+            };
+            // Check first, so a hopeless run does not create the secret.
+            if !fingerprint::can_derive() {
+                return Err(no_machine());
+            }
+            let secret = config::fingerprint_secret(&path)?;
+            fingerprint::default_for(&ctx.profile, &secret).ok_or_else(no_machine)?
+        }
     };
     let fp_chars = fingerprint.chars().count();
     if !FINGERPRINT_CHARS.contains(&fp_chars) {

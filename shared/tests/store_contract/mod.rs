@@ -479,11 +479,19 @@ pub async fn lists_every_client_once_across_pages(store: &dyn Store) {
         assert!(pages < 10, "paging does not terminate");
     }
     let unique: HashSet<ClientId> = listed.iter().copied().collect();
-    assert_eq!(unique.len(), listed.len(), "a client was listed twice: {listed:?}");
+    assert_eq!(
+        unique.len(),
+        listed.len(),
+        "a client was listed twice: {listed:?}"
+    );
     assert_eq!(unique, expected.iter().copied().collect::<HashSet<_>>());
     let all = store.list_clients(10, None).await.unwrap().unwrap();
     assert_eq!(all.next, None, "no token when nothing follows");
-    let c0 = all.clients.iter().find(|c| c.id == expected[0]).expect("c0 listed");
+    let c0 = all
+        .clients
+        .iter()
+        .find(|c| c.id == expected[0])
+        .expect("c0 listed");
     assert_eq!(c0.name.as_deref(), Some("c0"));
     assert_eq!(c0.created_at, T0);
     assert_eq!(c0.last_seen_at, None);
