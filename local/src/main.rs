@@ -5,6 +5,8 @@
 //! retention. Secrets missing from the environment are generated once and
 //! kept in the data directory, so `cargo run` is enough to try it.
 
+#[cfg(feature = "aws")]
+mod event_source;
 mod secrets;
 mod server;
 
@@ -18,6 +20,18 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Where the data lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Backend {
+    /// The embedded SQLite store in --data-dir, fan-out in-process.
+    Embedded,
+    /// DynamoDB and SQS at AWS_ENDPOINT_URL (or AWS itself), with the table
+    /// and queue names in CLIENTS_TABLE, …, FANOUT_QUEUE_URL (as written by
+    /// pigeonhole-infra); the fan-out runs on messages received from the
+    /// queue, as the Lambda event source mapping would.
+    Aws,
+}
+
 /// Serve the Pigeonhole API locally on the embedded store.
 #[derive(Debug, Parser)]
 #[command(
@@ -30,6 +44,9 @@ struct Args {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
+    /// Where the data lives.
+    #[arg(long, value_enum, default_value_t = Backend::Embedded)]
+    backend: Backend,
     /// Directory for the database and generated secrets.
     #[arg(long, default_value = "./data")]
     data_dir: PathBuf,
@@ -78,11 +95,12 @@ async fn run(args: Args) -> Result<(), String> {
     .map_err(|e| e.to_string())?;
     secrets.announce_generated();
 
-    let db_path = args.data_dir.join("pigeonhole.db");
-    let store = SqliteStore::open(&db_path)
-        .map_err(|e| format!("cannot open {}: {e}", db_path.display()))?;
-    let app = Arc::new(App::in_process(&config, Arc::new(store)).map_err(|e| e.to_string())?);
+    let app = Arc::new(match args.backend {
+        Backend::Embedded => embedded_app(&config, &args)?,
+        Backend::Aws => aws_app(&config).await?,
+    });
     tracing::info!(
+        backend = ?args.backend,
         data_dir = %args.data_dir.display(),
         poll_rate_limit = config.poll_rate_limit,
         acked_retention_secs = config.acked_retention.as_secs(),
@@ -94,6 +112,39 @@ async fn run(args: Args) -> Result<(), String> {
         Duration::from_secs(args.cleanup_interval_secs),
     ));
     server::serve(app, args.listen).await
+}
+
+fn embedded_app(config: &Config, args: &Args) -> Result<App, String> {
+    let db_path = args.data_dir.join("pigeonhole.db");
+    let store = SqliteStore::open(&db_path)
+        .map_err(|e| format!("cannot open {}: {e}", db_path.display()))?;
+    App::in_process(config, Arc::new(store)).map_err(|e| e.to_string())
+}
+
+/// The serverless data path, offline: the same store, queue and fan-out
+/// handler the Lambda functions use.
+#[cfg(feature = "aws")]
+async fn aws_app(config: &Config) -> Result<App, String> {
+    let app = pigeonhole::aws::app_with_config(config, true)
+        .await
+        .map_err(|e| e.to_string())?;
+    let fanout = pigeonhole::aws::fanout_with_config(config)
+        .await
+        .map_err(|e| e.to_string())?;
+    let sdk = pigeonhole::aws::sdk_config().await;
+    let queue_url = std::env::var(pigeonhole::aws::FANOUT_QUEUE_URL)
+        .map_err(|_| "FANOUT_QUEUE_URL not set".to_string())?;
+    tokio::spawn(event_source::run(
+        aws_sdk_sqs::Client::new(&sdk),
+        queue_url,
+        fanout,
+    ));
+    Ok(app)
+}
+
+#[cfg(not(feature = "aws"))]
+async fn aws_app(_: &Config) -> Result<App, String> {
+    Err("this build has no AWS support; rebuild with `cargo run -p pigeonhole-local --features aws`".into())
 }
 
 /// Periodically removes acknowledged messages past their retention.

@@ -13,6 +13,8 @@
 //! - [`crypto`]: AES-256-GCM sealing, canonical AAD, server-side key derivation.
 
 pub mod app;
+#[cfg(feature = "aws")]
+pub mod aws;
 pub mod clock;
 pub mod config;
 pub mod crypto;

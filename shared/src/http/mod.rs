@@ -27,10 +27,21 @@ use std::time::Instant;
 /// Answers one request. Never panics on client input and never fails: every
 /// problem becomes an error response.
 pub async fn handle(app: &App, request: Request<Bytes>) -> Response<Bytes> {
+    handle_within(app, None, request).await
+}
+
+/// Answers one request for a deployment that serves a single endpoint (one
+/// Lambda function per route): other routes are `not_found` there, except
+/// health, which every deployment answers.
+pub async fn handle_route(app: &App, route: Route, request: Request<Bytes>) -> Response<Bytes> {
+    handle_within(app, Some(route), request).await
+}
+
+async fn handle_within(app: &App, only: Option<Route>, request: Request<Bytes>) -> Response<Bytes> {
     let started = Instant::now();
     let method = request.method().clone();
     let path = request.uri().path().to_string();
-    let response = match dispatch(app, request).await {
+    let response = match dispatch(app, only, request).await {
         Ok(response) => response,
         Err(error) => error_response(&error),
     };
@@ -46,8 +57,14 @@ pub async fn handle(app: &App, request: Request<Bytes>) -> Response<Bytes> {
     response
 }
 
-async fn dispatch(app: &App, request: Request<Bytes>) -> Result<Response<Bytes>, ApiError> {
-    let route = Route::find(request.uri().path()).ok_or_else(ApiError::not_found)?;
+async fn dispatch(
+    app: &App,
+    only: Option<Route>,
+    request: Request<Bytes>,
+) -> Result<Response<Bytes>, ApiError> {
+    let route = Route::find(request.uri().path())
+        .filter(|r| only.is_none_or(|o| o == *r || r.is_health()))
+        .ok_or_else(ApiError::not_found)?;
     if request.method() != route.method() {
         return Err(ApiError::method_not_allowed(route.allow()));
     }

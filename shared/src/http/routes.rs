@@ -64,6 +64,10 @@ impl Route {
         }
     }
 
+    pub fn is_health(self) -> bool {
+        matches!(self, Route::Health | Route::HealthUnversioned)
+    }
+
     /// Whether the endpoint hands work to the fan-out queue.
     pub fn publishes(self) -> bool {
         self == Route::Publish

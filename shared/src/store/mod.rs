@@ -202,7 +202,8 @@ pub trait Store: Send + Sync + 'static {
     async fn acknowledge(&self, id: ClientId, upto: Seq, now: Timestamp)
         -> StoreResult<AckOutcome>;
 
-    /// Clients in creation order, `limit` at a time.
+    /// Clients `limit` at a time, each exactly once across pages, in the
+    /// store's own order.
     async fn list_clients(
         &self,
         limit: u32,

@@ -1109,7 +1109,7 @@ impl Cli {
     }
 
     /// `register` with a random fingerprint (two `Cli`s of one test never
-    /// collide on the machine-derived default); returns the client id.
+    /// collide on the default derived from the machine and a per-user secret); returns the client id.
     pub fn register(&self, name: &str) -> String {
         let fp = random_fingerprint();
         self.run(&["register", "--name", name, "--fingerprint", &fp])

@@ -1,0 +1,8 @@
+//! Lambda function for `POST /api/v1/clients/register`.
+
+use pigeonhole::http::Route;
+
+#[tokio::main]
+async fn main() -> Result<(), pigeonhole_functions::Error> {
+    pigeonhole_functions::serve_route(Route::Register).await
+}

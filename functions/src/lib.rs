@@ -1,0 +1,109 @@
+//! What every Pigeonhole Lambda function shares: logging set-up, the one
+//! cold-start step that builds the app from the environment, and the
+//! conversion between `lambda_http`'s request/response and the shared HTTP
+//! adapter's. Each binary in `src/bin/` is only a `main` naming its route.
+//!
+//! No endpoint logic lives here: requests go to
+//! [`pigeonhole::http::handle_route`], the same adapter the local server uses.
+
+use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
+use bytes::Bytes;
+use lambda_http::{service_fn, Body, Request, Response};
+use pigeonhole::handlers::fanout::Fanout;
+use pigeonhole::handlers::sqs_batch::handle_sqs_batch;
+use pigeonhole::http::{handle_route, Route};
+use pigeonhole::App;
+use std::convert::Infallible;
+use std::sync::Arc;
+
+pub type Error = lambda_http::Error;
+
+/// JSON logs when the function's `LoggingConfig` asks for them
+/// (`AWS_LAMBDA_LOG_FORMAT=JSON`), plain text otherwise.
+pub fn init_logging() {
+    lambda_http::tracing::init_default_subscriber();
+}
+
+/// Logs a configuration problem the way an operator will find it (one
+/// error line naming what is missing) and turns it into the init error
+/// that stops the cold start.
+fn fail_cold_start(what: &str, error: impl std::fmt::Display) -> Error {
+    lambda_http::tracing::error!(%error, "{what}: cannot start; fix the function's configuration");
+    format!("{what}: {error}").into()
+}
+
+/// Serves one HTTP route: builds the app once, then answers every
+/// invocation through the shared adapter.
+pub async fn serve_route(route: Route) -> Result<(), Error> {
+    init_logging();
+    let app = pigeonhole::aws::app_from_env(route.secrets(), route.publishes())
+        .await
+        .map_err(|e| fail_cold_start(route.path(), e))?;
+    let app = Arc::new(app);
+    lambda_http::run(service_fn(move |request: Request| {
+        let app = Arc::clone(&app);
+        async move { Ok::<_, Infallible>(respond(&app, route, request).await) }
+    }))
+    .await
+}
+
+/// Answers one API Gateway request for `route`.
+pub async fn respond(app: &App, route: Route, request: Request) -> Response<Body> {
+    let (parts, body) = request.into_parts();
+    let body = match body {
+        Body::Text(text) => Bytes::from(text),
+        Body::Binary(bytes) => Bytes::from(bytes),
+        _ => Bytes::new(),
+    };
+    let response = handle_route(app, route, http::Request::from_parts(parts, body)).await;
+    let (parts, body) = response.into_parts();
+    let body = if body.is_empty() {
+        Body::Empty
+    } else {
+        match String::from_utf8(body.to_vec()) {
+            Ok(text) => Body::Text(text),
+            Err(e) => Body::Binary(e.into_bytes()),
+        }
+    };
+    Response::from_parts(parts, body)
+}
+
+/// Runs the SQS-triggered fan-out: each batch's records are delivered one
+/// by one and failures reported individually.
+pub async fn serve_fanout() -> Result<(), Error> {
+    init_logging();
+    let fanout = pigeonhole::aws::fanout_from_env()
+        .await
+        .map_err(|e| fail_cold_start("fanout", e))?;
+    let fanout = Arc::new(fanout);
+    lambda_runtime::run(lambda_runtime::service_fn(
+        move |event: lambda_runtime::LambdaEvent<SqsEvent>| {
+            let fanout = Arc::clone(&fanout);
+            async move { Ok::<SqsBatchResponse, Infallible>(fan_out(&fanout, event.payload).await) }
+        },
+    ))
+    .await
+}
+
+pub async fn fan_out(fanout: &Fanout, event: SqsEvent) -> SqsBatchResponse {
+    handle_sqs_batch(fanout, event).await
+}
+
+/// Runs the scheduled cleanup of acknowledged messages.
+pub async fn serve_cleanup() -> Result<(), Error> {
+    init_logging();
+    let app = pigeonhole::aws::app_from_env(&[], false)
+        .await
+        .map_err(|e| fail_cold_start("cleanup", e))?;
+    let app = Arc::new(app);
+    lambda_runtime::run(lambda_runtime::service_fn(
+        move |_: lambda_runtime::LambdaEvent<serde_json::Value>| {
+            let app = Arc::clone(&app);
+            async move {
+                let removed = pigeonhole::maintenance::purge_acknowledged(&app).await?;
+                Ok::<_, Error>(serde_json::json!({ "removed": removed }))
+            }
+        },
+    ))
+    .await
+}
