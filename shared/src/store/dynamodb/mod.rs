@@ -80,6 +80,23 @@ fn reason_code(reasons: &[CancellationReason], index: usize) -> &str {
         .unwrap_or("None")
 }
 
+/// How a `TransactWriteItems` ended.
+enum Transaction {
+    Committed,
+    /// Cancelled; one reason per item, in request order.
+    Cancelled(Vec<CancellationReason>),
+}
+
+impl Transaction {
+    /// A cancellation that says nothing about the data, only that another
+    /// writer was busy with the same items: worth retrying as is.
+    fn conflicted(reasons: &[CancellationReason]) -> bool {
+        reasons
+            .iter()
+            .any(|r| r.code() == Some("TransactionConflict"))
+    }
+}
+
 fn client_record(item: &Item) -> StoreResult<ClientRecord> {
     let id = get_s(item, "client_id")?;
     Ok(ClientRecord {
@@ -170,6 +187,32 @@ impl DynamoStore {
         }
     }
 
+    /// Runs one transaction, waiting out DynamoDB's "in progress" answer
+    /// (an idempotency-token clash) as a conflict.
+    async fn transact(&self, items: Vec<TransactWriteItem>) -> StoreResult<Transaction> {
+        let result = self
+            .client
+            .transact_write_items()
+            .set_transact_items(Some(items))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(Transaction::Committed),
+            Err(SdkError::ServiceError(err)) => match err.into_err() {
+                TransactWriteItemsError::TransactionCanceledException(e) => Ok(
+                    Transaction::Cancelled(e.cancellation_reasons.unwrap_or_default()),
+                ),
+                TransactWriteItemsError::TransactionInProgressException(_) => {
+                    Ok(Transaction::Cancelled(vec![CancellationReason::builder()
+                        .code("TransactionConflict")
+                        .build()]))
+                }
+                other => Err(backend(other)),
+            },
+            Err(other) => Err(backend(other)),
+        }
+    }
+
     async fn read_dedup(&self, dedup_id: &str) -> StoreResult<Option<Item>> {
         let out = self
             .client
@@ -231,31 +274,18 @@ impl Store for DynamoStore {
         }
         let (lookup, client) = (built(lookup.build())?, built(client.build())?);
         for attempt in 0..MAX_ATTEMPTS {
-            let result = self
-                .client
-                .transact_write_items()
-                .transact_items(TransactWriteItem::builder().put(lookup.clone()).build())
-                .transact_items(TransactWriteItem::builder().put(client.clone()).build())
-                .send()
-                .await;
-            let reasons = match result {
-                Ok(_) => {
+            let items = vec![
+                TransactWriteItem::builder().put(lookup.clone()).build(),
+                TransactWriteItem::builder().put(client.clone()).build(),
+            ];
+            let reasons = match self.transact(items).await? {
+                Transaction::Committed => {
                     return Ok(Registration {
                         client: candidate,
                         created: true,
                     })
                 }
-                Err(SdkError::ServiceError(err)) => match err.into_err() {
-                    TransactWriteItemsError::TransactionCanceledException(e) => {
-                        e.cancellation_reasons.unwrap_or_default()
-                    }
-                    TransactWriteItemsError::TransactionInProgressException(_) => {
-                        backoff(attempt).await;
-                        continue;
-                    }
-                    other => return Err(backend(other)),
-                },
-                Err(other) => return Err(backend(other)),
+                Transaction::Cancelled(reasons) => reasons,
             };
             if reason_code(&reasons, 0) == "ConditionalCheckFailed" {
                 // The fingerprint is taken: its entry carries the client.
@@ -278,10 +308,7 @@ impl Store for DynamoStore {
                     created: false,
                 });
             }
-            if reasons
-                .iter()
-                .any(|r| r.code() == Some("TransactionConflict"))
-            {
+            if Transaction::conflicted(&reasons) {
                 backoff(attempt).await;
                 continue;
             }
@@ -452,27 +479,14 @@ impl Store for DynamoStore {
                     )
                     .build(),
             )?;
-            let result = self
-                .client
-                .transact_write_items()
-                .transact_items(TransactWriteItem::builder().update(advance).build())
-                .transact_items(TransactWriteItem::builder().put(put_message).build())
-                .transact_items(TransactWriteItem::builder().put(put_marker).build())
-                .send()
-                .await;
-            let reasons = match result {
-                Ok(_) => return Ok(Appended::Stored { seq }),
-                Err(SdkError::ServiceError(err)) => match err.into_err() {
-                    TransactWriteItemsError::TransactionCanceledException(e) => {
-                        e.cancellation_reasons.unwrap_or_default()
-                    }
-                    TransactWriteItemsError::TransactionInProgressException(_) => {
-                        backoff(attempt).await;
-                        continue;
-                    }
-                    other => return Err(backend(other)),
-                },
-                Err(other) => return Err(backend(other)),
+            let items = vec![
+                TransactWriteItem::builder().update(advance).build(),
+                TransactWriteItem::builder().put(put_message).build(),
+                TransactWriteItem::builder().put(put_marker).build(),
+            ];
+            let reasons = match self.transact(items).await? {
+                Transaction::Committed => return Ok(Appended::Stored { seq }),
+                Transaction::Cancelled(reasons) => reasons,
             };
             if reason_code(&reasons, 2) == "ConditionalCheckFailed" {
                 return match &reasons[2].item {
@@ -484,9 +498,7 @@ impl Store for DynamoStore {
                 };
             }
             if reason_code(&reasons, 0) == "ConditionalCheckFailed"
-                || reasons
-                    .iter()
-                    .any(|r| r.code() == Some("TransactionConflict"))
+                || Transaction::conflicted(&reasons)
             {
                 // Another writer took `seq` first: take the next number.
                 backoff(attempt).await;
@@ -712,5 +724,47 @@ impl DynamoStore {
             }
         }
         Ok(doomed.len() as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reasons(codes: &[&str]) -> Vec<CancellationReason> {
+        codes
+            .iter()
+            .map(|c| CancellationReason::builder().code(*c).build())
+            .collect()
+    }
+
+    // Emulators never report conflicts, so the classification is pinned here.
+    #[test]
+    fn conflicts_are_retried_but_failed_conditions_are_not() {
+        assert!(Transaction::conflicted(&reasons(&[
+            "None",
+            "TransactionConflict",
+            "None"
+        ])));
+        assert!(!Transaction::conflicted(&reasons(&[
+            "ConditionalCheckFailed",
+            "None"
+        ])));
+        assert!(!Transaction::conflicted(&[]));
+        let r = reasons(&["ConditionalCheckFailed", "None", "None"]);
+        assert_eq!(reason_code(&r, 0), "ConditionalCheckFailed");
+        assert_eq!(reason_code(&r, 1), "None");
+        assert_eq!(reason_code(&r, 7), "None");
+    }
+
+    #[test]
+    fn page_tokens_round_trip_and_reject_garbage() {
+        let id = ClientId::new();
+        assert_eq!(
+            decode_page_token(&encode_page_token(&id.to_string())),
+            Some(id)
+        );
+        assert_eq!(decode_page_token("not a token!"), None);
+        assert_eq!(decode_page_token(&encode_page_token("not-a-uuid")), None);
     }
 }
