@@ -9,7 +9,7 @@ use crate::clock::Clock;
 use crate::crypto::{canonical_aad, seal, ServerKeys};
 use crate::envelope::delivered_aad;
 use crate::queue::FanoutJob;
-use crate::store::{Appended, Dedup, Mailbox, NewMessage, Sealer, Store, StoreError};
+use crate::store::{Appended, ClientRecord, Dedup, Mailbox, NewMessage, Sealer, Store, StoreError};
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 
@@ -63,45 +63,25 @@ impl Fanout {
             key: format!("publish:{}", job.publish_id),
             digest: Sha256::digest(job.publish_id.as_bytes()).into(),
         };
+        // Recipients are independent, so their appends overlap: on DynamoDB
+        // each costs two round trips, and a job can name thousands.
+        let mut deliveries = tokio::task::JoinSet::new();
+        let mut failure: Option<FanoutError> = None;
         for client in clients {
-            let key = match self
-                .keys
-                .unwrap_personal_key(client.id, &client.wrapped_key)
-            {
-                Ok(key) => key,
-                Err(_) => {
-                    return Err(StoreError::Corrupt(format!(
-                        "personal key of {} does not unwrap",
-                        client.id
-                    ))
-                    .into())
-                }
-            };
-            let (id, kind, clock, plaintext) = (
-                client.id,
-                job.kind.clone(),
-                Arc::clone(&self.clock),
-                Arc::clone(&plaintext),
-            );
-            let sealer: Sealer = Arc::new(move |seq| {
-                let created_at = clock.now();
-                let aad = canonical_aad(&delivered_aad(id, created_at, seq))
-                    .map_err(|e| StoreError::Seal(e.to_string()))?;
-                Ok(NewMessage {
-                    kind: kind.clone(),
-                    body: seal(&key, &plaintext, &aad),
-                    created_at,
-                })
-            });
-            match self
-                .store
-                .append(Mailbox::Inbox, client.id, dedup.clone(), sealer)
-                .await?
-            {
-                Appended::Stored { .. } => report.delivered += 1,
-                Appended::Duplicate { .. } => report.already_delivered += 1,
-                Appended::UnknownClient => report.unknown += 1,
+            if deliveries.len() >= PARALLEL_APPENDS {
+                collect(deliveries.join_next().await, &mut report, &mut failure);
             }
+            let sealer = self.sealer(&client, &job.kind, &plaintext)?;
+            let (store, dedup) = (Arc::clone(&self.store), dedup.clone());
+            deliveries
+                .spawn(async move { store.append(Mailbox::Inbox, client.id, dedup, sealer).await });
+        }
+        while let Some(done) = deliveries.join_next().await {
+            collect(Some(done), &mut report, &mut failure);
+        }
+        if let Some(error) = failure {
+            // Whatever was delivered stays delivered; the retried job skips it.
+            return Err(error);
         }
         tracing::info!(
             publish_id = %job.publish_id,
@@ -111,5 +91,60 @@ impl Fanout {
             "fan-out done"
         );
         Ok(report)
+    }
+
+    /// Encrypts the payload for one recipient once its position is known.
+    fn sealer(
+        &self,
+        client: &ClientRecord,
+        kind: &str,
+        plaintext: &Arc<[u8]>,
+    ) -> Result<Sealer, FanoutError> {
+        let key = self
+            .keys
+            .unwrap_personal_key(client.id, &client.wrapped_key)
+            .map_err(|_| {
+                StoreError::Corrupt(format!("personal key of {} does not unwrap", client.id))
+            })?;
+        let (id, kind, clock, plaintext) = (
+            client.id,
+            kind.to_string(),
+            Arc::clone(&self.clock),
+            Arc::clone(plaintext),
+        );
+        Ok(Arc::new(move |seq| {
+            let created_at = clock.now();
+            let aad = canonical_aad(&delivered_aad(id, created_at, seq))
+                .map_err(|e| StoreError::Seal(e.to_string()))?;
+            Ok(NewMessage {
+                kind: kind.clone(),
+                body: seal(&key, &plaintext, &aad),
+                created_at,
+            })
+        }))
+    }
+}
+
+/// Appends in flight at once for one job.
+const PARALLEL_APPENDS: usize = 32;
+
+fn collect(
+    done: Option<Result<Result<Appended, StoreError>, tokio::task::JoinError>>,
+    report: &mut FanoutReport,
+    failure: &mut Option<FanoutError>,
+) {
+    match done {
+        Some(Ok(Ok(Appended::Stored { .. }))) => report.delivered += 1,
+        Some(Ok(Ok(Appended::Duplicate { .. }))) => report.already_delivered += 1,
+        Some(Ok(Ok(Appended::UnknownClient))) => report.unknown += 1,
+        Some(Ok(Err(e))) => {
+            failure.get_or_insert(FanoutError::Store(e));
+        }
+        Some(Err(e)) => {
+            failure.get_or_insert(FanoutError::Store(StoreError::Backend(format!(
+                "delivery task failed: {e}"
+            ))));
+        }
+        None => {}
     }
 }
