@@ -25,11 +25,13 @@ pub fn init_logging() {
 }
 
 /// Logs a configuration problem the way an operator will find it (one
-/// error line naming what is missing) and turns it into the init error
-/// that stops the cold start.
-fn fail_cold_start(what: &str, error: impl std::fmt::Display) -> Error {
+/// error line, structured like every other, naming what is missing) and
+/// stops the cold start. Exiting here rather than returning the error from
+/// `main` keeps it to that one line: Lambda reports the exit as
+/// `Runtime.ExitError` and the log says why.
+fn fail_cold_start(what: &str, error: impl std::fmt::Display) -> ! {
     lambda_http::tracing::error!(%error, "{what}: cannot start; fix the function's configuration");
-    format!("{what}: {error}").into()
+    std::process::exit(1)
 }
 
 /// Serves one HTTP route: builds the app once, then answers every
@@ -38,7 +40,7 @@ pub async fn serve_route(route: Route) -> Result<(), Error> {
     init_logging();
     let app = pigeonhole::aws::app_from_env(route.secrets(), route.publishes())
         .await
-        .map_err(|e| fail_cold_start(route.path(), e))?;
+        .unwrap_or_else(|e| fail_cold_start(route.path(), e));
     let app = Arc::new(app);
     lambda_http::run(service_fn(move |request: Request| {
         let app = Arc::clone(&app);
@@ -74,7 +76,7 @@ pub async fn serve_fanout() -> Result<(), Error> {
     init_logging();
     let fanout = pigeonhole::aws::fanout_from_env()
         .await
-        .map_err(|e| fail_cold_start("fanout", e))?;
+        .unwrap_or_else(|e| fail_cold_start("fanout", e));
     let fanout = Arc::new(fanout);
     lambda_runtime::run(lambda_runtime::service_fn(
         move |event: lambda_runtime::LambdaEvent<SqsEvent>| {
@@ -94,7 +96,7 @@ pub async fn serve_cleanup() -> Result<(), Error> {
     init_logging();
     let app = pigeonhole::aws::app_from_env(&[], false)
         .await
-        .map_err(|e| fail_cold_start("cleanup", e))?;
+        .unwrap_or_else(|e| fail_cold_start("cleanup", e));
     let app = Arc::new(app);
     lambda_runtime::run(lambda_runtime::service_fn(
         move |_: lambda_runtime::LambdaEvent<serde_json::Value>| {
