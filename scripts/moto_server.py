@@ -25,6 +25,7 @@ from moto.moto_server.werkzeug_app import (
     MotoRequestHandler,
     create_backend_app,
 )
+from moto.sqs.models import Queue
 from werkzeug.serving import run_simple
 
 
@@ -38,6 +39,24 @@ def main() -> None:
     def serialised(environ, start_response):
         with lock:
             return list(app(environ, start_response))
+
+    # A long-polling ReceiveMessage (WaitTimeSeconds > 0) on an empty queue
+    # waits inside moto, in Queue.wait_for_messages, between two scans of
+    # the queue. Holding the lock there would stop every other request for
+    # the whole wait: the local server's fan-out loop long-polls all the
+    # time, so each of its requests would take about 2 s. The wait touches
+    # no state (it sleeps until SendMessage notifies or 1 s passes), so it
+    # gives the lock up; the scans around it still run under the lock.
+    wait_for_messages = Queue.wait_for_messages
+
+    def wait_unlocked(queue, timeout):
+        lock.release()
+        try:
+            wait_for_messages(queue, timeout)
+        finally:
+            lock.acquire()
+
+    Queue.wait_for_messages = wait_unlocked
 
     run_simple(
         host,

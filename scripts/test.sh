@@ -73,6 +73,14 @@ export PIGEONHOLE_INFRA_BIN="$root/target/debug/pigeonhole-infra"
 step "Rust tests (unit, store contract, handlers, end-to-end)"
 cargo test --workspace --all-features --locked
 
+# The same end-to-end suite, with the local server serving from DynamoDB
+# and SQS (--backend aws): the serverless data path, offline.
+step "end-to-end suite against the local server in --backend aws mode"
+PIGEONHOLE_E2E_BACKEND=aws cargo test --locked --all-features -p pigeonhole-tests \
+  --test register --test messaging --test send --test errors --test operators \
+  --test rate_limit --test concurrency --test persistence --test cli_client \
+  --test cli_admin --test config --test cleanup --test at_rest
+
 # What `sam build` does for a deployment, for this machine's architecture
 # (arm64 would need a toolchain target downloaded at build time). LTO is
 # off and codegen units up, only to fit CI's two cores: same code, same

@@ -40,6 +40,7 @@ async fn publish_to_file_reaches_every_listed_client() {
     let receipt: Value = serde_json::from_str(out.stdout.trim()).expect("JSON receipt");
     assert_eq!(receipt["recipients"], json!(2), "duplicates removed");
 
+    s.settle().await;
     for cli in [&a, &b] {
         let out = cli.run(&["listen", "--once", "--json"]);
         out.expect_ok();
@@ -63,6 +64,7 @@ async fn publish_to_file_reaches_every_listed_client() {
     );
     out.expect_code(2);
     assert!(out.stderr.contains("line 2"), "{out:#?}");
+    s.settle().await;
     a.run(&["listen", "--once"]).expect_code(3);
 }
 
@@ -169,7 +171,20 @@ async fn clients_walks_every_page() {
     let (want, pages) = s.list_all_clients(2).await;
     assert_eq!(pages, 3);
     assert_eq!(got.len(), 5);
-    assert_eq!(got, want, "all pages, in the server's order");
+    // Sorted by creation time, whatever order the store's pages came in.
+    let created: Vec<&str> = got
+        .iter()
+        .map(|c| c["created_at"].as_str().unwrap())
+        .collect();
+    assert!(
+        created.windows(2).all(|w| w[0] <= w[1]),
+        "--sort created: {created:?}"
+    );
+    let by_id = |mut v: Vec<Value>| {
+        v.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
+        v
+    };
+    assert_eq!(by_id(got), by_id(want), "every client of every page");
 }
 
 #[tokio::test(flavor = "multi_thread")]

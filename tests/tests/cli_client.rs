@@ -181,6 +181,7 @@ async fn publish_then_listen_once_decrypts_acks_then_reports_nothing_new() {
         out.stdout.contains("to 1 recipient"),
         "publish output: {out:#?}"
     );
+    s.settle().await;
 
     let out = cli.run(&["listen", "--once", "--json"]);
     out.expect_ok();

@@ -1,6 +1,8 @@
 //! Several publishers writing to one client while a poller acks everything it
 //! sees: every message must arrive exactly once, in strictly increasing id
-//! order, none skipped by the cursor.
+//! order, none skipped by the cursor. On the aws backend the publishers' jobs
+//! go through SQS and the fan-out writes to DynamoDB while the poller reads
+//! and acks.
 
 mod support;
 
@@ -27,7 +29,15 @@ async fn concurrent_publishers_and_acking_poller_lose_nothing() {
     );
     let c = s.new_client().await;
     let started = Instant::now();
-    let deadline = started + Duration::from_secs(120);
+    // On the aws backend each fan-out is a TransactWriteItems, and moto
+    // copies the whole messages table for every one (to roll back a failed
+    // transaction), so the run grows quadratically with the inbox: 50-75 s
+    // for these 400 messages on moto, against 1 s on the embedded store.
+    let budget = match s.backend() {
+        Backend::Embedded => Duration::from_secs(60),
+        Backend::Aws => Duration::from_secs(180),
+    };
+    let deadline = started + 2 * budget;
     let publishers_done = Arc::new(AtomicUsize::new(0));
 
     let mut publishers = Vec::new();
@@ -37,8 +47,9 @@ async fn concurrent_publishers_and_acking_poller_lose_nothing() {
         let done = publishers_done.clone();
         publishers.push(tokio::spawn(async move {
             for n in 0..PER_PUBLISHER {
+                // Not `publish`: that would wait for the fan-out each time.
                 let v = s
-                    .publish(&[&to], "load", json!({"publisher": p, "n": n}))
+                    .publish_nowait(&[&to], "load", json!({"publisher": p, "n": n}))
                     .await;
                 assert_eq!(v["recipients"], json!(1));
             }
@@ -60,10 +71,15 @@ async fn concurrent_publishers_and_acking_poller_lose_nothing() {
             while seen_ids.len() < TOTAL && Instant::now() < deadline {
                 polls += 1;
                 let Some(body) = s.poll(&c, None, None).await else {
-                    // Locally the fan-out completes before publish answers
-                    // 202, so once every publisher is done and polls come back
-                    // empty, whatever is missing was skipped for good.
-                    if done.load(Ordering::SeqCst) == PUBLISHERS as usize {
+                    // Once every publisher is done and the fan-out has
+                    // finished (locally it does before publish answers 202;
+                    // on the aws backend the fan-out queue must be empty),
+                    // polls that come back empty mean whatever is missing
+                    // was skipped for good. The poller keeps polling and
+                    // acking while the fan-out still writes.
+                    if done.load(Ordering::SeqCst) == PUBLISHERS as usize
+                        && s.fanout_pending().await == 0
+                    {
                         empty_after_done += 1;
                         if empty_after_done >= 3 {
                             break;
@@ -100,6 +116,8 @@ async fn concurrent_publishers_and_acking_poller_lose_nothing() {
             while done.load(Ordering::SeqCst) < PUBLISHERS as usize && Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
+            // A duplicate from a late fan-out would show up here.
+            s.settle().await;
             let extra = s.poll(&c, None, None).await;
             assert!(
                 extra.is_none(),
@@ -144,7 +162,7 @@ async fn concurrent_publishers_and_acking_poller_lose_nothing() {
         "concurrency: {TOTAL} messages, {polls} polls ({busy} non-empty during publishing), publishing took {publish_time:?}, total {total_time:?}"
     );
     assert!(
-        total_time < Duration::from_secs(60),
-        "too slow: {total_time:?}"
+        total_time < budget,
+        "too slow: {total_time:?} (budget {budget:?})"
     );
 }

@@ -52,6 +52,7 @@ async fn missing_secrets_are_generated_printed_and_kept() {
     assert_eq!(resp.status(), StatusCode::ACCEPTED);
     let resp = s.list_clients_raw(&operator, "").await;
     assert_eq!(resp.status(), StatusCode::OK);
+    s.settle().await;
     let msgs = messages_of(&s.poll(&c, None, None).await.unwrap());
     assert_eq!(open_message(&c, &msgs[0])["payload"], json!("hi"));
 
@@ -75,6 +76,7 @@ async fn missing_secrets_are_generated_printed_and_kept() {
         s.list_clients_raw(&operator, "").await.status(),
         StatusCode::OK
     );
+    s.settle().await;
     let msgs = messages_of(&s.poll(&c, None, None).await.unwrap());
     assert_eq!(msgs.len(), 2);
     assert_eq!(open_message(&c, &msgs[1])["payload"], json!("again"));

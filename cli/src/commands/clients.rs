@@ -21,7 +21,7 @@ Examples:
 
 All pages are fetched. Sort orders: `status` (default) puts online clients
 first, then orders by name (clients without a name last), then by id; `name`
-orders by name, then id; `created` keeps the server's order (oldest first).
+orders by name, then id; `created` orders oldest first.
 --json prints one JSON array of {id, name, created_at, last_seen_at, status}.";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -84,7 +84,13 @@ pub fn filter_and_sort(
         clients.retain(|c| c.status == wanted);
     }
     match sort {
-        SortBy::Created => {}
+        // The server lists in its store's own order, so sort here: the
+        // fixed-width RFC 3339 timestamps order correctly as text.
+        SortBy::Created => clients.sort_by(|a, b| {
+            a.created_at
+                .cmp(&b.created_at)
+                .then_with(|| a.id.cmp(&b.id))
+        }),
         SortBy::Name => clients.sort_by(|a, b| by_name(a, b).then_with(|| a.id.cmp(&b.id))),
         SortBy::Status => clients.sort_by(|a, b| {
             (b.status == "online")
@@ -236,9 +242,13 @@ mod tests {
             ids(&filter_and_sort(sample(), None, SortBy::Name)),
             ["b", "d", "c", "a", "e"]
         );
+        let mut by_age = sample();
+        for (c, ms) in by_age.iter_mut().zip(["004", "002", "001", "003", "000"]) {
+            c.created_at = format!("2026-11-25T23:00:00.{ms}Z");
+        }
         assert_eq!(
-            ids(&filter_and_sort(sample(), None, SortBy::Created)),
-            ["c", "a", "b", "d", "e"]
+            ids(&filter_and_sort(by_age, None, SortBy::Created)),
+            ["e", "b", "a", "d", "c"]
         );
     }
 

@@ -2,7 +2,19 @@
 //! binary on a free port with a fresh data directory, talks to it over HTTP,
 //! and encrypts/decrypts with `ring` (an AES-GCM implementation independent of
 //! the server's own crypto code).
+//!
+//! `PIGEONHOLE_E2E_BACKEND` picks the server's backend:
+//! - unset or `embedded`: the embedded SQLite store in the data directory;
+//! - `aws`: `--backend aws`, DynamoDB and SQS on moto (see `aws_support`:
+//!   `PIGEONHOLE_TEST_AWS_ENDPOINT`, or a moto server of this test process).
+//!   Every `Server` gets tables and queues of its own under a fresh prefix,
+//!   kept across restarts, and the fan-out runs on what the server receives
+//!   from its queue, so it finishes after publish answers 202: `publish`
+//!   waits for it ([`Server::settle`]).
 #![allow(dead_code)]
+
+#[path = "../aws_support/mod.rs"]
+pub mod aws_support;
 
 use std::collections::BTreeSet;
 use std::fs::{File, OpenOptions};
@@ -22,6 +34,34 @@ use serde_json::{json, Value};
 pub const API: &str = "/api/v1";
 
 // ---------------------------------------------------------------------------
+// Which backend the server runs on
+// ---------------------------------------------------------------------------
+
+pub const BACKEND_VAR: &str = "PIGEONHOLE_E2E_BACKEND";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// The embedded SQLite store (the default).
+    Embedded,
+    /// `--backend aws`: DynamoDB and SQS on moto.
+    Aws,
+}
+
+/// The backend chosen by `PIGEONHOLE_E2E_BACKEND` (`embedded`, the default,
+/// or `aws`); anything else is a mistake and fails the test.
+pub fn backend() -> Backend {
+    static BACKEND: OnceLock<Backend> = OnceLock::new();
+    *BACKEND.get_or_init(|| {
+        let value = std::env::var(BACKEND_VAR).unwrap_or_default();
+        match value.trim() {
+            "" | "embedded" => Backend::Embedded,
+            "aws" => Backend::Aws,
+            other => panic!("{BACKEND_VAR}={other:?}: expected `embedded` or `aws`"),
+        }
+    })
+}
+
+// ---------------------------------------------------------------------------
 // Locating (and building) the server binary
 // ---------------------------------------------------------------------------
 
@@ -32,9 +72,11 @@ fn workspace_dir() -> PathBuf {
         .to_path_buf()
 }
 
-/// Path of the `pigeonhole-local` binary. `PIGEONHOLE_LOCAL_BIN` wins; otherwise
-/// `cargo build -p pigeonhole-local` is run once per test process (a no-op when
-/// it is up to date, and it keeps the tests from running a stale binary).
+/// Path of the `pigeonhole-local` binary. `PIGEONHOLE_LOCAL_BIN` wins (on the
+/// aws backend it must have been built with `--features aws`); otherwise
+/// `cargo build -p pigeonhole-local` (plus `--features aws` on the aws
+/// backend) is run once per test process (a no-op when it is up to date, and
+/// it keeps the tests from running a stale binary).
 pub fn server_binary() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
@@ -53,16 +95,21 @@ pub fn server_binary() -> &'static Path {
             .map(|t| if t.is_relative() { ws.join(t) } else { t })
             .unwrap_or_else(|| ws.join("target"));
         let bin = target.join("debug").join("pigeonhole-local");
+        let mut args = vec!["build", "-p", "pigeonhole-local"];
+        if backend() == Backend::Aws {
+            args.extend(["--features", "aws"]);
+        }
+        let shown = format!("cargo {}", args.join(" "));
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let out = Command::new(cargo)
-            .args(["build", "-p", "pigeonhole-local"])
-            .current_dir(&ws)
-            .stdin(Stdio::null())
+        let mut build = Command::new(cargo);
+        build.args(&args).current_dir(&ws).stdin(Stdio::null());
+        without_crate_env(&mut build);
+        let out = build
             .output()
-            .expect("failed to run `cargo build -p pigeonhole-local`");
+            .unwrap_or_else(|e| panic!("failed to run `{shown}`: {e}"));
         assert!(
             out.status.success(),
-            "`cargo build -p pigeonhole-local` failed:\n{}",
+            "`{shown}` failed:\n{}",
             String::from_utf8_lossy(&out.stderr)
         );
         assert!(
@@ -72,6 +119,26 @@ pub fn server_binary() -> &'static Path {
         );
         bin
     })
+}
+
+/// Cargo runs a test with the variables it sets for a crate
+/// (CARGO_MANIFEST_DIR, CARGO_PKG_*, …). Some build scripts (ring's) track
+/// CARGO_MANIFEST_DIR, so passing them on to a nested `cargo build` would
+/// make it and a plain one from the shell rebuild each other.
+fn without_crate_env(build: &mut Command) {
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        if name == "CARGO_MANIFEST_DIR"
+            || name == "CARGO_MANIFEST_PATH"
+            || name == "CARGO_CRATE_NAME"
+            || name == "CARGO_PRIMARY_PACKAGE"
+            || name == "CARGO_TARGET_TMPDIR"
+            || name.starts_with("CARGO_PKG_")
+            || name.starts_with("CARGO_BIN_")
+        {
+            build.env_remove(name.as_ref());
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -153,7 +220,69 @@ pub struct Server {
     root: tempfile::TempDir,
     child: Option<Child>,
     generation: u32,
+    /// The tables and queues of this server on the aws backend.
+    aws: Option<AwsBackend>,
+    /// When the last run was stopped (aws backend only; see `restart`).
+    stopped_at: Option<Instant>,
 }
+
+/// One server's DynamoDB tables and SQS queues (on moto), provisioned once
+/// and kept across restarts.
+pub struct AwsBackend {
+    pub env: aws_support::AwsEnv,
+    pub sqs: aws_sdk_sqs::Client,
+}
+
+const AWS_REGION: &str = "us-east-1";
+
+/// How long a receive of a stopped server's fan-out loop can outlive it. The
+/// loop long-polls the queue for 2 s; moto does not notice that the client
+/// went away and still hands the next job to that dead receive, which hides
+/// it for the queue's visibility timeout (6 minutes), as SQS would. moto
+/// checks for new messages at least once a second, so 2 + 1 s and a margin.
+const ORPHANED_RECEIVE: Duration = Duration::from_secs(4);
+
+/// What the AWS SDK in the server reads: the endpoint, a region and dummy
+/// credentials, and nothing from this machine's AWS setup (no profile, no
+/// config files, no instance metadata, no per-service endpoint overrides).
+fn aws_client_env(cmd: &mut Command, endpoint: &str, root: &Path) {
+    for var in [
+        "AWS_PROFILE",
+        "AWS_DEFAULT_PROFILE",
+        "AWS_SESSION_TOKEN",
+        "AWS_ROLE_ARN",
+        "AWS_WEB_IDENTITY_TOKEN_FILE",
+        "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+        "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+        "AWS_ENDPOINT_URL_DYNAMODB",
+        "AWS_ENDPOINT_URL_SQS",
+        "AWS_IGNORE_CONFIGURED_ENDPOINT_URLS",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd.env("AWS_ENDPOINT_URL", endpoint)
+        .env("AWS_REGION", AWS_REGION)
+        .env("AWS_DEFAULT_REGION", AWS_REGION)
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_CONFIG_FILE", empty_file(&root.join("aws-config")))
+        .env(
+            "AWS_SHARED_CREDENTIALS_FILE",
+            empty_file(&root.join("aws-credentials")),
+        );
+}
+
+/// Creates `path` empty unless it exists; returns it.
+fn empty_file(path: &Path) -> &Path {
+    if !path.exists() {
+        std::fs::write(path, "").expect("create an empty file");
+    }
+    path
+}
+
+/// What the server prints when it was built without `--features aws`.
+const NO_AWS_SUPPORT: &str = "has no AWS support";
 
 fn new_http_client() -> reqwest::Client {
     reqwest::Client::builder()
@@ -168,6 +297,14 @@ impl Server {
     }
 
     pub async fn start_with(config: Config) -> Server {
+        let mut aws = match backend() {
+            Backend::Embedded => None,
+            Backend::Aws => {
+                let env = aws_support::fresh_env().await;
+                let sqs = env.sqs();
+                Some(AwsBackend { env, sqs })
+            }
+        };
         let mut last_err = String::new();
         // A freshly picked free port may be grabbed by a parallel test before
         // the server binds it: retry with another port a few times.
@@ -182,13 +319,45 @@ impl Server {
                 root: tempfile::tempdir().expect("tempdir"),
                 child: None,
                 generation: 0,
+                aws: aws.take(),
+                stopped_at: None,
             };
             match server.spawn_and_wait().await {
                 Ok(()) => return server,
-                Err(e) => last_err = e,
+                Err(e) => {
+                    Self::fail_without_aws_support(&e);
+                    aws = server.aws.take();
+                    last_err = e;
+                }
             }
         }
         panic!("pigeonhole-local did not start: {last_err}");
+    }
+
+    /// A binary without AWS support cannot run these tests: say how to get one
+    /// at once instead of retrying.
+    fn fail_without_aws_support(err: &str) {
+        if err.contains(NO_AWS_SUPPORT) {
+            panic!(
+                "{BACKEND_VAR}=aws needs pigeonhole-local built with `--features aws`: \
+                 unset PIGEONHOLE_LOCAL_BIN (the tests then build it) or rebuild it with \
+                 `cargo build -p pigeonhole-local --features aws`.\n{err}"
+            );
+        }
+    }
+
+    /// The backend this server runs on.
+    pub fn backend(&self) -> Backend {
+        if self.aws.is_some() {
+            Backend::Aws
+        } else {
+            Backend::Embedded
+        }
+    }
+
+    /// The tables and queues of this server, on the aws backend.
+    pub fn aws(&self) -> Option<&AwsBackend> {
+        self.aws.as_ref()
     }
 
     pub fn data_dir(&self) -> PathBuf {
@@ -222,8 +391,18 @@ impl Server {
         cmd.arg("--listen")
             .arg(&self.addr)
             .arg("--data-dir")
-            .arg(self.data_dir())
-            .args(&self.config.extra_args)
+            .arg(self.data_dir());
+        if let Some(aws) = &self.aws {
+            cmd.args(["--backend", "aws"]);
+            aws_client_env(&mut cmd, aws_support::endpoint(), self.root.path());
+            for line in aws.env.provisioned.env_lines() {
+                let (name, value) = line
+                    .split_once('=')
+                    .unwrap_or_else(|| panic!("not NAME=value: {line}"));
+                cmd.env(name, value);
+            }
+        }
+        cmd.args(&self.config.extra_args)
             .current_dir(self.root.path())
             .stdin(Stdio::null());
         for var in [
@@ -311,6 +490,10 @@ impl Server {
     /// Start the binary with `config` expecting it to exit by itself (e.g. on
     /// invalid configuration) within `timeout`. Returns the exit status (None
     /// if it was still running, then it is killed) and stdout+stderr.
+    ///
+    /// On the aws backend it runs with `--backend aws` and the AWS client
+    /// environment but provisions nothing (no table or queue names): the
+    /// configuration is checked before the backend is opened.
     pub fn run_to_exit(
         config: Config,
         timeout: Duration,
@@ -325,8 +508,22 @@ impl Server {
             root: tempfile::tempdir().expect("tempdir"),
             child: None,
             generation: 0,
+            aws: None,
+            stopped_at: None,
         };
         let mut cmd = server.command();
+        if backend() == Backend::Aws {
+            cmd.args(["--backend", "aws"]);
+            let endpoint = std::env::var(aws_support::ENDPOINT_VAR)
+                .ok()
+                .filter(|e| !e.trim().is_empty())
+                .unwrap_or_else(|| "http://127.0.0.1:9".into());
+            aws_client_env(&mut cmd, &endpoint, server.root.path());
+            for name in pigeonhole::store::dynamodb::TableNames::ENV {
+                cmd.env_remove(name);
+            }
+            cmd.env_remove(pigeonhole::aws::FANOUT_QUEUE_URL);
+        }
         cmd.stdout(Self::open_log(&server.stdout_path()))
             .stderr(Self::open_log(&server.stderr_path()));
         let mut child = cmd.spawn().expect("spawn server");
@@ -351,6 +548,13 @@ impl Server {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
+            self.stopped();
+        }
+    }
+
+    fn stopped(&mut self) {
+        if self.aws.is_some() {
+            self.stopped_at = Some(Instant::now());
         }
     }
 
@@ -366,22 +570,31 @@ impl Server {
             .expect("run kill -INT");
         assert!(ok.success(), "kill -INT failed");
         let deadline = Instant::now() + timeout;
-        loop {
+        let status = loop {
             if let Some(status) = child.try_wait().unwrap() {
-                return Some(status);
+                break Some(status);
             }
             if Instant::now() > deadline {
                 let _ = child.kill();
                 let _ = child.wait();
-                return None;
+                break None;
             }
             std::thread::sleep(Duration::from_millis(50));
-        }
+        };
+        self.stopped();
+        status
     }
 
-    /// Start the server again on the same port, data dir and environment.
+    /// Start the server again on the same port, data dir and environment
+    /// (and, on the aws backend, the same tables and queues). On the aws
+    /// backend it first waits until the stopped run's last receive from the
+    /// fan-out queue has surely ended (`ORPHANED_RECEIVE`), so that receive
+    /// cannot swallow a job published after the restart.
     pub async fn restart(&mut self) {
         assert!(self.child.is_none(), "restart() needs a stopped server");
+        if let Some(stopped) = self.stopped_at.take() {
+            tokio::time::sleep(ORPHANED_RECEIVE.saturating_sub(stopped.elapsed())).await;
+        }
         // The port was just freed; retry briefly in case the OS lags.
         let mut last = String::new();
         for _ in 0..5 {
@@ -466,8 +679,18 @@ impl Server {
             .expect("publish request")
     }
 
-    /// Publish and assert 202; returns the response body.
+    /// Publish and assert 202, then wait for the fan-out to finish (see
+    /// [`Server::settle`]), so the message is in every recipient's inbox as
+    /// on the embedded backend. Returns the response body.
     pub async fn publish(&self, to: &[&str], kind: &str, payload: Value) -> Value {
+        let v = self.publish_nowait(to, kind, payload).await;
+        self.settle().await;
+        v
+    }
+
+    /// Publish and assert 202 without waiting for the fan-out: on the aws
+    /// backend the messages reach the inboxes some time later.
+    pub async fn publish_nowait(&self, to: &[&str], kind: &str, payload: Value) -> Value {
         let resp = self
             .publish_raw(&json!({ "to_client_ids": to, "type": kind, "payload": payload }))
             .await;
@@ -475,6 +698,124 @@ impl Server {
         let v = json_body(resp).await;
         assert_eq!(status, StatusCode::ACCEPTED, "publish: {v}");
         v
+    }
+
+    /// Waits until every publish answered so far has been fanned out. The
+    /// embedded backend fans out before publish answers 202: nothing to do.
+    /// On the aws backend publish answers once its jobs are on the fan-out
+    /// queue, and the server deletes a job only after the fan-out handler has
+    /// written it to every inbox, so an empty queue (see
+    /// [`Server::fanout_pending`]) means all of it is delivered. Panics when
+    /// the queue makes no progress for 60 s (a failing fan-out: its records
+    /// come back only after the visibility timeout).
+    pub async fn settle(&self) {
+        let mut last = u64::MAX;
+        let mut progress = Instant::now();
+        loop {
+            let pending = self.fanout_pending().await;
+            if pending == 0 {
+                return;
+            }
+            if pending < last {
+                last = pending;
+                progress = Instant::now();
+            }
+            assert!(
+                progress.elapsed() < Duration::from_secs(60),
+                "the fan-out is stuck: {pending} job(s) on the queue for 60 s\n--- server stderr ---\n{}",
+                self.stderr()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// How many fan-out jobs are not done yet: on the aws backend the jobs on
+    /// the fan-out queue, visible, in flight (received, not yet deleted) or
+    /// delayed (moto counts them exactly); always 0 on the embedded backend.
+    pub async fn fanout_pending(&self) -> u64 {
+        let Some(aws) = &self.aws else { return 0 };
+        use aws_sdk_sqs::types::QueueAttributeName as A;
+        let out = aws
+            .sqs
+            .get_queue_attributes()
+            .queue_url(&aws.env.provisioned.queue_url)
+            .attribute_names(A::ApproximateNumberOfMessages)
+            .attribute_names(A::ApproximateNumberOfMessagesNotVisible)
+            .attribute_names(A::ApproximateNumberOfMessagesDelayed)
+            .send()
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "GetQueueAttributes of {}: {}",
+                    aws.env.provisioned.queue_url,
+                    aws_sdk_sqs::error::DisplayErrorContext(e)
+                )
+            });
+        let attrs = out.attributes.unwrap_or_default();
+        assert_eq!(attrs.len(), 3, "asked for 3 counts, got {attrs:?}");
+        attrs
+            .values()
+            .map(|v| v.parse::<u64>().expect("a message count"))
+            .sum()
+    }
+
+    /// Everything the server keeps at rest, as (where, bytes): each file in
+    /// the data directory and, on the aws backend, each item of each of its
+    /// DynamoDB tables (the raw bytes of every attribute name and value).
+    pub async fn data_at_rest(&self) -> Vec<(String, Vec<u8>)> {
+        let mut out = Vec::new();
+        fn read_dir(dir: &Path, out: &mut Vec<(String, Vec<u8>)>) {
+            let Ok(entries) = std::fs::read_dir(dir) else {
+                return;
+            };
+            for entry in entries {
+                let path = entry.expect("dir entry").path();
+                if path.is_dir() {
+                    read_dir(&path, out);
+                } else {
+                    let data = std::fs::read(&path).expect("read a data file");
+                    out.push((path.display().to_string(), data));
+                }
+            }
+        }
+        read_dir(&self.data_dir(), &mut out);
+        if let Some(aws) = &self.aws {
+            let ddb = aws.env.dynamodb();
+            for table in aws.env.tables().all() {
+                let mut start = None;
+                let mut n = 0;
+                loop {
+                    let page = ddb
+                        .scan()
+                        .table_name(table)
+                        .consistent_read(true)
+                        .set_exclusive_start_key(start)
+                        .send()
+                        .await
+                        .unwrap_or_else(|e| {
+                            panic!(
+                                "scan {table}: {}",
+                                aws_sdk_dynamodb::error::DisplayErrorContext(e)
+                            )
+                        });
+                    for item in page.items.unwrap_or_default() {
+                        let mut bytes = Vec::new();
+                        for (name, value) in &item {
+                            bytes.extend_from_slice(name.as_bytes());
+                            bytes.push(0);
+                            attribute_bytes(value, &mut bytes);
+                        }
+                        n += 1;
+                        out.push((format!("DynamoDB table {table}, item {n}"), bytes));
+                    }
+                    start = page.last_evaluated_key;
+                    if start.is_none() {
+                        break;
+                    }
+                }
+            }
+        }
+        out
     }
 
     pub fn poll_request(&self, c: &Creds, query: &str) -> RequestBuilder {
@@ -586,6 +927,44 @@ impl Server {
         }
         (all, pages)
     }
+}
+
+/// The raw bytes of a DynamoDB attribute value (strings as UTF-8, numbers as
+/// their text, binaries as they are), each followed by a NUL.
+fn attribute_bytes(v: &aws_sdk_dynamodb::types::AttributeValue, out: &mut Vec<u8>) {
+    use aws_sdk_dynamodb::types::AttributeValue as V;
+    match v {
+        V::S(s) | V::N(s) => out.extend_from_slice(s.as_bytes()),
+        V::B(b) => out.extend_from_slice(b.as_ref()),
+        V::Ss(l) | V::Ns(l) => {
+            for s in l {
+                out.extend_from_slice(s.as_bytes());
+                out.push(0);
+            }
+        }
+        V::Bs(l) => {
+            for b in l {
+                out.extend_from_slice(b.as_ref());
+                out.push(0);
+            }
+        }
+        V::M(m) => {
+            for (k, v) in m {
+                out.extend_from_slice(k.as_bytes());
+                out.push(0);
+                attribute_bytes(v, out);
+            }
+        }
+        V::L(l) => {
+            for v in l {
+                attribute_bytes(v, out);
+            }
+        }
+        V::Bool(b) => out.extend_from_slice(b.to_string().as_bytes()),
+        V::Null(_) => {}
+        other => panic!("an attribute type the scan does not know: {other:?}"),
+    }
+    out.push(0);
 }
 
 impl Drop for Server {
@@ -916,23 +1295,7 @@ pub fn cli_binary() -> &'static Path {
             .args(["build", "-p", "pigeonhole-cli"])
             .current_dir(&ws)
             .stdin(Stdio::null());
-        // Cargo runs this test with the variables it sets for a crate
-        // (CARGO_MANIFEST_DIR, CARGO_PKG_*, …). Some build scripts in the CLI's
-        // tree (ring's) track CARGO_MANIFEST_DIR, so passing them on would make
-        // this build and a plain one from the shell rebuild each other.
-        for (name, _) in std::env::vars_os() {
-            let name = name.to_string_lossy();
-            if name == "CARGO_MANIFEST_DIR"
-                || name == "CARGO_MANIFEST_PATH"
-                || name == "CARGO_CRATE_NAME"
-                || name == "CARGO_PRIMARY_PACKAGE"
-                || name == "CARGO_TARGET_TMPDIR"
-                || name.starts_with("CARGO_PKG_")
-                || name.starts_with("CARGO_BIN_")
-            {
-                build.env_remove(name.as_ref());
-            }
-        }
+        without_crate_env(&mut build);
         let out = build
             .output()
             .expect("failed to run `cargo build -p pigeonhole-cli`");
