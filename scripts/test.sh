@@ -64,8 +64,10 @@ cargo fmt --all -- --check
 step "lints (cargo clippy -D warnings)"
 cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
 
-step "build the binaries the end-to-end tests drive"
-cargo build --locked -p pigeonhole-local -p pigeonhole-cli -p pigeonhole-infra --features pigeonhole-local/aws
+# One build of every target with the features the tests use, so the test
+# step below reuses it instead of compiling the tree a second time.
+step "build everything (binaries the end-to-end tests drive, test targets)"
+cargo build --workspace --all-targets --all-features --locked
 export PIGEONHOLE_LOCAL_BIN="$root/target/debug/pigeonhole-local"
 export PIGEONHOLE_CLI_BIN="$root/target/debug/pigeonhole"
 export PIGEONHOLE_INFRA_BIN="$root/target/debug/pigeonhole-infra"
