@@ -80,45 +80,56 @@ fn workspace_dir() -> PathBuf {
 pub fn server_binary() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
-        if let Some(p) = std::env::var_os("PIGEONHOLE_LOCAL_BIN") {
-            let p = PathBuf::from(p);
-            assert!(
-                p.is_file(),
-                "PIGEONHOLE_LOCAL_BIN={} does not exist",
-                p.display()
-            );
-            return p;
-        }
-        let ws = workspace_dir();
-        let target = std::env::var_os("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .map(|t| if t.is_relative() { ws.join(t) } else { t })
-            .unwrap_or_else(|| ws.join("target"));
-        let bin = target.join("debug").join("pigeonhole-local");
-        let mut args = vec!["build", "-p", "pigeonhole-local"];
-        if backend() == Backend::Aws {
-            args.extend(["--features", "aws"]);
-        }
-        let shown = format!("cargo {}", args.join(" "));
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let mut build = Command::new(cargo);
-        build.args(&args).current_dir(&ws).stdin(Stdio::null());
-        without_crate_env(&mut build);
-        let out = build
-            .output()
-            .unwrap_or_else(|e| panic!("failed to run `{shown}`: {e}"));
-        assert!(
-            out.status.success(),
-            "`{shown}` failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(
-            bin.is_file(),
-            "built pigeonhole-local but {} does not exist",
-            bin.display()
-        );
-        bin
+        let features: &[&str] = if backend() == Backend::Aws {
+            &["--features", "aws"]
+        } else {
+            &[]
+        };
+        workspace_binary(
+            "PIGEONHOLE_LOCAL_BIN",
+            "pigeonhole-local",
+            "pigeonhole-local",
+            features,
+        )
     })
+}
+
+/// A workspace binary: the path in `env_var` when set, otherwise built with
+/// `cargo build -p package` (a no-op when up to date, and it keeps the tests
+/// from running a stale binary).
+fn workspace_binary(env_var: &str, package: &str, bin: &str, extra_args: &[&str]) -> PathBuf {
+    if let Some(p) = std::env::var_os(env_var) {
+        let p = PathBuf::from(p);
+        assert!(p.is_file(), "{env_var}={} does not exist", p.display());
+        return p;
+    }
+    let ws = workspace_dir();
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .map(|t| if t.is_relative() { ws.join(t) } else { t })
+        .unwrap_or_else(|| ws.join("target"));
+    let path = target.join("debug").join(bin);
+    let mut args = vec!["build", "-p", package];
+    args.extend_from_slice(extra_args);
+    let shown = format!("cargo {}", args.join(" "));
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut build = Command::new(cargo);
+    build.args(&args).current_dir(&ws).stdin(Stdio::null());
+    without_crate_env(&mut build);
+    let out = build
+        .output()
+        .unwrap_or_else(|e| panic!("failed to run `{shown}`: {e}"));
+    assert!(
+        out.status.success(),
+        "`{shown}` failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        path.is_file(),
+        "built {package} but {} does not exist",
+        path.display()
+    );
+    path
 }
 
 /// Cargo runs a test with the variables it sets for a crate
@@ -1273,44 +1284,7 @@ pub fn ids_of(msgs: &[Value]) -> Vec<u64> {
 /// `cargo build -p pigeonhole-cli` is run once per test process.
 pub fn cli_binary() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        if let Some(p) = std::env::var_os("PIGEONHOLE_CLI_BIN") {
-            let p = PathBuf::from(p);
-            assert!(
-                p.is_file(),
-                "PIGEONHOLE_CLI_BIN={} does not exist",
-                p.display()
-            );
-            return p;
-        }
-        let ws = workspace_dir();
-        let target = std::env::var_os("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .map(|t| if t.is_relative() { ws.join(t) } else { t })
-            .unwrap_or_else(|| ws.join("target"));
-        let bin = target.join("debug").join("pigeonhole");
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let mut build = Command::new(cargo);
-        build
-            .args(["build", "-p", "pigeonhole-cli"])
-            .current_dir(&ws)
-            .stdin(Stdio::null());
-        without_crate_env(&mut build);
-        let out = build
-            .output()
-            .expect("failed to run `cargo build -p pigeonhole-cli`");
-        assert!(
-            out.status.success(),
-            "`cargo build -p pigeonhole-cli` failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(
-            bin.is_file(),
-            "built pigeonhole-cli but {} does not exist",
-            bin.display()
-        );
-        bin
-    })
+    BIN.get_or_init(|| workspace_binary("PIGEONHOLE_CLI_BIN", "pigeonhole-cli", "pigeonhole", &[]))
 }
 
 /// What one CLI run produced.
