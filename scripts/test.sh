@@ -78,7 +78,8 @@ cargo test --workspace --all-features --locked
 # The same end-to-end suite, with the local server serving from DynamoDB
 # and SQS (--backend aws): the serverless data path, offline.
 step "end-to-end suite against the local server in --backend aws mode"
-PIGEONHOLE_E2E_BACKEND=aws cargo test --locked --all-features -p pigeonhole-tests \
+# (--workspace keeps the feature set of the build above, so nothing recompiles.)
+PIGEONHOLE_E2E_BACKEND=aws cargo test --workspace --locked --all-features \
   --test register --test messaging --test send --test errors --test operators \
   --test rate_limit --test concurrency --test persistence --test cli_client \
   --test cli_admin --test config --test cleanup --test at_rest
