@@ -9,12 +9,12 @@
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use bytes::Bytes;
 use lambda_http::{service_fn, Body, Request, Response};
-use pigeonhole::handlers::fanout::Fanout;
-use pigeonhole::handlers::sqs_batch::handle_sqs_batch;
+use pigeonhole::handlers::sqs_batch::FanoutFunction;
 use pigeonhole::http::{handle_route, Route};
 use pigeonhole::App;
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub type Error = lambda_http::Error;
 
@@ -70,28 +70,49 @@ pub async fn respond(app: &App, route: Route, request: Request) -> Response<Body
     Response::from_parts(parts, body)
 }
 
+/// The invocation's deadline (Lambda gives it in milliseconds since the
+/// epoch) as an `Instant`.
+pub fn invocation_deadline(context: &lambda_runtime::Context) -> Instant {
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    Instant::now() + Duration::from_millis(context.deadline.saturating_sub(now_ms))
+}
+
 /// Runs the SQS-triggered fan-out: each batch's records are delivered one
-/// by one and failures reported individually.
+/// by one within the invocation's deadline, and failures reported
+/// individually.
 pub async fn serve_fanout() -> Result<(), Error> {
     init_logging();
-    let fanout = pigeonhole::aws::fanout_from_env()
+    let function = pigeonhole::aws::fanout_from_env()
         .await
         .unwrap_or_else(|e| fail_cold_start("fanout", e));
-    let fanout = Arc::new(fanout);
+    let function = Arc::new(function);
     lambda_runtime::run(lambda_runtime::service_fn(
         move |event: lambda_runtime::LambdaEvent<SqsEvent>| {
-            let fanout = Arc::clone(&fanout);
-            async move { Ok::<SqsBatchResponse, Infallible>(fan_out(&fanout, event.payload).await) }
+            let function = Arc::clone(&function);
+            async move {
+                let deadline = invocation_deadline(&event.context);
+                Ok::<SqsBatchResponse, Infallible>(
+                    fan_out(&function, event.payload, deadline).await,
+                )
+            }
         },
     ))
     .await
 }
 
-pub async fn fan_out(fanout: &Fanout, event: SqsEvent) -> SqsBatchResponse {
-    handle_sqs_batch(fanout, event).await
+/// Answers one fan-out invocation that must end by `deadline`.
+pub async fn fan_out(
+    function: &FanoutFunction,
+    event: SqsEvent,
+    deadline: Instant,
+) -> SqsBatchResponse {
+    function.handle(event, Some(deadline)).await
 }
 
-/// Runs the scheduled cleanup of acknowledged messages.
+/// Runs the scheduled cleanup within the invocation's deadline; a run cut
+/// short resumes where it stopped at the next schedule.
 pub async fn serve_cleanup() -> Result<(), Error> {
     init_logging();
     let app = pigeonhole::aws::app_from_env(&[], false)
@@ -99,11 +120,20 @@ pub async fn serve_cleanup() -> Result<(), Error> {
         .unwrap_or_else(|e| fail_cold_start("cleanup", e));
     let app = Arc::new(app);
     lambda_runtime::run(lambda_runtime::service_fn(
-        move |_: lambda_runtime::LambdaEvent<serde_json::Value>| {
+        move |event: lambda_runtime::LambdaEvent<serde_json::Value>| {
             let app = Arc::clone(&app);
             async move {
-                let removed = pigeonhole::maintenance::purge_acknowledged(&app).await?;
-                Ok::<_, Error>(serde_json::json!({ "removed": removed }))
+                let deadline = invocation_deadline(&event.context);
+                let purged = pigeonhole::retry::within(
+                    deadline,
+                    pigeonhole::maintenance::purge_expired(&app),
+                )
+                .await?;
+                Ok::<_, Error>(serde_json::json!({
+                    "removed": purged.inbox,
+                    "removed_sent": purged.outbox,
+                    "finished": purged.finished,
+                }))
             }
         },
     ))

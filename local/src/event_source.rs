@@ -9,27 +9,35 @@ use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
 use aws_sdk_sqs::error::DisplayErrorContext;
 use aws_sdk_sqs::types::DeleteMessageBatchRequestEntry;
 use aws_sdk_sqs::Client;
-use pigeonhole::handlers::fanout::Fanout;
-use pigeonhole::handlers::sqs_batch::handle_sqs_batch;
-use std::time::Duration;
+use pigeonhole::handlers::sqs_batch::FanoutFunction;
+use std::time::{Duration, Instant};
 
+/// Records per batch, as the event source mapping's `BatchSize`.
+const BATCH_SIZE: i32 = 5;
 /// Long-poll wait per receive; short enough to stop promptly.
 const WAIT_SECS: i32 = 2;
+/// Each batch gets the time the fan-out function has on AWS (its
+/// `Timeout` in template.yaml), so deadlines behave as they do there.
+const INVOCATION_TIMEOUT: Duration = Duration::from_secs(120);
 
-pub async fn run(client: Client, queue_url: String, fanout: Fanout) {
+pub async fn run(client: Client, queue_url: String, function: FanoutFunction) {
     loop {
-        if let Err(e) = poll_once(&client, &queue_url, &fanout).await {
+        if let Err(e) = poll_once(&client, &queue_url, &function).await {
             tracing::warn!(error = %e, "fan-out queue receive failed; retrying");
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
     }
 }
 
-async fn poll_once(client: &Client, queue_url: &str, fanout: &Fanout) -> Result<(), String> {
+async fn poll_once(
+    client: &Client,
+    queue_url: &str,
+    function: &FanoutFunction,
+) -> Result<(), String> {
     let received = client
         .receive_message()
         .queue_url(queue_url)
-        .max_number_of_messages(10)
+        .max_number_of_messages(BATCH_SIZE)
         .wait_time_seconds(WAIT_SECS)
         .send()
         .await
@@ -52,7 +60,8 @@ async fn poll_once(client: &Client, queue_url: &str, fanout: &Fanout) -> Result<
         ));
         event.records.push(record);
     }
-    let response = handle_sqs_batch(fanout, event).await;
+    let deadline = Instant::now() + INVOCATION_TIMEOUT;
+    let response = function.handle(event, Some(deadline)).await;
     let failed: Vec<&str> = response
         .batch_item_failures
         .iter()

@@ -128,7 +128,7 @@ async fn aws_app(config: &Config) -> Result<App, String> {
     let app = pigeonhole::aws::app_with_config(config, true)
         .await
         .map_err(|e| e.to_string())?;
-    let fanout = pigeonhole::aws::fanout_with_config(config)
+    let function = pigeonhole::aws::fanout_with_config(config)
         .await
         .map_err(|e| e.to_string())?;
     let sdk = pigeonhole::aws::sdk_config().await;
@@ -137,7 +137,7 @@ async fn aws_app(config: &Config) -> Result<App, String> {
     tokio::spawn(event_source::run(
         aws_sdk_sqs::Client::new(&sdk),
         queue_url,
-        fanout,
+        function,
     ));
     Ok(app)
 }
@@ -147,13 +147,18 @@ async fn aws_app(_: &Config) -> Result<App, String> {
     Err("this build has no AWS support; rebuild with `cargo run -p pigeonhole-local --features aws`".into())
 }
 
-/// Periodically removes acknowledged messages past their retention.
+/// How long one cleanup pass may run; the next resumes where it stopped.
+const CLEANUP_BUDGET: Duration = Duration::from_secs(300);
+
+/// Periodically removes messages past their retention.
 async fn cleanup_loop(app: Arc<App>, every: Duration) {
     let mut ticks = tokio::time::interval(every);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
-        if let Err(e) = pigeonhole::maintenance::purge_acknowledged(&app).await {
+        let deadline = std::time::Instant::now() + CLEANUP_BUDGET;
+        let run = pigeonhole::maintenance::purge_expired(&app);
+        if let Err(e) = pigeonhole::retry::within(deadline, run).await {
             tracing::error!(error = %e, "cleanup failed; will retry");
         }
     }

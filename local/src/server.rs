@@ -9,8 +9,7 @@ use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
-use pigeonhole::domain::MAX_BODY_BYTES;
-use pigeonhole::http::{body_too_large, error_response, handle};
+use pigeonhole::http::{body_limit, body_too_large, error_response, handle};
 use pigeonhole::App;
 use std::convert::Infallible;
 use std::io::Write;
@@ -90,13 +89,14 @@ async fn respond(app: &App, request: Request<Incoming>) -> Response<Full<Bytes>>
     }
     let (parts, body) = request.into_parts();
     // Stop reading at the limit rather than buffering whatever is sent.
-    let response = match Limited::new(body, MAX_BODY_BYTES).collect().await {
+    let limit = body_limit(parts.uri.path());
+    let response = match Limited::new(body, limit).collect().await {
         Ok(collected) => handle(app, Request::from_parts(parts, collected.to_bytes())).await,
         Err(e)
             if e.downcast_ref::<http_body_util::LengthLimitError>()
                 .is_some() =>
         {
-            error_response(&body_too_large())
+            error_response(&body_too_large(limit))
         }
         Err(e) => {
             tracing::debug!(error = %e, "could not read request body");

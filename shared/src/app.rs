@@ -21,6 +21,7 @@ pub struct App {
     pub operator_tokens: Vec<String>,
     pub poll_rate_limit: Option<PollRateLimit>,
     pub acked_retention: Duration,
+    pub sent_retention: Duration,
 }
 
 impl App {
@@ -56,6 +57,7 @@ impl App {
             operator_tokens: config.operator_tokens.clone(),
             poll_rate_limit: PollRateLimit::per_minute(config.poll_rate_limit),
             acked_retention: config.acked_retention,
+            sent_retention: config.sent_retention,
         }
     }
 

@@ -10,6 +10,7 @@ use crate::app::server_keys;
 use crate::clock::SystemClock;
 use crate::config::{Config, ConfigError, Secret};
 use crate::handlers::fanout::Fanout;
+use crate::handlers::sqs_batch::FanoutFunction;
 use crate::queue::{Queue, SqsQueue};
 use crate::store::dynamodb::{DynamoStore, TableNames};
 use crate::store::Store;
@@ -20,9 +21,14 @@ use std::sync::Arc;
 pub const FANOUT_QUEUE_URL: &str = "FANOUT_QUEUE_URL";
 
 /// The SDK configuration from the environment (region, credentials,
-/// `AWS_ENDPOINT_URL`).
+/// `AWS_ENDPOINT_URL`), with the SDK's own retries off and timeouts on:
+/// [`crate::retry`] is the one retry loop.
 pub async fn sdk_config() -> aws_config::SdkConfig {
-    aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .retry_config(crate::retry::aws::sdk_retry_config())
+        .timeout_config(crate::retry::aws::sdk_timeout_config())
+        .load()
+        .await
 }
 
 fn env(name: &str) -> Option<String> {
@@ -62,13 +68,20 @@ pub async fn app_with_config(config: &Config, with_queue: bool) -> Result<App, C
     Ok(App::new(config, store, queue, Arc::new(SystemClock)))
 }
 
-/// The fan-out worker over DynamoDB, for the SQS-triggered function.
-pub async fn fanout_from_env() -> Result<Fanout, ConfigError> {
+/// The fan-out function over DynamoDB, for the SQS-triggered function.
+pub async fn fanout_from_env() -> Result<FanoutFunction, ConfigError> {
     fanout_with_config(&Config::from_env(&[Secret::MasterKey])?).await
 }
 
-pub async fn fanout_with_config(config: &Config) -> Result<Fanout, ConfigError> {
+/// The fan-out worker, and the fan-out queue (`FANOUT_QUEUE_URL`) to hand
+/// unfinished jobs back to.
+pub async fn fanout_with_config(config: &Config) -> Result<FanoutFunction, ConfigError> {
     let keys = server_keys(config).ok_or_else(|| ConfigError("MASTER_KEY not set".into()))?;
-    let store: Arc<dyn Store> = Arc::new(store_from_env(&sdk_config().await)?);
-    Ok(Fanout::new(store, keys, Arc::new(SystemClock)))
+    let sdk = sdk_config().await;
+    let store: Arc<dyn Store> = Arc::new(store_from_env(&sdk)?);
+    let continuation: Arc<dyn Queue> = Arc::new(queue_from_env(&sdk)?);
+    Ok(FanoutFunction {
+        fanout: Fanout::new(store, keys, Arc::new(SystemClock)),
+        continuation: Some(continuation),
+    })
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 pub const DEFAULT_POLL_RATE_LIMIT: u32 = 120;
 pub const DEFAULT_ACKED_RETENTION_SECS: u64 = 86_400;
+pub const DEFAULT_SENT_RETENTION_SECS: u64 = 7 * 86_400;
 
 /// The secrets a deployment can hold. Each Lambda function is given only
 /// the ones it needs (the poll function never sees the admin token), so each
@@ -49,6 +50,8 @@ pub struct Config {
     pub poll_rate_limit: u32,
     /// How long acknowledged messages are kept before cleanup removes them.
     pub acked_retention: Duration,
+    /// How long messages clients sent are kept.
+    pub sent_retention: Duration,
 }
 
 impl std::fmt::Debug for Config {
@@ -63,6 +66,7 @@ impl std::fmt::Debug for Config {
             .field("master_key", &set(self.master_key.is_some()))
             .field("poll_rate_limit", &self.poll_rate_limit)
             .field("acked_retention", &self.acked_retention)
+            .field("sent_retention", &self.sent_retention)
             .finish()
     }
 }
@@ -128,12 +132,18 @@ impl Config {
             "ACKED_RETENTION_SECS",
             DEFAULT_ACKED_RETENTION_SECS,
         )?;
+        let sent_retention = parse_number(
+            present("SENT_RETENTION_SECS"),
+            "SENT_RETENTION_SECS",
+            DEFAULT_SENT_RETENTION_SECS,
+        )?;
         Ok(Config {
             admin_token,
             operator_tokens,
             master_key,
             poll_rate_limit,
             acked_retention: Duration::from_secs(retention),
+            sent_retention: Duration::from_secs(sent_retention),
         })
     }
 }
@@ -183,6 +193,7 @@ mod tests {
         assert!(c.master_key.is_some());
         assert_eq!(c.poll_rate_limit, 120);
         assert_eq!(c.acked_retention, Duration::from_secs(86_400));
+        assert_eq!(c.sent_retention, Duration::from_secs(7 * 86_400));
     }
 
     #[test]

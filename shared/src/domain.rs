@@ -2,8 +2,14 @@
 
 use uuid::Uuid;
 
-/// Largest request body any endpoint accepts.
+/// Largest request body of every endpoint but publish.
 pub const MAX_BODY_BYTES: usize = 256 * 1024;
+/// Largest publish body: room for [`MAX_RECIPIENTS`] ids (39 bytes each as
+/// JSON) beside a [`MAX_PAYLOAD_BYTES`] payload.
+pub const MAX_PUBLISH_BODY_BYTES: usize = 1024 * 1024;
+/// Largest poll response body: under Lambda's 6 MB limit on synchronous
+/// responses, with room for API Gateway's envelope.
+pub const MAX_POLL_BODY_BYTES: usize = 5 * 1024 * 1024;
 /// Largest publish payload, measured as compact JSON.
 pub const MAX_PAYLOAD_BYTES: usize = 64 * 1024;
 pub const MAX_RECIPIENTS: usize = 10_000;

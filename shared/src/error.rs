@@ -18,6 +18,8 @@ pub enum ErrorCode {
     ValidationFailed,
     DecryptionFailed,
     RateLimited,
+    IdempotencyKeyReused,
+    Unavailable,
     Internal,
 }
 
@@ -32,6 +34,8 @@ impl ErrorCode {
             ErrorCode::ValidationFailed => "validation_failed",
             ErrorCode::DecryptionFailed => "decryption_failed",
             ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::IdempotencyKeyReused => "idempotency_key_reused",
+            ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",
         }
     }
@@ -43,14 +47,19 @@ impl ErrorCode {
             ErrorCode::NotFound => StatusCode::NOT_FOUND,
             ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            ErrorCode::ValidationFailed | ErrorCode::DecryptionFailed => {
-                StatusCode::UNPROCESSABLE_ENTITY
-            }
+            ErrorCode::ValidationFailed
+            | ErrorCode::DecryptionFailed
+            | ErrorCode::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 }
+
+/// What `unavailable` asks clients to wait: long enough for throttling to
+/// ease, short enough to be the poll schedule's first step.
+pub const UNAVAILABLE_RETRY_AFTER: Duration = Duration::from_secs(2);
 
 /// An error a client sees. The message is safe to show: it never carries
 /// secrets or internal details.
@@ -58,7 +67,8 @@ impl ErrorCode {
 pub struct ApiError {
     pub code: ErrorCode,
     pub message: String,
-    /// Set for `rate_limited`: becomes the `Retry-After` header.
+    /// Set for `rate_limited` and `unavailable`: becomes the `Retry-After`
+    /// header.
     pub retry_after: Option<Duration>,
     /// Set for `method_not_allowed`: becomes the `Allow` header.
     pub allow: Option<&'static str>,
@@ -106,6 +116,19 @@ impl ApiError {
         }
     }
 
+    /// Storage or the queue stayed unavailable through the retry budget.
+    /// The cause is logged here; the client is told to come back.
+    pub fn unavailable(cause: &dyn std::fmt::Display) -> Self {
+        tracing::warn!(error = %cause, "storage unavailable; answering 503");
+        ApiError {
+            retry_after: Some(UNAVAILABLE_RETRY_AFTER),
+            ..Self::new(
+                ErrorCode::Unavailable,
+                "the service is briefly unavailable; retry after the Retry-After delay",
+            )
+        }
+    }
+
     pub fn not_found() -> Self {
         Self::new(ErrorCode::NotFound, "no such endpoint")
     }
@@ -141,12 +164,18 @@ impl std::error::Error for ApiError {}
 
 impl From<crate::store::StoreError> for ApiError {
     fn from(err: crate::store::StoreError) -> Self {
-        ApiError::internal(&err)
+        match err {
+            crate::store::StoreError::Unavailable(_) => ApiError::unavailable(&err),
+            _ => ApiError::internal(&err),
+        }
     }
 }
 
 impl From<crate::queue::QueueError> for ApiError {
     fn from(err: crate::queue::QueueError) -> Self {
-        ApiError::internal(&err)
+        match err {
+            crate::queue::QueueError::Unavailable(_) => ApiError::unavailable(&err),
+            _ => ApiError::internal(&err),
+        }
     }
 }

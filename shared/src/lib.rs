@@ -26,6 +26,7 @@ pub mod http;
 pub mod maintenance;
 pub mod queue;
 pub mod rate_limit;
+pub mod retry;
 pub mod store;
 
 pub use app::App;

@@ -1,16 +1,35 @@
-//! Retention: acknowledged messages are removed once they are older than
-//! the configured retention. Unacknowledged messages are never removed.
+//! Retention: acknowledged inbox messages are removed once they are older
+//! than `ACKED_RETENTION_SECS`, messages clients sent once they are older
+//! than `SENT_RETENTION_SECS`, and publish idempotency keys after their
+//! 24-hour window. Unacknowledged inbox messages are never removed.
 
-use crate::store::StoreResult;
+use crate::clock::Timestamp;
+use crate::handlers::publish::IDEMPOTENCY_WINDOW;
+use crate::store::{Cutoffs, Purged, StoreResult};
 use crate::App;
+use std::time::Duration;
 
-/// Removes acknowledged messages older than the retention; returns how many.
-pub async fn purge_acknowledged(app: &App) -> StoreResult<u64> {
-    let retention_ms = i64::try_from(app.acked_retention.as_millis()).unwrap_or(i64::MAX);
-    let cutoff = app.clock.now().plus_millis(-retention_ms);
-    let removed = app.store.purge_acknowledged(cutoff).await?;
-    if removed > 0 {
-        tracing::info!(removed, "purged acknowledged messages");
+fn before(now: Timestamp, age: Duration) -> Timestamp {
+    now.plus_millis(-i64::try_from(age.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// Runs one cleanup pass. Within [`crate::retry::within`] it stops at the
+/// deadline and the next pass resumes where it stopped.
+pub async fn purge_expired(app: &App) -> StoreResult<Purged> {
+    let now = app.clock.now();
+    let cutoffs = Cutoffs {
+        acked_before: before(now, app.acked_retention),
+        sent_before: before(now, app.sent_retention),
+        keys_before: before(now, IDEMPOTENCY_WINDOW),
+    };
+    let purged = app.store.purge(cutoffs).await?;
+    if purged.inbox + purged.outbox > 0 || !purged.finished {
+        tracing::info!(
+            inbox = purged.inbox,
+            outbox = purged.outbox,
+            finished = purged.finished,
+            "purged expired messages"
+        );
     }
-    Ok(removed)
+    Ok(purged)
 }

@@ -163,7 +163,8 @@ async fn a_redelivered_fanout_job_stores_nothing_twice() {
         FanoutReport {
             delivered: 1,
             already_delivered: 0,
-            unknown: 1
+            unknown: 1,
+            skipped: 0,
         }
     );
     let again = fanout.deliver(&job).await.unwrap();
@@ -172,7 +173,8 @@ async fn a_redelivered_fanout_job_stores_nothing_twice() {
         FanoutReport {
             delivered: 0,
             already_delivered: 1,
-            unknown: 1
+            unknown: 1,
+            skipped: 0,
         }
     );
 
@@ -324,12 +326,20 @@ impl Store for BrokenStore {
     ) -> s::StoreResult<s::Appended> {
         unreachable!()
     }
-    async fn read(
+    async fn already_appended(
+        &self,
+        _: s::Mailbox,
+        _: &[ClientId],
+        _: &str,
+    ) -> s::StoreResult<std::collections::HashSet<ClientId>> {
+        unreachable!()
+    }
+    async fn read_page(
         &self,
         _: s::Mailbox,
         _: ClientId,
         _: u64,
-        _: u32,
+        _: s::ReadLimit,
     ) -> s::StoreResult<Vec<s::StoredMessage>> {
         unreachable!()
     }
@@ -348,7 +358,18 @@ impl Store for BrokenStore {
     ) -> s::StoreResult<Result<s::ClientPage, s::BadPageToken>> {
         unreachable!()
     }
-    async fn purge_acknowledged(&self, _: Timestamp) -> s::StoreResult<u64> {
+    async fn claim_publish_key(
+        &self,
+        _: &str,
+        _: s::PublishRecord,
+        _: Timestamp,
+    ) -> s::StoreResult<s::KeyClaim> {
+        unreachable!()
+    }
+    async fn complete_publish_key(&self, _: &str) -> s::StoreResult<()> {
+        unreachable!()
+    }
+    async fn purge(&self, _: s::Cutoffs) -> s::StoreResult<s::Purged> {
         unreachable!()
     }
 }

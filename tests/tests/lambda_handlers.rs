@@ -24,6 +24,7 @@ use pigeonhole::app::server_keys;
 use pigeonhole::clock::SystemClock;
 use pigeonhole::config::Config;
 use pigeonhole::handlers::fanout::Fanout;
+use pigeonhole::handlers::sqs_batch::FanoutFunction;
 use pigeonhole::http::Route;
 use pigeonhole::queue::{Queue, SqsQueue};
 use pigeonhole::store::dynamodb::DynamoStore;
@@ -313,7 +314,7 @@ struct Stack {
     secrets: Secrets,
     store: Arc<dyn Store>,
     functions: Vec<(Route, App)>,
-    fanout: Fanout,
+    fanout: FanoutFunction,
     queue_arn: String,
 }
 
@@ -333,11 +334,17 @@ impl Stack {
             &[pigeonhole::config::Secret::MasterKey],
         )
         .unwrap();
-        let fanout = Fanout::new(
-            Arc::clone(&store),
-            server_keys(&fanout_config).expect("a master key"),
-            Arc::new(SystemClock),
-        );
+        let fanout = FanoutFunction {
+            fanout: Fanout::new(
+                Arc::clone(&store),
+                server_keys(&fanout_config).expect("a master key"),
+                Arc::new(SystemClock),
+            ),
+            continuation: Some(Arc::new(SqsQueue::new(
+                env.sqs(),
+                env.provisioned.queue_url.clone(),
+            ))),
+        };
         let queue_arn = env
             .sqs()
             .get_queue_attributes()
@@ -535,7 +542,10 @@ impl Stack {
     /// Invokes the fan-out function; returns the ids it reported failed,
     /// after checking the response serializes the way Lambda expects.
     async fn fan_out(&self, event: SqsEvent) -> Vec<String> {
-        let response: SqsBatchResponse = pigeonhole_functions::fan_out(&self.fanout, event).await;
+        // The fan-out function's timeout in template.yaml.
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let response: SqsBatchResponse =
+            pigeonhole_functions::fan_out(&self.fanout, event, deadline).await;
         let failed: Vec<String> = response
             .batch_item_failures
             .iter()

@@ -1,14 +1,21 @@
 //! `GET /messages/poll`: answers at once with the messages after a cursor,
 //! or "nothing new". One store call when there is nothing new (the client
 //! row carries the newest sequence number), two when there is.
+//!
+//! A page is the unbroken run of ids right after the cursor, and its JSON
+//! body stays within [`MAX_POLL_BODY_BYTES`] (at least one message when
+//! one is pending). Unbroken matters because a store's range read may see
+//! message `n + 1` while `n` is still committing (a DynamoDB `Query` is
+//! only read-committed against transactions): a page that skipped `n`
+//! would move the client's cursor past it for good.
 
 use super::auth::ClientAuth;
 use super::input::{query_number, query_pairs};
 use crate::crypto::encode_base64;
-use crate::domain::{Seq, DEFAULT_POLL_LIMIT, MAX_POLL_LIMIT};
+use crate::domain::{Seq, DEFAULT_POLL_LIMIT, MAX_POLL_BODY_BYTES, MAX_POLL_LIMIT};
 use crate::envelope::delivered_aad;
 use crate::error::ApiError;
-use crate::store::{Mailbox, Touch};
+use crate::store::{Mailbox, ReadLimit, StoredMessage, Touch};
 use crate::App;
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -72,16 +79,47 @@ pub async fn poll(app: &App, client: &ClientAuth, input: PollInput) -> Result<Po
     if state.head <= after {
         return Ok(Polled::Nothing);
     }
+    // Base64 makes the body a third larger than the sealed bytes; read
+    // little more than a page can hold.
+    let limit = ReadLimit {
+        count: input.limit,
+        bytes: MAX_POLL_BODY_BYTES / 4 * 3,
+    };
     let stored = app
         .store
-        .read(Mailbox::Inbox, id, after, input.limit)
+        .read_page(Mailbox::Inbox, id, after, limit)
         .await?;
-    let Some(last) = stored.last().map(|m| m.seq) else {
+    let messages = page(id, after, state.acked, stored);
+    let Some(last) = messages.last().map(|m| m.id) else {
         return Ok(Polled::Nothing);
     };
-    let messages = stored
-        .into_iter()
-        .map(|m| DeliveredMessage {
+    Ok(Polled::Messages {
+        messages,
+        next_cursor: last,
+    })
+}
+
+/// The bytes of `{"messages":[],"next_cursor":<u64>}` around the messages.
+const ENVELOPE_BYTES: usize = 64;
+
+/// The contiguous run of messages right after `after`, within the body
+/// limit. Ids at or below the acknowledged cursor may be gone (cleanup
+/// removed them), so only a gap above it stops the page.
+fn page(
+    id: crate::domain::ClientId,
+    after: Seq,
+    acked: Seq,
+    stored: Vec<StoredMessage>,
+) -> Vec<DeliveredMessage> {
+    let mut messages = Vec::with_capacity(stored.len());
+    let mut bytes = ENVELOPE_BYTES;
+    let mut previous = after;
+    for m in stored {
+        if m.seq > previous + 1 && m.seq - 1 > acked {
+            tracing::info!(client_id = %id, missing = previous + 1, "page stops before a message still being written");
+            break;
+        }
+        let message = DeliveredMessage {
             id: m.seq,
             kind: m.kind,
             ciphertext: encode_base64(&m.body.ciphertext),
@@ -89,10 +127,14 @@ pub async fn poll(app: &App, client: &ClientAuth, input: PollInput) -> Result<Po
             tag: encode_base64(&m.body.tag),
             aad: delivered_aad(id, m.created_at, m.seq),
             created_at: m.created_at.to_rfc3339(),
-        })
-        .collect();
-    Ok(Polled::Messages {
-        messages,
-        next_cursor: last,
-    })
+        };
+        // One more comma between messages.
+        bytes += serde_json::to_vec(&message).map_or(usize::MAX, |v| v.len()) + 1;
+        if !messages.is_empty() && bytes > MAX_POLL_BODY_BYTES {
+            break;
+        }
+        previous = m.seq;
+        messages.push(message);
+    }
+    messages
 }

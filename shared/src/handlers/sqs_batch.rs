@@ -1,33 +1,122 @@
 //! The fan-out function's handler: one SQS batch in, partial failures out.
 //!
-//! Each record is delivered on its own; a record that fails is reported in
-//! `batch_item_failures`, so SQS retries only it (and, after the redrive
-//! limit, moves it to the dead-letter queue). Delivery is idempotent, so a
-//! retried record never creates a second copy for any recipient.
+//! Each record is delivered on its own, within the invocation's deadline:
+//! - finished: the record succeeds;
+//! - cut short by the deadline or by storage that stayed unavailable, after
+//!   settling at least one recipient: the recipients left are enqueued as a
+//!   new job and the record succeeds. Every invocation that makes progress
+//!   thus resets the count SQS keeps towards the dead-letter queue, and a
+//!   job of any size finishes over as many invocations as it needs;
+//! - anything else (no progress, a record that is not a job, a failure for
+//!   good): the record is reported in `batch_item_failures`, so SQS retries
+//!   only it and, after the redrive limit, moves it to the dead-letter
+//!   queue. Records not started before the deadline are reported too,
+//!   never dropped with a response that came too late.
+//!
+//! Delivery is idempotent, so a retried record never creates a second copy
+//! for any recipient.
 
-use super::fanout::Fanout;
-use crate::queue::FanoutJob;
+use super::fanout::{Delivery, Fanout};
+use crate::domain::ClientId;
+use crate::queue::{FanoutJob, Queue};
+use crate::retry;
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-pub async fn handle_sqs_batch(fanout: &Fanout, event: SqsEvent) -> SqsBatchResponse {
+/// Kept free at the end of an invocation to hand on unfinished work and
+/// return the batch response.
+pub const FINISH_MARGIN: Duration = Duration::from_secs(3);
+
+/// The fan-out function as Lambda runs it: the worker, and the queue that
+/// unfinished work is handed back to.
+#[derive(Clone)]
+pub struct FanoutFunction {
+    pub fanout: Fanout,
+    pub continuation: Option<Arc<dyn Queue>>,
+}
+
+impl FanoutFunction {
+    /// Runs one batch before `deadline`, the invocation's.
+    pub async fn handle(&self, event: SqsEvent, deadline: Option<Instant>) -> SqsBatchResponse {
+        handle_sqs_batch(&self.fanout, self.continuation.as_deref(), event, deadline).await
+    }
+}
+
+/// Runs one batch. `deadline` is the invocation's (none: no time limit);
+/// `continuation` is the queue unfinished work is handed to.
+pub async fn handle_sqs_batch(
+    fanout: &Fanout,
+    continuation: Option<&dyn Queue>,
+    event: SqsEvent,
+    deadline: Option<Instant>,
+) -> SqsBatchResponse {
+    let work_deadline = deadline.map(|d| d.checked_sub(FINISH_MARGIN).unwrap_or(d));
     let mut response = SqsBatchResponse::default();
     for record in event.records {
         let id = record.message_id.clone().unwrap_or_default();
-        let outcome = match record.body.as_deref().map(FanoutJob::from_json) {
-            None => Err("the record has no body".to_string()),
-            Some(Err(e)) => Err(format!("the record is not a fan-out job: {e}")),
-            Some(Ok(job)) => fanout
-                .deliver(&job)
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string()),
+        let late = work_deadline.is_some_and(|d| Instant::now() + fanout.stop_margin() >= d);
+        let outcome = if late {
+            Err("not started: the invocation's deadline is near".to_string())
+        } else {
+            match record.body.as_deref().map(FanoutJob::from_json) {
+                None => Err("the record has no body".to_string()),
+                Some(Err(e)) => Err(format!("the record is not a fan-out job: {e}")),
+                Some(Ok(job)) => {
+                    let run = fanout.deliver_some(&job);
+                    let ran = match work_deadline {
+                        Some(d) => retry::within(d, run).await,
+                        None => run.await,
+                    };
+                    match ran {
+                        Ok(Delivery::Complete(_)) => Ok(()),
+                        Ok(Delivery::Unfinished {
+                            report,
+                            remaining,
+                            error: None,
+                        }) if report.settled() > 0 => {
+                            hand_on(continuation, &job, remaining, deadline).await
+                        }
+                        Ok(Delivery::Unfinished {
+                            remaining, error, ..
+                        }) => Err(match error {
+                            Some(e) => e.to_string(),
+                            None => format!("no progress; {} recipients left", remaining.len()),
+                        }),
+                        Err(e) => Err(e.to_string()),
+                    }
+                }
+            }
         };
         if let Err(error) = outcome {
-            tracing::error!(message_id = %id, %error, "fan-out record failed");
+            tracing::error!(message_id = %id, %error, "fan-out record failed; SQS will redeliver it");
             let mut failure = BatchItemFailure::default();
             failure.item_identifier = id;
             response.batch_item_failures.push(failure);
         }
     }
     response
+}
+
+/// Enqueues the recipients a run did not reach as a job of their own.
+async fn hand_on(
+    continuation: Option<&dyn Queue>,
+    job: &FanoutJob,
+    remaining: Vec<ClientId>,
+    deadline: Option<Instant>,
+) -> Result<(), String> {
+    let Some(queue) = continuation else {
+        return Err(format!("{} recipients left", remaining.len()));
+    };
+    let rest = FanoutJob {
+        recipients: remaining,
+        ..job.clone()
+    };
+    tracing::info!(publish_id = %job.publish_id, remaining = rest.recipients.len(), "handing the rest of the job on");
+    let enqueue = queue.enqueue(vec![rest]);
+    let enqueued = match deadline {
+        Some(d) => retry::within(d, enqueue).await,
+        None => enqueue.await,
+    };
+    enqueued.map_err(|e| e.to_string())
 }

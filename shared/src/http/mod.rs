@@ -18,6 +18,7 @@ use crate::handlers::auth::{
 };
 use crate::handlers::input::JsonBody;
 use crate::handlers::{ack, list_clients, poll, publish, register, send};
+use crate::retry;
 use crate::App;
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response, StatusCode};
@@ -41,7 +42,13 @@ async fn handle_within(app: &App, only: Option<Route>, request: Request<Bytes>) 
     let started = Instant::now();
     let method = request.method().clone();
     let path = request.uri().path().to_string();
-    let response = match dispatch(app, only, request).await {
+    // Every storage retry inside this request stops in time to answer.
+    let response = match retry::within(
+        started + retry::REQUEST_BUDGET,
+        dispatch(app, only, request),
+    )
+    .await
+    {
         Ok(response) => response,
         Err(error) => error_response(&error),
     };
@@ -69,8 +76,8 @@ async fn dispatch(
         return Err(ApiError::method_not_allowed(route.allow()));
     }
     let (parts, body) = request.into_parts();
-    if body.len() > MAX_BODY_BYTES {
-        return Err(body_too_large());
+    if body.len() > route.max_body_bytes() {
+        return Err(body_too_large(route.max_body_bytes()));
     }
     let headers = &parts.headers;
     let query = parts.uri.query();
@@ -91,8 +98,9 @@ async fn dispatch(
         }
         Route::Publish => {
             let admin = authorize_admin(app, header(headers, "x-admin-token"))?;
+            let key = publish::IdempotencyKey::from_header(headers.get("idempotency-key"))?;
             let input = publish::PublishInput::from_body(&JsonBody::parse(&body)?)?;
-            let published = publish::publish(app, &admin, input).await?;
+            let published = publish::publish(app, &admin, input, key).await?;
             Ok(json_response(StatusCode::ACCEPTED, &published))
         }
         Route::Send => {
@@ -139,11 +147,17 @@ async fn dispatch(
     }
 }
 
-/// The error for a body over the limit; servers that stream bodies use it
+/// The body limit for a request path (the strictest, 256 KiB, for paths
+/// that are no route): servers that stream bodies stop reading there.
+pub fn body_limit(path: &str) -> usize {
+    Route::find(path).map_or(MAX_BODY_BYTES, Route::max_body_bytes)
+}
+
+/// The error for a body over `limit`; servers that stream bodies use it
 /// when they stop reading early.
-pub fn body_too_large() -> ApiError {
+pub fn body_too_large(limit: usize) -> ApiError {
     ApiError::too_large(format!(
-        "request bodies are limited to {MAX_BODY_BYTES} bytes"
+        "request bodies on this endpoint are limited to {limit} bytes"
     ))
 }
 

@@ -1,6 +1,7 @@
 //! The route table: every path the API answers, and its one method.
 
 use crate::config::Secret;
+use crate::domain::{MAX_BODY_BYTES, MAX_PUBLISH_BODY_BYTES};
 use http::Method;
 
 pub const BASE_PATH: &str = "/api/v1";
@@ -61,6 +62,14 @@ impl Route {
             Route::Register | Route::Send | Route::Poll | Route::Ack => &[Secret::MasterKey],
             Route::Publish => &[Secret::AdminToken, Secret::MasterKey],
             Route::ListClients => &[Secret::OperatorTokens],
+        }
+    }
+
+    /// The largest request body the endpoint accepts.
+    pub fn max_body_bytes(self) -> usize {
+        match self {
+            Route::Publish => MAX_PUBLISH_BODY_BYTES,
+            _ => MAX_BODY_BYTES,
         }
     }
 

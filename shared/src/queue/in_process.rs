@@ -5,7 +5,8 @@
 //! when the process stops.
 
 use super::{FanoutJob, Queue, QueueError};
-use crate::handlers::fanout::Fanout;
+use crate::handlers::fanout::{Fanout, FanoutError};
+use crate::store::StoreError;
 use async_trait::async_trait;
 
 pub struct InProcessQueue {
@@ -22,10 +23,12 @@ impl InProcessQueue {
 impl Queue for InProcessQueue {
     async fn enqueue(&self, jobs: Vec<FanoutJob>) -> Result<(), QueueError> {
         for job in &jobs {
-            self.fanout
-                .deliver(job)
-                .await
-                .map_err(|e| QueueError::Delivery(e.to_string()))?;
+            self.fanout.deliver(job).await.map_err(|e| match e {
+                FanoutError::Store(StoreError::Unavailable(cause)) => {
+                    QueueError::Unavailable(cause)
+                }
+                other => QueueError::Delivery(other.to_string()),
+            })?;
         }
         Ok(())
     }

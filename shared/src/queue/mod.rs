@@ -27,10 +27,18 @@ pub const MAX_JOB_BYTES: usize = 240 * 1024;
 /// comma.
 const RECIPIENT_BYTES: usize = 39;
 
+/// Recipients per job at most, so one job's work fits well inside one
+/// fan-out invocation (the calculation is in `docs/architecture.md`).
+pub const MAX_JOB_RECIPIENTS: usize = 1000;
+
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
+    /// Transient failures outlasted the retry budget.
     #[error("queue unavailable: {0}")]
     Unavailable(String),
+    /// The queue refused the jobs for good (missing queue, bad request).
+    #[error("queue refused the jobs: {0}")]
+    Refused(String),
     #[error("fan-out failed: {0}")]
     Delivery(String),
 }
@@ -79,7 +87,8 @@ impl FanoutJob {
         // Base64 grows the sealed payload by 4/3; 512 bytes covers the rest
         // of the envelope.
         let fixed = payload.to_bytes().len().div_ceil(3) * 4 + kind.len() + 512;
-        let per_job = (MAX_JOB_BYTES.saturating_sub(fixed) / RECIPIENT_BYTES).max(1);
+        let per_job =
+            (MAX_JOB_BYTES.saturating_sub(fixed) / RECIPIENT_BYTES).clamp(1, MAX_JOB_RECIPIENTS);
         recipients
             .chunks(per_job)
             .map(|chunk| FanoutJob {
@@ -132,6 +141,9 @@ mod tests {
         let jobs = FanoutJob::plan("p", "event", &payload, &recipients);
         assert!(jobs.len() > 1);
         assert!(jobs.iter().all(|j| j.to_json().len() <= MAX_JOB_BYTES));
+        assert!(jobs
+            .iter()
+            .all(|j| j.recipients.len() <= MAX_JOB_RECIPIENTS));
         let all: Vec<ClientId> = jobs.iter().flat_map(|j| j.recipients.clone()).collect();
         assert_eq!(all, recipients);
     }

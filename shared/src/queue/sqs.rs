@@ -2,17 +2,17 @@
 //! function receives through its event source mapping.
 
 use super::{FanoutJob, Queue, QueueError};
+use crate::retry::aws::{classify, SQS_ERRORS};
+use crate::retry::{self, Failed, GaveUp};
 use async_trait::async_trait;
 use aws_sdk_sqs::error::DisplayErrorContext;
 use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
 use aws_sdk_sqs::Client;
+use std::sync::Mutex;
 
 /// SendMessageBatch takes at most 10 entries and 256 KiB in all.
 const BATCH_ENTRIES: usize = 10;
 const BATCH_BYTES: usize = 256 * 1024;
-/// Entries SQS refuses for passing reasons (throttling) are retried this
-/// many times.
-const ATTEMPTS: usize = 3;
 
 pub struct SqsQueue {
     client: Client,
@@ -25,6 +25,79 @@ impl SqsQueue {
             client,
             queue_url: queue_url.into(),
         }
+    }
+
+    /// Sends one batch under the shared retry policy. A retry resends only
+    /// the entries SQS did not accept; entries it refused for the sender's
+    /// fault fail the batch at once. (A retry after a lost response may
+    /// enqueue a job twice: the fan-out's markers make that harmless.)
+    async fn send_batch(&self, bodies: Vec<String>) -> Result<(), QueueError> {
+        let pending = Mutex::new(
+            bodies
+                .into_iter()
+                .enumerate()
+                .map(|(i, body)| (i.to_string(), body))
+                .collect::<Vec<_>>(),
+        );
+        let outcome = retry::run(
+            |_| {
+                let entries = pending
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .iter()
+                    .map(|(id, body)| {
+                        SendMessageBatchRequestEntry::builder()
+                            .id(id)
+                            .message_body(body)
+                            .build()
+                    })
+                    .collect::<Result<Vec<_>, _>>();
+                let pending = &pending;
+                async move {
+                    let entries = entries
+                        .map_err(|e| Failed::permanent(QueueError::Refused(e.to_string())))?;
+                    let out = self
+                        .client
+                        .send_message_batch()
+                        .queue_url(&self.queue_url)
+                        .set_entries(Some(entries))
+                        .send()
+                        .await
+                        .map_err(|e| Failed {
+                            class: classify(SQS_ERRORS, &e),
+                            error: QueueError::Unavailable(DisplayErrorContext(e).to_string()),
+                        })?;
+                    if let Some(refused) = out.failed.iter().find(|f| f.sender_fault) {
+                        return Err(Failed::permanent(QueueError::Refused(format!(
+                            "{}: {}",
+                            refused.code,
+                            refused.message.as_deref().unwrap_or("")
+                        ))));
+                    }
+                    let failed: Vec<&str> = out.failed.iter().map(|f| f.id.as_str()).collect();
+                    let mut pending = pending.lock().unwrap_or_else(|p| p.into_inner());
+                    pending.retain(|(id, _)| failed.contains(&id.as_str()));
+                    if pending.is_empty() {
+                        return Ok(());
+                    }
+                    for f in &out.failed {
+                        tracing::warn!(code = %f.code, "SQS refused a fan-out job for now");
+                    }
+                    Err(Failed::transient(QueueError::Unavailable(format!(
+                        "SQS did not accept {} fan-out job(s)",
+                        pending.len()
+                    ))))
+                }
+            },
+            || QueueError::Unavailable("SendMessageBatch: no answer in time".into()),
+        )
+        .await;
+        outcome.map_err(|gave_up| match gave_up {
+            GaveUp::Permanent(e) => e,
+            GaveUp::Exhausted { last, attempts } => {
+                QueueError::Unavailable(format!("{last} (gave up after {attempts} attempts)"))
+            }
+        })
     }
 }
 
@@ -50,46 +123,7 @@ fn batches(bodies: Vec<String>) -> Vec<Vec<String>> {
 impl Queue for SqsQueue {
     async fn enqueue(&self, jobs: Vec<FanoutJob>) -> Result<(), QueueError> {
         for batch in batches(jobs.iter().map(FanoutJob::to_json).collect()) {
-            let mut pending: Vec<(String, String)> = batch
-                .into_iter()
-                .enumerate()
-                .map(|(i, body)| (i.to_string(), body))
-                .collect();
-            for _ in 0..ATTEMPTS {
-                let entries = pending
-                    .iter()
-                    .map(|(id, body)| {
-                        SendMessageBatchRequestEntry::builder()
-                            .id(id)
-                            .message_body(body)
-                            .build()
-                            .map_err(|e| QueueError::Unavailable(e.to_string()))
-                    })
-                    .collect::<Result<Vec<_>, _>>()?;
-                let out = self
-                    .client
-                    .send_message_batch()
-                    .queue_url(&self.queue_url)
-                    .set_entries(Some(entries))
-                    .send()
-                    .await
-                    .map_err(|e| QueueError::Unavailable(DisplayErrorContext(e).to_string()))?;
-                let failed: Vec<String> = out.failed.iter().map(|f| f.id.clone()).collect();
-                if failed.is_empty() {
-                    pending.clear();
-                    break;
-                }
-                for f in &out.failed {
-                    tracing::warn!(code = %f.code, sender_fault = f.sender_fault, "SQS refused a fan-out job");
-                }
-                pending.retain(|(id, _)| failed.contains(id));
-            }
-            if !pending.is_empty() {
-                return Err(QueueError::Unavailable(format!(
-                    "SQS refused {} fan-out job(s) after {ATTEMPTS} attempts",
-                    pending.len()
-                )));
-            }
+            self.send_batch(batch).await?;
         }
         Ok(())
     }

@@ -24,6 +24,7 @@ use crate::crypto::Sealed;
 use crate::domain::{ClientId, Seq};
 use crate::rate_limit::PollRateLimit;
 use async_trait::async_trait;
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,6 +32,11 @@ use std::time::Duration;
 pub enum StoreError {
     #[error("storage backend failed: {0}")]
     Backend(String),
+    /// Transient failures (throttling, conflicts, 5xx, timeouts, a busy
+    /// database) outlasted the retry budget: the same call may succeed
+    /// later, and nothing was half-done.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
     #[error("could not seal the message: {0}")]
@@ -131,6 +137,66 @@ pub struct StoredMessage {
     pub created_at: Timestamp,
 }
 
+/// How much one read may return: at most `count` messages, and it stops
+/// before the message whose sealed bytes would take the total past
+/// `bytes` (the first message is always returned, whatever its size).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadLimit {
+    pub count: u32,
+    pub bytes: usize,
+}
+
+impl ReadLimit {
+    pub fn count(count: u32) -> ReadLimit {
+        ReadLimit {
+            count,
+            bytes: usize::MAX,
+        }
+    }
+}
+
+/// What a publish with an `Idempotency-Key` remembers of itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishRecord {
+    pub publish_id: String,
+    pub recipients: u64,
+    /// A digest of the request, telling a retry from a different publish
+    /// that reuses the key.
+    pub digest: [u8; 32],
+    pub created_at: Timestamp,
+}
+
+/// The outcome of claiming an idempotency key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyClaim {
+    /// The key was free (or its record had expired): it is ours now.
+    Claimed,
+    /// The key is held by an earlier publish; `completed` says whether all
+    /// of its jobs were handed to the queue.
+    Held {
+        record: PublishRecord,
+        completed: bool,
+    },
+}
+
+/// What cleanup removes: acknowledged inbox messages created before
+/// `acked_before`, and sent (outbox) messages created before `sent_before`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cutoffs {
+    pub acked_before: Timestamp,
+    pub sent_before: Timestamp,
+    /// Idempotency keys claimed before this are forgotten.
+    pub keys_before: Timestamp,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Purged {
+    pub inbox: u64,
+    pub outbox: u64,
+    /// False when the run stopped at its deadline; the next run resumes.
+    pub finished: bool,
+}
+
 /// Builds the message for a sequence number. An adapter may call it more
 /// than once (with a new number) when it loses a race and retries.
 pub type Sealer = Arc<dyn Fn(Seq) -> Result<NewMessage, StoreError> + Send + Sync>;
@@ -187,15 +253,37 @@ pub trait Store: Send + Sync + 'static {
         seal: Sealer,
     ) -> StoreResult<Appended>;
 
-    /// Messages with `seq > after`, ascending, at most `limit`. Reads are
-    /// strongly consistent.
+    /// Which of `ids` already hold a message appended under `dedup_key`:
+    /// lets a redelivered fan-out job skip them before sealing anything.
+    async fn already_appended(
+        &self,
+        mailbox: Mailbox,
+        ids: &[ClientId],
+        dedup_key: &str,
+    ) -> StoreResult<HashSet<ClientId>>;
+
+    /// Messages with `seq > after`, ascending, within `limit`. Reads are
+    /// strongly consistent. The result may have gaps where a message is
+    /// still being written; callers that must not skip check contiguity.
+    async fn read_page(
+        &self,
+        mailbox: Mailbox,
+        id: ClientId,
+        after: Seq,
+        limit: ReadLimit,
+    ) -> StoreResult<Vec<StoredMessage>>;
+
+    /// At most `count` messages with `seq > after`, whatever their size.
     async fn read(
         &self,
         mailbox: Mailbox,
         id: ClientId,
         after: Seq,
-        limit: u32,
-    ) -> StoreResult<Vec<StoredMessage>>;
+        count: u32,
+    ) -> StoreResult<Vec<StoredMessage>> {
+        self.read_page(mailbox, id, after, ReadLimit::count(count))
+            .await
+    }
 
     /// Moves the acknowledged cursor forward to `upto` (never backwards) and
     /// records the contact at `now`.
@@ -210,7 +298,22 @@ pub trait Store: Send + Sync + 'static {
         page_token: Option<&str>,
     ) -> StoreResult<Result<ClientPage, BadPageToken>>;
 
-    /// Deletes acknowledged inbox messages created before `created_before`.
-    /// Returns how many were removed.
-    async fn purge_acknowledged(&self, created_before: Timestamp) -> StoreResult<u64>;
+    /// Claims a publish idempotency key at `now`, unless an unexpired
+    /// record holds it (records older than `expired_before` are free).
+    async fn claim_publish_key(
+        &self,
+        key: &str,
+        record: PublishRecord,
+        expired_before: Timestamp,
+    ) -> StoreResult<KeyClaim>;
+
+    /// Marks a claimed key's publish as fully enqueued.
+    async fn complete_publish_key(&self, key: &str) -> StoreResult<()>;
+
+    /// Retention: deletes acknowledged inbox messages and sent messages
+    /// older than the cutoffs, and forgets expired idempotency keys. Never
+    /// removes an unacknowledged inbox message. Stops early at the
+    /// deadline set with [`crate::retry::within`], if any; a later call
+    /// resumes.
+    async fn purge(&self, cutoffs: Cutoffs) -> StoreResult<Purged>;
 }

@@ -19,7 +19,8 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use std::path::Path;
 use std::sync::Mutex;
 
-const SCHEMA_VERSION: i64 = 1;
+/// 2 added publish idempotency keys and the age indexes cleanup uses.
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS clients (
@@ -64,7 +65,21 @@ CREATE TABLE IF NOT EXISTS outbox (
     PRIMARY KEY (client_id, seq)
 ) WITHOUT ROWID;
 CREATE UNIQUE INDEX IF NOT EXISTS outbox_dedup ON outbox (client_id, dedup_key);
+CREATE INDEX IF NOT EXISTS inbox_by_age ON inbox (created_at);
+CREATE INDEX IF NOT EXISTS outbox_by_age ON outbox (created_at);
+CREATE TABLE IF NOT EXISTS publish_keys (
+    idempotency_key TEXT PRIMARY KEY,
+    publish_id      TEXT NOT NULL,
+    recipients      INTEGER NOT NULL,
+    digest          BLOB NOT NULL,
+    created_at      INTEGER NOT NULL,
+    completed       INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID;
 ";
+
+/// Rows one cleanup statement deletes: small enough that a request
+/// waiting for the connection waits milliseconds, not seconds.
+const PURGE_BATCH: i64 = 500;
 
 fn table(mailbox: Mailbox) -> &'static str {
     match mailbox {
@@ -88,55 +103,84 @@ fn backend(err: impl std::fmt::Display) -> StoreError {
     StoreError::Backend(err.to_string())
 }
 
+/// A SQLite error, classified: contention is worth another attempt.
+fn sql(err: rusqlite::Error) -> StoreError {
+    match crate::retry::sqlite::classify(&err) {
+        crate::retry::Class::Transient => StoreError::Unavailable(err.to_string()),
+        crate::retry::Class::Permanent => StoreError::Backend(err.to_string()),
+    }
+}
+
 impl SqliteStore {
     /// Opens (creating if needed) the database file at `path`.
     pub fn open(path: &Path) -> StoreResult<SqliteStore> {
-        let conn = Connection::open(path).map_err(backend)?;
+        let conn = Connection::open(path).map_err(sql)?;
         Self::init(conn)
     }
 
     fn init(conn: Connection) -> StoreResult<SqliteStore> {
-        conn.busy_timeout(std::time::Duration::from_secs(5))
-            .map_err(backend)?;
+        // SQLite waits this long for another connection's write lock;
+        // past it, the shared retry policy takes over within the request's
+        // budget.
+        conn.busy_timeout(std::time::Duration::from_secs(1))
+            .map_err(sql)?;
         // WAL + NORMAL: a committed transaction survives the process being
         // killed (the WAL is in the OS's hands); only a power cut can lose
         // the last few commits.
         conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(backend)?;
+            .map_err(sql)?;
         conn.pragma_update(None, "synchronous", "NORMAL")
-            .map_err(backend)?;
+            .map_err(sql)?;
         let version: i64 = conn
             .pragma_query_value(None, "user_version", |r| r.get(0))
-            .map_err(backend)?;
+            .map_err(sql)?;
         if version > SCHEMA_VERSION {
             return Err(StoreError::Backend(format!(
                 "database schema version {version} is newer than this build understands ({SCHEMA_VERSION})"
             )));
         }
-        conn.execute_batch(SCHEMA).map_err(backend)?;
+        conn.execute_batch(SCHEMA).map_err(sql)?;
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)
-            .map_err(backend)?;
+            .map_err(sql)?;
         Ok(SqliteStore {
             conn: Arc::new(Mutex::new(conn)),
         })
     }
 
-    /// Runs `work` on the blocking pool with the connection.
+    /// Runs `work` on the blocking pool with the connection, again after
+    /// a pause when the database was busy (the transaction then rolled
+    /// back, so repeating it is safe), until the retry budget runs out.
     async fn with_conn<T, F>(&self, work: F) -> StoreResult<T>
     where
         T: Send + 'static,
-        F: FnOnce(&mut Connection) -> StoreResult<T> + Send + 'static,
+        F: Fn(&mut Connection) -> StoreResult<T> + Send + Sync + 'static,
     {
-        let conn = Arc::clone(&self.conn);
-        tokio::task::spawn_blocking(move || {
-            // A panic while holding the lock cannot leave a half-applied
-            // transaction (SQLite rolls it back), so a poisoned lock is safe
-            // to keep using.
-            let mut guard = conn.lock().unwrap_or_else(|p| p.into_inner());
-            work(&mut guard)
-        })
-        .await
-        .map_err(backend)?
+        let work = Arc::new(work);
+        let mut round = 0;
+        loop {
+            let (conn, work) = (Arc::clone(&self.conn), Arc::clone(&work));
+            let outcome = tokio::task::spawn_blocking(move || {
+                // A panic while holding the lock cannot leave a half-applied
+                // transaction (SQLite rolls it back), so a poisoned lock is
+                // safe to keep using.
+                let mut guard = conn.lock().unwrap_or_else(|p| p.into_inner());
+                work(&mut guard)
+            })
+            .await
+            .map_err(backend)?;
+            match outcome {
+                Err(StoreError::Unavailable(cause)) => {
+                    if !crate::retry::pause(round).await {
+                        return Err(StoreError::Unavailable(format!(
+                            "database busy: {cause} (gave up after {} attempts)",
+                            round + 1
+                        )));
+                    }
+                    round += 1;
+                }
+                other => return other,
+            }
+        }
     }
 }
 
@@ -177,7 +221,7 @@ impl Store for SqliteStore {
         self.with_conn(move |conn| {
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(backend)?;
+                .map_err(sql)?;
             let client = id.to_string();
             let head: Option<i64> = tx
                 .query_row(
@@ -189,7 +233,7 @@ impl Store for SqliteStore {
                     |r| r.get(0),
                 )
                 .optional()
-                .map_err(backend)?;
+                .map_err(sql)?;
             let Some(head) = head else {
                 return Ok(Appended::UnknownClient);
             };
@@ -203,7 +247,7 @@ impl Store for SqliteStore {
                     |r| Ok((r.get(0)?, r.get(1)?)),
                 )
                 .optional()
-                .map_err(backend)?;
+                .map_err(sql)?;
             if let Some((seq, digest)) = existing {
                 return Ok(Appended::Duplicate {
                     seq: seq as Seq,
@@ -230,7 +274,7 @@ impl Store for SqliteStore {
                     dedup.digest.as_slice(),
                 ],
             )
-            .map_err(backend)?;
+            .map_err(sql)?;
             tx.execute(
                 &format!(
                     "UPDATE clients SET {} = ?2 WHERE client_id = ?1",
@@ -238,19 +282,19 @@ impl Store for SqliteStore {
                 ),
                 params![client, seq as i64],
             )
-            .map_err(backend)?;
-            tx.commit().map_err(backend)?;
+            .map_err(sql)?;
+            tx.commit().map_err(sql)?;
             Ok(Appended::Stored { seq })
         })
         .await
     }
 
-    async fn read(
+    async fn read_page(
         &self,
         which: Mailbox,
         id: ClientId,
         after: Seq,
-        limit: u32,
+        limit: ReadLimit,
     ) -> StoreResult<Vec<StoredMessage>> {
         self.with_conn(move |conn| {
             let mut stmt = conn
@@ -259,38 +303,73 @@ impl Store for SqliteStore {
                      WHERE client_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
                     table(which)
                 ))
-                .map_err(backend)?;
-            let rows = stmt
-                .query_map(
-                    params![id.to_string(), after as i64, i64::from(limit)],
-                    |r| {
-                        Ok((
-                            r.get::<_, i64>(0)?,
-                            r.get::<_, String>(1)?,
-                            r.get::<_, Vec<u8>>(2)?,
-                            r.get::<_, Vec<u8>>(3)?,
-                            r.get::<_, Vec<u8>>(4)?,
-                            r.get::<_, i64>(5)?,
-                        ))
-                    },
-                )
-                .map_err(backend)?;
+                .map_err(sql)?;
+            let mut rows = stmt
+                .query(params![
+                    id.to_string(),
+                    after as i64,
+                    i64::from(limit.count)
+                ])
+                .map_err(sql)?;
             let mut messages = Vec::new();
-            for row in rows {
-                let (seq, kind, nonce, ciphertext, tag, created_at) = row.map_err(backend)?;
+            let mut bytes = 0usize;
+            while let Some(row) = rows.next().map_err(sql)? {
+                let seq: i64 = row.get(0).map_err(sql)?;
                 let corrupt = || StoreError::Corrupt(format!("message {seq} of {id}"));
+                let ciphertext: Vec<u8> = row.get(3).map_err(sql)?;
+                bytes += ciphertext.len();
+                if !messages.is_empty() && bytes > limit.bytes {
+                    break;
+                }
                 messages.push(StoredMessage {
                     seq: seq as Seq,
-                    kind,
+                    kind: row.get(1).map_err(sql)?,
                     body: Sealed {
                         ciphertext,
-                        nonce: nonce.try_into().map_err(|_| corrupt())?,
-                        tag: tag.try_into().map_err(|_| corrupt())?,
+                        nonce: row
+                            .get::<_, Vec<u8>>(2)
+                            .map_err(sql)?
+                            .try_into()
+                            .map_err(|_| corrupt())?,
+                        tag: row
+                            .get::<_, Vec<u8>>(4)
+                            .map_err(sql)?
+                            .try_into()
+                            .map_err(|_| corrupt())?,
                     },
-                    created_at: Timestamp(created_at),
+                    created_at: Timestamp(row.get(5).map_err(sql)?),
                 });
             }
             Ok(messages)
+        })
+        .await
+    }
+
+    async fn already_appended(
+        &self,
+        which: Mailbox,
+        ids: &[ClientId],
+        dedup_key: &str,
+    ) -> StoreResult<HashSet<ClientId>> {
+        let ids = ids.to_vec();
+        let dedup_key = dedup_key.to_string();
+        self.with_conn(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(&format!(
+                    "SELECT 1 FROM {} WHERE client_id = ?1 AND dedup_key = ?2",
+                    table(which)
+                ))
+                .map_err(sql)?;
+            let mut found = HashSet::new();
+            for id in &ids {
+                if stmt
+                    .exists(params![id.to_string(), dedup_key])
+                    .map_err(sql)?
+                {
+                    found.insert(*id);
+                }
+            }
+            Ok(found)
         })
         .await
     }
@@ -303,7 +382,7 @@ impl Store for SqliteStore {
         self.with_conn(move |conn| {
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(backend)?;
+                .map_err(sql)?;
             let existing = tx
                 .query_row(
                     "SELECT c.client_id, c.name, c.wrapped_key, c.created_at
@@ -320,7 +399,7 @@ impl Store for SqliteStore {
                     },
                 )
                 .optional()
-                .map_err(backend)?;
+                .map_err(sql)?;
             if let Some((id, name, key, created_at)) = existing {
                 return Ok(Registration {
                     client: client_record(&id, name, key, created_at)?,
@@ -332,15 +411,15 @@ impl Store for SqliteStore {
                 "INSERT INTO clients (client_id, name, wrapped_key, created_at) VALUES (?1, ?2, ?3, ?4)",
                 params![id, candidate.name, candidate.wrapped_key, candidate.created_at.millis()],
             )
-            .map_err(backend)?;
+            .map_err(sql)?;
             tx.execute(
                 "INSERT INTO fingerprints (fingerprint_hash, client_id) VALUES (?1, ?2)",
                 params![fingerprint.as_slice(), id],
             )
-            .map_err(backend)?;
-            tx.commit().map_err(backend)?;
+            .map_err(sql)?;
+            tx.commit().map_err(sql)?;
             Ok(Registration {
-                client: candidate,
+                client: candidate.clone(),
                 created: true,
             })
         })
@@ -357,7 +436,7 @@ impl Store for SqliteStore {
         self.with_conn(move |conn| {
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(backend)?;
+                .map_err(sql)?;
             let client = id.to_string();
             let row = tx
                 .query_row(
@@ -376,7 +455,7 @@ impl Store for SqliteStore {
                     },
                 )
                 .optional()
-                .map_err(backend)?;
+                .map_err(sql)?;
             let Some((name, wrapped_key, created_at, acked, head, tat)) = row else {
                 return Ok(Touch::UnknownClient);
             };
@@ -392,8 +471,8 @@ impl Store for SqliteStore {
                  WHERE client_id = ?1",
                 params![client, now.millis(), new_tat],
             )
-            .map_err(backend)?;
-            tx.commit().map_err(backend)?;
+            .map_err(sql)?;
+            tx.commit().map_err(sql)?;
             Ok(Touch::Known(ClientState {
                 record: client_record(&client, name, wrapped_key, created_at)?,
                 acked: acked as Seq,
@@ -410,9 +489,9 @@ impl Store for SqliteStore {
                 .prepare_cached(
                     "SELECT client_id, name, wrapped_key, created_at FROM clients WHERE client_id = ?1",
                 )
-                .map_err(backend)?;
+                .map_err(sql)?;
             let mut found = Vec::with_capacity(ids.len());
-            for id in ids {
+            for id in &ids {
                 let row = stmt
                     .query_row(params![id], |r| {
                         Ok((
@@ -423,7 +502,7 @@ impl Store for SqliteStore {
                         ))
                     })
                     .optional()
-                    .map_err(backend)?;
+                    .map_err(sql)?;
                 if let Some((id, name, key, created_at)) = row {
                     found.push(client_record(&id, name, key, created_at)?);
                 }
@@ -442,7 +521,7 @@ impl Store for SqliteStore {
         self.with_conn(move |conn| {
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(backend)?;
+                .map_err(sql)?;
             let client = id.to_string();
             let row: Option<(i64, i64)> = tx
                 .query_row(
@@ -451,7 +530,7 @@ impl Store for SqliteStore {
                     |r| Ok((r.get(0)?, r.get(1)?)),
                 )
                 .optional()
-                .map_err(backend)?;
+                .map_err(sql)?;
             let Some((acked, head)) = row else {
                 return Ok(AckOutcome::UnknownClient);
             };
@@ -465,8 +544,8 @@ impl Store for SqliteStore {
                  WHERE client_id = ?1",
                 params![client, cursor as i64, now.millis()],
             )
-            .map_err(backend)?;
-            tx.commit().map_err(backend)?;
+            .map_err(sql)?;
+            tx.commit().map_err(sql)?;
             Ok(AckOutcome::Acked { cursor })
         })
         .await
@@ -483,14 +562,14 @@ impl Store for SqliteStore {
             None => None,
         };
         self.with_conn(move |conn| {
-            let (after_created, after_id) = after.unwrap_or((i64::MIN, String::new()));
+            let (after_created, after_id) = after.clone().unwrap_or((i64::MIN, String::new()));
             let mut stmt = conn
                 .prepare_cached(
                     "SELECT client_id, name, created_at, last_seen_at FROM clients
                      WHERE (created_at, client_id) > (?1, ?2)
                      ORDER BY created_at, client_id LIMIT ?3",
                 )
-                .map_err(backend)?;
+                .map_err(sql)?;
             let rows = stmt
                 .query_map(
                     params![after_created, after_id, i64::from(limit) + 1],
@@ -503,10 +582,10 @@ impl Store for SqliteStore {
                         ))
                     },
                 )
-                .map_err(backend)?;
+                .map_err(sql)?;
             let mut clients = Vec::new();
             for row in rows {
-                let (id, name, created_at, last_seen) = row.map_err(backend)?;
+                let (id, name, created_at, last_seen) = row.map_err(sql)?;
                 clients.push(ClientSummary {
                     id: ClientId::parse(&id)
                         .ok_or_else(|| StoreError::Corrupt(format!("client id {id:?}")))?,
@@ -528,17 +607,137 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn purge_acknowledged(&self, created_before: Timestamp) -> StoreResult<u64> {
+    async fn claim_publish_key(
+        &self,
+        key: &str,
+        record: PublishRecord,
+        expired_before: Timestamp,
+    ) -> StoreResult<KeyClaim> {
+        let key = key.to_string();
         self.with_conn(move |conn| {
-            let removed = conn
-                .execute(
-                    "DELETE FROM inbox WHERE created_at < ?1
-                     AND seq <= (SELECT acked FROM clients WHERE clients.client_id = inbox.client_id)",
-                    params![created_before.millis()],
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(sql)?;
+            let held = tx
+                .query_row(
+                    "SELECT publish_id, recipients, digest, created_at, completed
+                     FROM publish_keys WHERE idempotency_key = ?1 AND created_at >= ?2",
+                    params![key, expired_before.millis()],
+                    |r| {
+                        Ok((
+                            r.get::<_, String>(0)?,
+                            r.get::<_, i64>(1)?,
+                            r.get::<_, Vec<u8>>(2)?,
+                            r.get::<_, i64>(3)?,
+                            r.get::<_, bool>(4)?,
+                        ))
+                    },
                 )
-                .map_err(backend)?;
-            Ok(removed as u64)
+                .optional()
+                .map_err(sql)?;
+            if let Some((publish_id, recipients, digest, created_at, completed)) = held {
+                return Ok(KeyClaim::Held {
+                    record: PublishRecord {
+                        publish_id,
+                        recipients: recipients as u64,
+                        digest: digest
+                            .try_into()
+                            .map_err(|_| StoreError::Corrupt("publish key digest".into()))?,
+                        created_at: Timestamp(created_at),
+                    },
+                    completed,
+                });
+            }
+            tx.execute(
+                "INSERT OR REPLACE INTO publish_keys
+                 (idempotency_key, publish_id, recipients, digest, created_at, completed)
+                 VALUES (?1, ?2, ?3, ?4, ?5, 0)",
+                params![
+                    key,
+                    record.publish_id,
+                    record.recipients as i64,
+                    record.digest.as_slice(),
+                    record.created_at.millis()
+                ],
+            )
+            .map_err(sql)?;
+            tx.commit().map_err(sql)?;
+            Ok(KeyClaim::Claimed)
         })
         .await
+    }
+
+    async fn complete_publish_key(&self, key: &str) -> StoreResult<()> {
+        let key = key.to_string();
+        self.with_conn(move |conn| {
+            conn.execute(
+                "UPDATE publish_keys SET completed = 1 WHERE idempotency_key = ?1",
+                params![key],
+            )
+            .map_err(sql)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn purge(&self, cutoffs: Cutoffs) -> StoreResult<Purged> {
+        // Small batches, each its own statement, so requests interleave
+        // with a long cleanup instead of waiting behind it.
+        let acked_before = cutoffs.acked_before.millis();
+        let inbox = self
+            .purge_in_batches(move |conn| {
+                conn.execute(
+                    "DELETE FROM inbox WHERE (client_id, seq) IN (
+                        SELECT i.client_id, i.seq FROM inbox i
+                        JOIN clients c ON c.client_id = i.client_id
+                        WHERE i.created_at < ?1 AND i.seq <= c.acked LIMIT ?2)",
+                    params![acked_before, PURGE_BATCH],
+                )
+            })
+            .await?;
+        let sent_before = cutoffs.sent_before.millis();
+        let outbox = self
+            .purge_in_batches(move |conn| {
+                conn.execute(
+                    "DELETE FROM outbox WHERE (client_id, seq) IN (
+                        SELECT client_id, seq FROM outbox WHERE created_at < ?1 LIMIT ?2)",
+                    params![sent_before, PURGE_BATCH],
+                )
+            })
+            .await?;
+        let keys_before = cutoffs.keys_before.millis();
+        self.purge_in_batches(move |conn| {
+            conn.execute(
+                "DELETE FROM publish_keys WHERE created_at < ?1",
+                params![keys_before],
+            )
+        })
+        .await?;
+        Ok(Purged {
+            inbox,
+            outbox,
+            finished: true,
+        })
+    }
+}
+
+impl SqliteStore {
+    /// Repeats one bounded `DELETE` until it deletes nothing; returns the
+    /// total.
+    async fn purge_in_batches<F>(&self, delete: F) -> StoreResult<u64>
+    where
+        F: Fn(&Connection) -> rusqlite::Result<usize> + Send + Sync + Clone + 'static,
+    {
+        let mut total = 0u64;
+        loop {
+            let delete = delete.clone();
+            let removed = self
+                .with_conn(move |conn| delete(conn).map_err(sql))
+                .await?;
+            total += removed as u64;
+            if (removed as i64) < PURGE_BATCH {
+                return Ok(total);
+            }
+        }
     }
 }

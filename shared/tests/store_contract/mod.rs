@@ -36,6 +36,11 @@ macro_rules! store_contract_tests {
             loads_known_clients_only,
             lists_every_client_once_across_pages,
             purge_removes_only_old_acknowledged_messages,
+            purge_removes_old_sent_messages,
+            purge_of_many_clients_and_messages_is_complete,
+            reads_stop_at_the_byte_limit_but_return_at_least_one,
+            already_appended_names_the_recipients_holding_a_key,
+            publish_keys_are_claimed_once_until_they_expire,
             data_is_not_shared_between_clients
         );
     };
@@ -501,6 +506,20 @@ pub async fn lists_every_client_once_across_pages(store: &dyn Store) {
     );
 }
 
+/// Cutoffs that remove acknowledged inbox messages created before
+/// `acked_before` and nothing else.
+fn inbox_cutoffs(acked_before: Timestamp) -> Cutoffs {
+    Cutoffs {
+        acked_before,
+        sent_before: Timestamp(0),
+        keys_before: Timestamp(0),
+    }
+}
+
+fn seqs_of(messages: Vec<StoredMessage>) -> Vec<Seq> {
+    messages.iter().map(|m| m.seq).collect()
+}
+
 pub async fn purge_removes_only_old_acknowledged_messages(store: &dyn Store) {
     let id = registered(store, "a", T0).await;
     for i in 0..4 {
@@ -509,35 +528,191 @@ pub async fn purge_removes_only_old_acknowledged_messages(store: &dyn Store) {
     store.acknowledge(id, 3, T0).await.unwrap();
     // Messages 1 and 2 are acknowledged and older than the cutoff; 3 is
     // acknowledged but newer; 4 is not acknowledged.
-    let removed = store.purge_acknowledged(T0.plus_millis(3)).await.unwrap();
-    assert_eq!(removed, 2);
-    let left: Vec<Seq> = store
-        .read(Mailbox::Inbox, id, 0, 10)
+    let purged = store.purge(inbox_cutoffs(T0.plus_millis(3))).await.unwrap();
+    assert_eq!((purged.inbox, purged.outbox, purged.finished), (2, 0, true));
+    let left = store.read(Mailbox::Inbox, id, 0, 10).await.unwrap();
+    assert_eq!(seqs_of(left), vec![3, 4]);
+    let purged = store
+        .purge(inbox_cutoffs(T0.plus_millis(1_000)))
         .await
-        .unwrap()
-        .iter()
-        .map(|m| m.seq)
-        .collect();
-    assert_eq!(left, vec![3, 4]);
+        .unwrap();
+    assert_eq!(purged.inbox, 1);
+    let left = store.read(Mailbox::Inbox, id, 0, 10).await.unwrap();
     assert_eq!(
-        store
-            .purge_acknowledged(T0.plus_millis(1_000))
-            .await
-            .unwrap(),
-        1
+        seqs_of(left),
+        vec![4],
+        "unacknowledged messages are never purged"
     );
-    let left: Vec<Seq> = store
-        .read(Mailbox::Inbox, id, 0, 10)
-        .await
-        .unwrap()
-        .iter()
-        .map(|m| m.seq)
-        .collect();
-    assert_eq!(left, vec![4], "unacknowledged messages are never purged");
     assert_eq!(
         append(store, id, "m5").await,
         Appended::Stored { seq: 5 },
         "numbering continues after a purge"
+    );
+    store.acknowledge(id, 5, T0).await.unwrap();
+    let purged = store
+        .purge(inbox_cutoffs(T0.plus_millis(1_000)))
+        .await
+        .unwrap();
+    assert_eq!(purged.inbox, 2, "a later purge picks up where one stopped");
+    assert!(store
+        .read(Mailbox::Inbox, id, 0, 10)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+pub async fn purge_removes_old_sent_messages(store: &dyn Store) {
+    let id = registered(store, "a", T0).await;
+    for i in 0..3 {
+        store
+            .append(Mailbox::Outbox, id, dedup(&format!("s{i}")), sealer("note"))
+            .await
+            .unwrap(); // created at T0+1 .. T0+3
+    }
+    append(store, id, "in").await; // unacknowledged, created at T0+1
+    let purged = store
+        .purge(Cutoffs {
+            acked_before: T0.plus_millis(1_000),
+            sent_before: T0.plus_millis(3),
+            keys_before: Timestamp(0),
+        })
+        .await
+        .unwrap();
+    assert_eq!((purged.inbox, purged.outbox), (0, 2));
+    let left = store.read(Mailbox::Outbox, id, 0, 10).await.unwrap();
+    assert_eq!(seqs_of(left), vec![3]);
+    assert_eq!(
+        store.read(Mailbox::Inbox, id, 0, 10).await.unwrap().len(),
+        1
+    );
+    assert_eq!(
+        store
+            .append(Mailbox::Outbox, id, dedup("s9"), sealer("note"))
+            .await
+            .unwrap(),
+        Appended::Stored { seq: 4 }
+    );
+}
+
+pub async fn purge_of_many_clients_and_messages_is_complete(store: &dyn Store) {
+    // Several clients, each with more messages than one delete batch.
+    let names: Vec<String> = (0..12).map(|i| format!("c{i}")).collect();
+    let ids: Vec<ClientId> =
+        futures_join_all(names.iter().map(|name| registered(store, name, T0))).await;
+    for id in &ids[..2] {
+        for i in 0..60 {
+            append(store, *id, &format!("m{i}")).await;
+        }
+        store.acknowledge(*id, 55, T0).await.unwrap();
+    }
+    let purged = store
+        .purge(inbox_cutoffs(T0.plus_millis(1_000)))
+        .await
+        .unwrap();
+    assert_eq!(purged.inbox, 110);
+    assert!(purged.finished);
+    for id in &ids[..2] {
+        let left = store.read(Mailbox::Inbox, *id, 0, 100).await.unwrap();
+        assert_eq!(seqs_of(left), (56..=60).collect::<Vec<_>>());
+    }
+}
+
+pub async fn reads_stop_at_the_byte_limit_but_return_at_least_one(store: &dyn Store) {
+    let id = registered(store, "a", T0).await;
+    for i in 0..5 {
+        append(store, id, &format!("m{i}")).await; // 8-byte bodies
+    }
+    let page = |count, bytes| store.read_page(Mailbox::Inbox, id, 0, ReadLimit { count, bytes });
+    assert_eq!(seqs_of(page(10, 24).await.unwrap()), vec![1, 2, 3]);
+    assert_eq!(seqs_of(page(2, 24).await.unwrap()), vec![1, 2]);
+    assert_eq!(
+        seqs_of(page(10, 1).await.unwrap()),
+        vec![1],
+        "one message even when it alone is over the limit"
+    );
+    assert_eq!(seqs_of(page(10, usize::MAX).await.unwrap()).len(), 5);
+}
+
+pub async fn already_appended_names_the_recipients_holding_a_key(store: &dyn Store) {
+    let a = registered(store, "a", T0).await;
+    let b = registered(store, "b", T0).await;
+    let stranger = ClientId::new();
+    append(store, a, "publish:p1").await;
+    append(store, b, "publish:p2").await;
+    let found = store
+        .already_appended(Mailbox::Inbox, &[a, b, stranger], "publish:p1")
+        .await
+        .unwrap();
+    assert_eq!(found, HashSet::from([a]));
+    let found = store
+        .already_appended(Mailbox::Outbox, &[a, b], "publish:p1")
+        .await
+        .unwrap();
+    assert!(found.is_empty(), "the outbox's keys are its own");
+    // More ids than one batched read takes.
+    let many: Vec<ClientId> = (0..250).map(|_| ClientId::new()).chain([b]).collect();
+    let found = store
+        .already_appended(Mailbox::Inbox, &many, "publish:p2")
+        .await
+        .unwrap();
+    assert_eq!(found, HashSet::from([b]));
+}
+
+pub async fn publish_keys_are_claimed_once_until_they_expire(store: &dyn Store) {
+    let record = |id: &str, at: Timestamp| PublishRecord {
+        publish_id: id.to_string(),
+        recipients: 3,
+        digest: [id.len() as u8; 32],
+        created_at: at,
+    };
+    let key = format!("key-{}", ClientId::new());
+    let first = record("first", T0);
+    assert_eq!(
+        store
+            .claim_publish_key(&key, first.clone(), Timestamp(0))
+            .await
+            .unwrap(),
+        KeyClaim::Claimed
+    );
+    assert_eq!(
+        store
+            .claim_publish_key(&key, record("second", T0), Timestamp(0))
+            .await
+            .unwrap(),
+        KeyClaim::Held {
+            record: first.clone(),
+            completed: false
+        }
+    );
+    store.complete_publish_key(&key).await.unwrap();
+    assert_eq!(
+        store
+            .claim_publish_key(&key, record("third", T0), Timestamp(0))
+            .await
+            .unwrap(),
+        KeyClaim::Held {
+            record: first,
+            completed: true
+        }
+    );
+    // Once the record is older than the window, the key is free again.
+    let later = record("later", T0.plus_millis(10_000));
+    assert_eq!(
+        store
+            .claim_publish_key(&key, later.clone(), T0.plus_millis(1))
+            .await
+            .unwrap(),
+        KeyClaim::Claimed
+    );
+    assert_eq!(
+        store
+            .claim_publish_key(&key, record("again", T0), T0.plus_millis(1))
+            .await
+            .unwrap(),
+        KeyClaim::Held {
+            record: later,
+            completed: false
+        }
     );
 }
 

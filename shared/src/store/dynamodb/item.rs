@@ -2,7 +2,7 @@
 
 use crate::store::{StoreError, StoreResult};
 use aws_sdk_dynamodb::primitives::Blob;
-use aws_sdk_dynamodb::types::AttributeValue;
+pub use aws_sdk_dynamodb::types::AttributeValue;
 use std::collections::HashMap;
 
 pub type Item = HashMap<String, AttributeValue>;
@@ -59,5 +59,13 @@ pub fn get_b(item: &Item, name: &str) -> StoreResult<Vec<u8>> {
     match item.get(name) {
         Some(AttributeValue::B(v)) => Ok(v.as_ref().to_vec()),
         _ => Err(corrupt(item, name, "binary")),
+    }
+}
+
+pub fn opt_bool(item: &Item, name: &str) -> StoreResult<Option<bool>> {
+    match item.get(name) {
+        None | Some(AttributeValue::Null(_)) => Ok(None),
+        Some(AttributeValue::Bool(v)) => Ok(Some(*v)),
+        Some(_) => Err(corrupt(item, name, "a boolean")),
     }
 }

@@ -1,0 +1,370 @@
+//! Client items: registration, the per-request touch (contact, rate limit,
+//! heads and cursor in one `UpdateItem`), acknowledgements, batch loads
+//! for the fan-out, and the operators' listing.
+
+use super::call::{attempts, built, failed, reason_code, send, Transaction};
+use super::item::*;
+use super::DynamoStore;
+use crate::clock::Timestamp;
+use crate::domain::{ClientId, Seq};
+use crate::rate_limit::{Decision, PollRateLimit};
+use crate::retry;
+use crate::store::*;
+use aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder;
+use aws_sdk_dynamodb::types::{
+    KeysAndAttributes, Put, ReturnValuesOnConditionCheckFailure, TransactWriteItem,
+};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+
+/// BatchGetItem takes at most 100 keys.
+pub(super) const BATCH_GET_MAX: usize = 100;
+
+pub(super) fn client_record(item: &Item) -> StoreResult<ClientRecord> {
+    let id = get_s(item, "client_id")?;
+    Ok(ClientRecord {
+        id: ClientId::parse(&id).ok_or_else(|| StoreError::Corrupt(format!("client id {id:?}")))?,
+        name: opt_s(item, "name")?,
+        wrapped_key: get_b(item, "wrapped_key")?,
+        created_at: Timestamp(get_n(item, "created_at")?),
+    })
+}
+
+fn client_state(item: &Item) -> StoreResult<ClientState> {
+    Ok(ClientState {
+        record: client_record(item)?,
+        acked: get_n(item, "acked")?,
+        head: get_n(item, "inbox_head")?,
+    })
+}
+
+fn encode_page_token(id: &str) -> String {
+    URL_SAFE_NO_PAD.encode(id)
+}
+
+fn decode_page_token(token: &str) -> Option<ClientId> {
+    let bytes = URL_SAFE_NO_PAD.decode(token).ok()?;
+    ClientId::parse(std::str::from_utf8(&bytes).ok()?)
+}
+
+impl DynamoStore {
+    pub(super) fn update_client(&self, id: ClientId) -> UpdateItemFluentBuilder {
+        self.client
+            .update_item()
+            .table_name(&self.tables.clients)
+            .key("client_id", s(id.to_string()))
+    }
+
+    /// Records a contact without a rate limit.
+    async fn record_contact(&self, id: ClientId, now: Timestamp) -> StoreResult<Option<Item>> {
+        let update = self
+            .update_client(id)
+            .update_expression("SET last_seen_at = :now")
+            .condition_expression("attribute_exists(client_id)")
+            .expression_attribute_values(":now", n(now.millis()));
+        Ok(self.conditional_update(update).await?.ok())
+    }
+
+    pub(super) async fn register(
+        &self,
+        fingerprint: [u8; 32],
+        candidate: ClientRecord,
+    ) -> StoreResult<Registration> {
+        let id = candidate.id.to_string();
+        let mut lookup = Put::builder()
+            .table_name(&self.tables.fingerprints)
+            .item("fingerprint_hash", b(fingerprint.to_vec()))
+            .item("client_id", s(&id))
+            .item("wrapped_key", b(candidate.wrapped_key.clone()))
+            .item("created_at", n(candidate.created_at.millis()))
+            .condition_expression("attribute_not_exists(fingerprint_hash)")
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
+        let mut client = Put::builder()
+            .table_name(&self.tables.clients)
+            .item("client_id", s(&id))
+            .item("wrapped_key", b(candidate.wrapped_key.clone()))
+            .item("created_at", n(candidate.created_at.millis()))
+            .item("acked", n(0))
+            .item("inbox_head", n(0))
+            .item("outbox_head", n(0))
+            .condition_expression("attribute_not_exists(client_id)");
+        if let Some(name) = &candidate.name {
+            lookup = lookup.item("name", s(name));
+            client = client.item("name", s(name));
+        }
+        let items = vec![
+            TransactWriteItem::builder()
+                .put(built(lookup.build())?)
+                .build(),
+            TransactWriteItem::builder()
+                .put(built(client.build())?)
+                .build(),
+        ];
+        let reasons = match self.transact(items).await? {
+            Transaction::Committed => {
+                return Ok(Registration {
+                    client: candidate,
+                    created: true,
+                })
+            }
+            Transaction::Cancelled(reasons) => reasons,
+        };
+        if reason_code(&reasons, 0) != "ConditionalCheckFailed" {
+            return Err(StoreError::Backend(format!(
+                "registration cancelled: {reasons:?}"
+            )));
+        }
+        // The fingerprint is taken: its entry carries the client.
+        let existing = match reasons[0].item.clone() {
+            Some(item) => item,
+            None => send("GetItem", || {
+                self.client
+                    .get_item()
+                    .table_name(&self.tables.fingerprints)
+                    .key("fingerprint_hash", b(fingerprint.to_vec()))
+                    .consistent_read(true)
+                    .send()
+            })
+            .await?
+            .item
+            .ok_or_else(|| StoreError::Backend("fingerprint entry vanished".into()))?,
+        };
+        Ok(Registration {
+            client: client_record(&existing)?,
+            created: false,
+        })
+    }
+
+    pub(super) async fn touch(
+        &self,
+        id: ClientId,
+        now: Timestamp,
+        limit: Option<PollRateLimit>,
+    ) -> StoreResult<Touch> {
+        let Some(limit) = limit else {
+            return Ok(match self.record_contact(id, now).await? {
+                Some(item) => Touch::Known(client_state(&item)?),
+                None => Touch::UnknownClient,
+            });
+        };
+        // First guess the common case, a client whose bucket has refilled
+        // (its TAT is in the past): one request. Otherwise the failed
+        // condition hands back the stored TAT, and a compare-and-set applies
+        // the limiter's decision.
+        let mut expected: Option<i64> = None;
+        let mut round = 0;
+        loop {
+            let (new_tat, update) = match expected {
+                None => {
+                    let Decision::Allow { new_tat } = limit.decide(None, now) else {
+                        unreachable!("a full bucket always allows")
+                    };
+                    let update = self.update_client(id).condition_expression(
+                        "attribute_exists(client_id) AND (attribute_not_exists(poll_tat) OR poll_tat <= :now)",
+                    );
+                    (new_tat, update)
+                }
+                Some(old) => match limit.decide(Some(Timestamp(old)), now) {
+                    Decision::Deny { retry_after } => {
+                        return Ok(Touch::RateLimited { retry_after })
+                    }
+                    Decision::Allow { new_tat } => {
+                        let update = self
+                            .update_client(id)
+                            .condition_expression("attribute_exists(client_id) AND poll_tat = :old")
+                            .expression_attribute_values(":old", n(old));
+                        (new_tat, update)
+                    }
+                },
+            };
+            let update = update
+                .update_expression("SET last_seen_at = :now, poll_tat = :tat")
+                .expression_attribute_values(":now", n(now.millis()))
+                .expression_attribute_values(":tat", n(new_tat.millis()));
+            match self.conditional_update(update).await? {
+                Ok(item) => return Ok(Touch::Known(client_state(&item)?)),
+                Err(None) => return Ok(Touch::UnknownClient),
+                Err(Some(old)) => {
+                    expected = opt_n::<i64>(&old, "poll_tat")?;
+                    // The first refusal just hands over the stored TAT.
+                    // After that, a refusal means another request of this
+                    // client won a race: pause, then decide on what it wrote.
+                    if (round > 0 || expected.is_none()) && !retry::pause(round).await {
+                        return Err(StoreError::Unavailable(
+                            "rate-limit update kept racing".into(),
+                        ));
+                    }
+                    round += 1;
+                }
+            }
+        }
+    }
+
+    /// Loads client records by id. A record that cannot be read is logged
+    /// by id and left out, like an unknown id: one damaged item must not
+    /// stop a fan-out to thousands.
+    pub(super) async fn load(&self, ids: &[ClientId]) -> StoreResult<Vec<ClientRecord>> {
+        let mut found = Vec::with_capacity(ids.len());
+        let mut unique: Vec<ClientId> = ids.to_vec();
+        unique.sort();
+        unique.dedup();
+        let keys = unique
+            .iter()
+            .map(|id| Item::from([("client_id".to_string(), s(id.to_string()))]))
+            .collect();
+        for item in self
+            .batch_get(&self.tables.clients, keys, None, true)
+            .await?
+        {
+            match client_record(&item) {
+                Ok(record) => found.push(record),
+                Err(error) => {
+                    let id = opt_s(&item, "client_id").ok().flatten().unwrap_or_default();
+                    tracing::error!(client_id = %id, %error, "skipping an unreadable client record");
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    /// `BatchGetItem` over any number of keys of one table, 100 at a time,
+    /// following up on unprocessed keys (DynamoDB's answer to throttling
+    /// inside a batch) with the shared backoff.
+    pub(super) async fn batch_get(
+        &self,
+        table: &str,
+        keys: Vec<Item>,
+        projection: Option<&str>,
+        consistent: bool,
+    ) -> StoreResult<Vec<Item>> {
+        let mut found = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(BATCH_GET_MAX) {
+            let request = built(
+                KeysAndAttributes::builder()
+                    .set_keys(Some(chunk.to_vec()))
+                    .set_projection_expression(projection.map(String::from))
+                    .consistent_read(consistent)
+                    .build(),
+            )?;
+            let mut pending = Some(request);
+            let mut round = 0;
+            while let Some(request) = pending.take() {
+                let out = send("BatchGetItem", || {
+                    self.client
+                        .batch_get_item()
+                        .request_items(table, request.clone())
+                        .send()
+                })
+                .await?;
+                found.extend(
+                    out.responses
+                        .unwrap_or_default()
+                        .remove(table)
+                        .unwrap_or_default(),
+                );
+                pending = out
+                    .unprocessed_keys
+                    .unwrap_or_default()
+                    .remove(table)
+                    .filter(|k| !k.keys.is_empty());
+                if pending.is_some() {
+                    if !retry::pause(round).await {
+                        return Err(StoreError::Unavailable(
+                            "BatchGetItem kept returning unprocessed keys".into(),
+                        ));
+                    }
+                    round += 1;
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    pub(super) async fn ack(
+        &self,
+        id: ClientId,
+        upto: Seq,
+        now: Timestamp,
+    ) -> StoreResult<AckOutcome> {
+        let update = self
+            .update_client(id)
+            .update_expression("SET acked = :n, last_seen_at = :now")
+            .condition_expression("attribute_exists(client_id) AND inbox_head >= :n AND acked < :n")
+            .expression_attribute_values(":n", n(upto))
+            .expression_attribute_values(":now", n(now.millis()));
+        let old = match self.conditional_update(update).await? {
+            Ok(_) => return Ok(AckOutcome::Acked { cursor: upto }),
+            Err(None) => return Ok(AckOutcome::UnknownClient),
+            Err(Some(old)) => old,
+        };
+        let head: Seq = get_n(&old, "inbox_head")?;
+        if upto > head {
+            return Ok(AckOutcome::BeyondHead { head });
+        }
+        // An ack at or below the cursor moves nothing but is still a
+        // contact. (So is a retried ack whose first attempt did move it.)
+        match self.record_contact(id, now).await? {
+            Some(item) => Ok(AckOutcome::Acked {
+                cursor: get_n(&item, "acked")?,
+            }),
+            None => Ok(AckOutcome::UnknownClient),
+        }
+    }
+
+    pub(super) async fn list(
+        &self,
+        limit: u32,
+        page_token: Option<&str>,
+    ) -> StoreResult<Result<ClientPage, BadPageToken>> {
+        let start = match page_token.map(decode_page_token) {
+            Some(None) => return Ok(Err(BadPageToken)),
+            Some(Some(id)) => Some(Item::from([("client_id".to_string(), s(id.to_string()))])),
+            None => None,
+        };
+        let out = attempts("Scan", |_| {
+            let sent = self
+                .client
+                .scan()
+                .table_name(&self.tables.clients)
+                .projection_expression("client_id, #name, created_at, last_seen_at")
+                .expression_attribute_names("#name", "name")
+                .limit(limit as i32)
+                .set_exclusive_start_key(start.clone())
+                .send();
+            async move { sent.await.map_err(failed) }
+        })
+        .await?;
+        let mut clients = Vec::new();
+        for item in out.items.unwrap_or_default() {
+            let id = get_s(&item, "client_id")?;
+            clients.push(ClientSummary {
+                id: ClientId::parse(&id)
+                    .ok_or_else(|| StoreError::Corrupt(format!("client id {id:?}")))?,
+                name: opt_s(&item, "name")?,
+                created_at: Timestamp(get_n(&item, "created_at")?),
+                last_seen_at: opt_n(&item, "last_seen_at")?.map(Timestamp),
+            });
+        }
+        let next = match out.last_evaluated_key {
+            Some(key) if !key.is_empty() => Some(encode_page_token(&get_s(&key, "client_id")?)),
+            _ => None,
+        };
+        Ok(Ok(ClientPage { clients, next }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn page_tokens_round_trip_and_reject_garbage() {
+        let id = ClientId::new();
+        assert_eq!(
+            decode_page_token(&encode_page_token(&id.to_string())),
+            Some(id)
+        );
+        assert_eq!(decode_page_token("not a token!"), None);
+        assert_eq!(decode_page_token(&encode_page_token("not-a-uuid")), None);
+    }
+}

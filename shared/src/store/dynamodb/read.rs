@@ -1,0 +1,66 @@
+//! Reading a mailbox: a strongly consistent `Query` on `(client_id, seq)`,
+//! continued across DynamoDB's 1 MB pages until the count or byte limit.
+
+use super::call::send;
+use super::item::*;
+use super::DynamoStore;
+use crate::clock::Timestamp;
+use crate::crypto::Sealed;
+use crate::domain::{ClientId, Seq};
+use crate::store::*;
+
+impl DynamoStore {
+    pub(super) async fn read_messages(
+        &self,
+        mailbox: Mailbox,
+        id: ClientId,
+        after: Seq,
+        limit: ReadLimit,
+    ) -> StoreResult<Vec<StoredMessage>> {
+        let mut messages = Vec::new();
+        let mut bytes = 0usize;
+        let mut start: Option<Item> = None;
+        loop {
+            let want = limit.count as usize - messages.len();
+            let out = send("Query", || {
+                self.client
+                    .query()
+                    .table_name(self.messages_table(mailbox))
+                    .key_condition_expression("client_id = :c AND seq > :after")
+                    .expression_attribute_values(":c", s(id.to_string()))
+                    .expression_attribute_values(":after", n(after))
+                    .consistent_read(true)
+                    .limit(want as i32)
+                    .set_exclusive_start_key(start.clone())
+                    .send()
+            })
+            .await?;
+            for item in out.items.unwrap_or_default() {
+                let seq: Seq = get_n(&item, "seq")?;
+                let corrupt = || StoreError::Corrupt(format!("message {seq} of {id}"));
+                let message = StoredMessage {
+                    seq,
+                    kind: get_s(&item, "kind")?,
+                    body: Sealed {
+                        ciphertext: get_b(&item, "ciphertext")?,
+                        nonce: get_b(&item, "nonce")?.try_into().map_err(|_| corrupt())?,
+                        tag: get_b(&item, "tag")?.try_into().map_err(|_| corrupt())?,
+                    },
+                    created_at: Timestamp(get_n(&item, "created_at")?),
+                };
+                bytes += message.body.ciphertext.len();
+                if !messages.is_empty() && bytes > limit.bytes {
+                    return Ok(messages);
+                }
+                messages.push(message);
+            }
+            match out.last_evaluated_key {
+                // A page can stop short of the limit at 1 MB; keep reading.
+                Some(key) if !key.is_empty() && messages.len() < limit.count as usize => {
+                    start = Some(key)
+                }
+                _ => return Ok(messages),
+            }
+        }
+    }
+}
