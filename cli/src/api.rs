@@ -2,8 +2,10 @@
 //!
 //! Every non-success answer becomes an [`ApiError`]: the server's
 //! `{"error": {"code", "message"}}` body when it sent one, plus `Retry-After`
-//! on 429. Transport failures are [`ApiError::Network`]. Callers decide what
-//! is worth retrying with [`ApiError::is_retryable`].
+//! (429 `rate_limited`, 503 `unavailable`). Transport failures are
+//! [`ApiError::Network`]. Callers decide what is worth retrying with
+//! [`ApiError::is_retryable`] and how long to wait with
+//! [`ApiError::retry_after`].
 
 use std::time::Duration;
 
@@ -43,16 +45,18 @@ fn retry_hint(retry_after: Option<u64>) -> String {
 }
 
 impl ApiError {
-    /// Network errors and 5xx: the same request may well succeed later.
+    /// Network errors, 5xx and 429: the same request may well succeed later.
+    /// (Only send, with its nonce, and publish, with its `Idempotency-Key`,
+    /// may be resent blindly; poll and ack are safe anyway.)
     pub fn is_retryable(&self) -> bool {
         match self {
             ApiError::Network(_) => true,
-            ApiError::Server { status, .. } => *status >= 500,
+            ApiError::Server { status, .. } => *status >= 500 || *status == 429,
             _ => false,
         }
     }
 
-    /// `Retry-After` of a 429.
+    /// `Retry-After` of a 429 (`rate_limited`; 1 s if the header is missing).
     pub fn rate_limited(&self) -> Option<Duration> {
         match self {
             ApiError::Server {
@@ -61,6 +65,20 @@ impl ApiError {
                 ..
             } => Some(Duration::from_secs(retry_after.unwrap_or(1).max(1))),
             _ => None,
+        }
+    }
+
+    /// How long the server asked us to wait: `Retry-After` of a 429, or of a
+    /// 503 (`unavailable`: storage or the queue stayed unavailable) that sent
+    /// one. A 503 without the header (say, from a proxy) gives `None`.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            ApiError::Server {
+                status: 503,
+                retry_after: Some(secs),
+                ..
+            } => Some(Duration::from_secs((*secs).max(1))),
+            _ => self.rate_limited(),
         }
     }
 }
@@ -323,21 +341,27 @@ impl Api {
         Ok((Self::json(resp).await?, created))
     }
 
-    /// `POST /messages/publish` with the admin token.
+    /// `POST /messages/publish` with the admin token. With an
+    /// `idempotency_key`, resending the same body under the same key returns
+    /// the original receipt and publishes nothing new, so the call can be
+    /// retried safely.
     pub async fn publish(
         &self,
         admin_token: &str,
+        idempotency_key: Option<&str>,
         to: &[String],
         kind: &str,
         payload: &Value,
     ) -> Result<PublishReceipt, ApiError> {
         let body = serde_json::json!({ "to_client_ids": to, "type": kind, "payload": payload });
-        let rb = self
+        let mut rb = self
             .http
             .post(self.endpoint("/messages/publish"))
-            .header("X-Admin-Token", admin_token)
-            .json(&body);
-        Self::json(Self::expect(rb, &[StatusCode::ACCEPTED]).await?).await
+            .header("X-Admin-Token", admin_token);
+        if let Some(key) = idempotency_key {
+            rb = rb.header("Idempotency-Key", key);
+        }
+        Self::json(Self::expect(rb.json(&body), &[StatusCode::ACCEPTED]).await?).await
     }
 
     /// `POST /messages/send`. Returns the message id, and whether it was
@@ -467,7 +491,8 @@ mod tests {
             "rate_limited: too many polls (retry after 7 s)"
         );
         assert_eq!(e.rate_limited(), Some(Duration::from_secs(7)));
-        assert!(!e.is_retryable());
+        assert_eq!(e.retry_after(), Some(Duration::from_secs(7)));
+        assert!(e.is_retryable());
         let e = ApiError::Server {
             status: 503,
             code: "http_503".into(),
@@ -475,7 +500,29 @@ mod tests {
             retry_after: None,
         };
         assert!(e.is_retryable());
+        assert_eq!(e.retry_after(), None, "a 503 without Retry-After");
+        let e = ApiError::Server {
+            status: 503,
+            code: "unavailable".into(),
+            message: "storage is unavailable".into(),
+            retry_after: Some(2),
+        };
+        assert!(e.is_retryable());
+        assert_eq!(e.rate_limited(), None, "503 is not a rate limit");
+        assert_eq!(e.retry_after(), Some(Duration::from_secs(2)));
+        assert_eq!(
+            e.to_string(),
+            "unavailable: storage is unavailable (retry after 2 s)"
+        );
         assert!(ApiError::Network("reset".into()).is_retryable());
+        let e = ApiError::Server {
+            status: 422,
+            code: "idempotency_key_reused".into(),
+            message: "x".into(),
+            retry_after: None,
+        };
+        assert!(!e.is_retryable());
+        assert_eq!(e.retry_after(), None);
     }
 
     #[test]

@@ -2,8 +2,9 @@
 //!
 //! Start at 3 s. After an empty poll (204), wait the delay, then add 3 s, up to
 //! 30 s (3, 6, 9, … 30, 30, …). After messages, reset to 3 s (or poll again at
-//! once when the page was full). On 429 wait `Retry-After` without touching the
-//! delay. Network errors and 5xx back off like an empty poll.
+//! once when the page was full). On 429, and on a 503 that carries one, wait
+//! `Retry-After` without touching the delay. Network errors and other 5xx
+//! back off like an empty poll.
 //!
 //! Nothing here sleeps or reads a clock, so the schedule is tested directly.
 
@@ -17,9 +18,9 @@ pub enum PollOutcome {
     /// 200: the messages were handled. `full_page` when the page held `limit`
     /// messages, so more may be waiting.
     Messages { full_page: bool },
-    /// 429 with its `Retry-After`.
-    RateLimited { retry_after: Duration },
-    /// A network error or a 5xx.
+    /// 429 `rate_limited`, or 503 `unavailable`, with its `Retry-After`.
+    RetryAfter { wait: Duration },
+    /// A network error, or a 5xx without `Retry-After`.
     Failed,
 }
 
@@ -84,7 +85,7 @@ impl Backoff {
                     self.delay
                 }
             }
-            PollOutcome::RateLimited { retry_after } => retry_after,
+            PollOutcome::RetryAfter { wait } => wait,
         }
     }
 }
@@ -151,16 +152,13 @@ mod tests {
     }
 
     #[test]
-    fn rate_limits_wait_retry_after_and_keep_the_delay() {
+    fn retry_after_is_waited_and_keeps_the_delay() {
         let mut b = Backoff::new();
         b.next_delay(PollOutcome::Empty);
         b.next_delay(PollOutcome::Empty);
         assert_eq!(secs(b.current()), 9);
-        let retry_after = Duration::from_secs(42);
-        assert_eq!(
-            b.next_delay(PollOutcome::RateLimited { retry_after }),
-            retry_after
-        );
+        let wait = Duration::from_secs(42);
+        assert_eq!(b.next_delay(PollOutcome::RetryAfter { wait }), wait);
         assert_eq!(secs(b.current()), 9);
         assert_eq!(secs(b.next_delay(PollOutcome::Empty)), 9);
     }

@@ -9,6 +9,7 @@ mod config;
 mod error;
 mod fingerprint;
 mod message;
+mod retry;
 mod status;
 mod timefmt;
 

@@ -446,6 +446,12 @@ function pollFailed(session, error) {
     wait = session.backoff.afterRateLimit(error.retryAfter);
     setConnState('warn', 'Rate limited');
     showError('poll', `Rate limited (429): the server asked to wait ${error.retryAfter ?? '?'} s; next poll in ${seconds(wait)}.`);
+  } else if (error instanceof ApiError && error.status === 503 && error.retryAfter) {
+    // 503 unavailable: storage was briefly unavailable. Like a 429: wait as
+    // asked, keep the delay and the cursor (nothing was skipped).
+    wait = session.backoff.afterRateLimit(error.retryAfter);
+    setConnState('warn', 'Server busy');
+    showError('poll', `Server unavailable (503): the server asked to wait ${error.retryAfter} s; next poll in ${seconds(wait)}.`);
   } else {
     wait = session.backoff.afterError();
     const offline = error instanceof ApiError && error.kind === 'network';
@@ -612,7 +618,9 @@ async function send(event) {
         const retryable = e instanceof ApiError && (e.kind === 'network' || e.status >= 500);
         if (!retryable || attempt >= 3) throw e;
         result('pending', `${describe(e, 'send')} Retrying (attempt ${attempt + 1} of 3)…`);
-        await new Promise((resolve) => setTimeout(resolve, 1000 * attempt));
+        // A 503 says when to come back (Retry-After); otherwise 1 s, then 2 s.
+        const wait = e.status === 503 && e.retryAfter ? Math.min(e.retryAfter, 30) : attempt;
+        await new Promise((resolve) => setTimeout(resolve, 1000 * wait));
       }
     }
     const id = response.body.id;

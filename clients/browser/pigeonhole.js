@@ -296,8 +296,9 @@ export async function apiRequest(baseUrl, method, path, { body, credentials, sig
 /**
  * The short-poll schedule from docs/api.md, in seconds: start at `step`;
  * after an empty poll wait the delay, then add `step`, up to `max`
- * (3, 6, 9 … 30); after messages reset to `step`. Errors (network, 5xx)
- * back off exponentially from `step`, never below the current delay.
+ * (3, 6, 9 … 30); after messages reset to `step`. A 429, or a 503 with
+ * Retry-After, waits as the server asked. Other errors (network, 5xx) back
+ * off exponentially from `step`, never below the current delay.
  */
 export class Backoff {
   constructor(step = 3, max = step * 10) {
@@ -322,7 +323,10 @@ export class Backoff {
     return this.delay;
   }
 
-  /** A 429: wait what the server asked (at least 1 s); the delay is unchanged. */
+  /**
+   * A 429, or a 503 `unavailable` with Retry-After: wait what the server
+   * asked (at least 1 s); the delay is unchanged.
+   */
   afterRateLimit(retryAfter) {
     return Math.max(retryAfter || this.delay, 1);
   }

@@ -21,6 +21,7 @@ Library use::
         client.ack(messages[-1].id)
     client.send("status", {"ok": True})      # fresh nonce, safe retries
     client.listen(lambda m: print(m.payload))  # the 3 s -> 30 s backoff loop
+    publish(URL, ADMIN_TOKEN, [client.client_id], "greeting", {"text": "hi"})  # Idempotency-Key, safe retries
 
 Command line (``python pigeonhole_client.py --help``)::
 
@@ -37,10 +38,12 @@ import binascii
 import json
 import logging
 import os
+import random
 import secrets
 import sys
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple, Union
@@ -61,6 +64,7 @@ __all__ = [
     "PigeonholeError",
     "ApiError",
     "RateLimited",
+    "Unavailable",
     "NetworkError",
     "DecryptionError",
     "register",
@@ -107,22 +111,37 @@ class ApiError(PigeonholeError):
     ``status`` is the HTTP status, ``code`` the documented error code
     (``unauthorized``, ``validation_failed``, ...; ``http_<status>`` if the body
     was not a Pigeonhole error) and ``message`` the human-readable text.
-    Branch on ``code``, not on ``message``.
+    Branch on ``code``, not on ``message``. ``retry_after`` is the
+    ``Retry-After`` of a 429 or 503 in seconds (``None`` otherwise).
     """
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(self, status: int, code: str, message: str, retry_after: Optional[int] = None) -> None:
         super().__init__(f"{status} {code}: {message}")
         self.status = status
         self.code = code
         self.message = message
+        self.retry_after = retry_after
 
 
 class RateLimited(ApiError):
     """429 ``rate_limited``: wait at least ``retry_after`` seconds before polling again."""
 
+    retry_after: int
+
     def __init__(self, retry_after: int, message: str = "too many polls") -> None:
-        super().__init__(429, "rate_limited", message)
-        self.retry_after = retry_after
+        super().__init__(429, "rate_limited", message, retry_after)
+
+
+class Unavailable(ApiError):
+    """503 (``unavailable``): the server's storage or queue stayed unavailable.
+
+    The same request is safe to repeat after ``retry_after`` seconds (``None``
+    if the response had no ``Retry-After``, e.g. from a proxy).
+    """
+
+    def __init__(self, retry_after: Optional[int], code: str = "unavailable",
+                 message: str = "service unavailable") -> None:
+        super().__init__(503, code, message, retry_after)
 
 
 class NetworkError(PigeonholeError):
@@ -242,10 +261,12 @@ class SendResult:
 
 @dataclass(frozen=True)
 class PublishResult:
-    """Outcome of an admin publish: the ``publish_id`` and the number of distinct recipients sent."""
+    """Outcome of an admin publish: the ``publish_id``, the number of distinct
+    recipients sent and the ``Idempotency-Key`` it was sent under."""
 
     publish_id: str
     recipients: int
+    idempotency_key: Optional[str] = None
 
 
 @dataclass
@@ -415,16 +436,18 @@ def _error_from(resp: requests.Response) -> ApiError:
     except (ValueError, AttributeError):
         pass
     if resp.status_code == 429:
-        return RateLimited(_retry_after(resp), message)
+        return RateLimited(_retry_after(resp) or 1, message)
+    if resp.status_code == 503:
+        return Unavailable(_retry_after(resp), code, message)
     return ApiError(resp.status_code, code, message)
 
 
-def _retry_after(resp: requests.Response) -> int:
-    """``Retry-After`` in whole seconds (at least 1; 1 if missing or garbled)."""
+def _retry_after(resp: requests.Response) -> Optional[int]:
+    """``Retry-After`` in whole seconds (at least 1); ``None`` if missing or garbled."""
     try:
         return max(1, int(str(resp.headers.get("Retry-After", "")).strip()))
     except ValueError:
-        return 1
+        return None
 
 
 def _json_body(resp: requests.Response) -> Dict[str, Any]:
@@ -450,27 +473,112 @@ def _request(session: requests.Session, method: str, url: str, timeout: float, *
 
 
 def _retryable(exc: Exception) -> bool:
-    return isinstance(exc, NetworkError) or (isinstance(exc, ApiError) and exc.status >= 500)
+    """No response, a 5xx or a 429: the same request may succeed later."""
+    return isinstance(exc, NetworkError) or (isinstance(exc, ApiError) and (exc.status >= 500 or exc.status == 429))
+
+
+#: Retry-After values longer than this end the retries of send and publish.
+MAX_RETRY_AFTER = 60.0
+#: The exponential backoff of send and publish retries never waits longer than this.
+MAX_RETRY_DELAY = 10.0
+
+
+def _retry_wait(exc: Exception, attempt: int, base_delay: float) -> Optional[float]:
+    """Seconds to wait before retry ``attempt`` (1-based) after ``exc``; ``None``: don't retry.
+
+    The server's ``Retry-After`` (429, 503) when it sent one, plus up to a quarter
+    of it (at most 1 s) of jitter; else ``base_delay`` doubling per retry up to
+    ``MAX_RETRY_DELAY``, with "equal jitter" (between half of it and all of it),
+    so clients cut off by the same outage don't all come back at once.
+    """
+    if not _retryable(exc):
+        return None
+    retry_after = getattr(exc, "retry_after", None)
+    if retry_after is not None:
+        if retry_after > MAX_RETRY_AFTER:
+            return None
+        return retry_after + random.uniform(0, min(retry_after / 4, 1.0))
+    backoff = min(base_delay * 2 ** (attempt - 1), MAX_RETRY_DELAY)
+    return random.uniform(backoff / 2, backoff)
+
+
+def _with_retries(call: Callable[[], Any], *, attempts: int, base_delay: float,
+                  sleep: Callable[[float], Any], what: str, again: str) -> Any:
+    """``call()``, retried after network errors, 5xx and 429 up to ``attempts`` tries in all.
+
+    Only for requests that are safe to repeat as they are: send (same body,
+    same nonce) and publish (same body, same ``Idempotency-Key``).
+    """
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            return call()
+        except (NetworkError, ApiError) as e:
+            wait = _retry_wait(e, attempt, base_delay) if attempt < attempts else None
+            if wait is None:
+                raise
+            log.warning("%s failed (%s); retrying %s in %.1f s (%d/%d)", what, e, again, wait,
+                        attempt, attempts - 1)
+            sleep(wait)
 
 
 # ---------------------------------------------------------------------------
 # Admin helper
 # ---------------------------------------------------------------------------
 
+MAX_IDEMPOTENCY_KEY_LEN = 255
+
+
+def valid_idempotency_key(key: Any) -> bool:
+    """The API's rule for ``Idempotency-Key``: 1-255 visible ASCII characters (0x21-0x7E)."""
+    return isinstance(key, str) and 1 <= len(key) <= MAX_IDEMPOTENCY_KEY_LEN \
+        and all(0x21 <= ord(c) <= 0x7E for c in key)
+
+
 def publish(base_url: str, admin_token: str, to_client_ids: Iterable[str], type: str, payload: Any, *,
-            timeout: float = 30.0, session: Optional[requests.Session] = None) -> PublishResult:
+            idempotency_key: Optional[str] = None, attempts: int = 5, retry_delay: float = 1.0,
+            timeout: float = 30.0, session: Optional[requests.Session] = None,
+            sleep: Callable[[float], Any] = time.sleep) -> PublishResult:
     """Publish one message to each client (admin; ``X-Admin-Token``).
 
     The server encrypts it for each recipient. At most 10000 ids per request;
-    duplicates are ignored and unknown ids skipped by the server. Publish has
-    no idempotency key, so this does not retry: repeating it publishes again.
+    duplicates are ignored and unknown ids skipped by the server.
+
+    The request carries an ``Idempotency-Key``: ``idempotency_key`` if given
+    (1-255 visible ASCII characters, else ``ValueError``), or a fresh UUID,
+    so each call is one logical publish. Network errors, 5xx and 429 are
+    retried with the same key and body, up to ``attempts`` tries in all,
+    waiting ``Retry-After`` when the server sends one (503 ``unavailable``),
+    else ``retry_delay`` doubling, with jitter. The server answers a repeat
+    with the original result, so every recipient gets the message once. To
+    retry from another process, pass the same ``idempotency_key`` again (the
+    server remembers it for 24 hours); the key is also on the result and on a
+    raised error (``e.idempotency_key``). Reusing a key with a different body
+    raises ``ApiError`` with code ``idempotency_key_reused``.
     """
+    key = str(uuid.uuid4()) if idempotency_key is None else idempotency_key
+    if not valid_idempotency_key(key):
+        raise ValueError(f"idempotency_key must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} visible ASCII characters "
+                         "(0x21-0x7E, no spaces)")
     ids = list(to_client_ids)
-    resp = _request(session or requests.Session(), "POST", api_base(base_url) + "/messages/publish", timeout,
-                    headers={"X-Admin-Token": admin_token},
-                    json={"to_client_ids": ids, "type": type, "payload": payload})
+    session = session or requests.Session()
+    url = api_base(base_url) + "/messages/publish"
+
+    def once() -> requests.Response:
+        return _request(session, "POST", url, timeout,
+                        headers={"X-Admin-Token": admin_token, "Idempotency-Key": key},
+                        json={"to_client_ids": ids, "type": type, "payload": payload})
+
+    try:
+        resp = _with_retries(once, attempts=max(1, attempts), base_delay=retry_delay, sleep=sleep,
+                             what="publish", again="with the same Idempotency-Key")
+    except PigeonholeError as e:
+        e.idempotency_key = key  # type: ignore[attr-defined]
+        raise
     body = _json_body(resp)
-    return PublishResult(publish_id=str(body.get("publish_id")), recipients=int(body.get("recipients", 0)))
+    return PublishResult(publish_id=str(body.get("publish_id")), recipients=int(body.get("recipients", 0)),
+                         idempotency_key=key)
 
 
 # ---------------------------------------------------------------------------
@@ -632,22 +740,18 @@ class PigeonholeClient:
     def send_body(self, body: Mapping[str, Any]) -> SendResult:
         """POST a body from ``encrypt`` to ``/messages/send``, retrying with the *same* body.
 
-        Network errors and 5xx are retried up to ``send_attempts`` times in all
-        (waits ``retry_delay``, doubling). The server deduplicates by nonce, so a
+        Network errors, 5xx and 429 are retried up to ``send_attempts`` tries in
+        all: after ``Retry-After`` when the server sends one (503
+        ``unavailable``), else after ``retry_delay`` doubling, with jitter
+        (between half and all of it). The server deduplicates by nonce, so a
         retry of a message it already stored returns 200 with the original id.
         """
-        delay = self.retry_delay
-        for attempt in range(1, self.send_attempts + 1):
-            try:
-                resp = self._call("POST", "/messages/send", json=dict(body))
-                return SendResult(id=int(_json_body(resp)["id"]), status=resp.status_code)
-            except (NetworkError, ApiError) as e:
-                if not _retryable(e) or attempt == self.send_attempts:
-                    raise
-                log.warning("send failed (%s); retrying the same body in %.0f s", e, delay)
-                self._sleep(delay)
-                delay *= 2
-        raise AssertionError("unreachable")  # pragma: no cover
+        def once() -> requests.Response:
+            return self._call("POST", "/messages/send", json=dict(body))
+
+        resp = _with_retries(once, attempts=self.send_attempts, base_delay=self.retry_delay, sleep=self._sleep,
+                             what="send", again="the same body")
+        return SendResult(id=int(_json_body(resp)["id"]), status=resp.status_code)
 
     def send(self, type: str, payload: Any, aad: Any = _DEFAULT_AAD) -> SendResult:
         """Encrypt ``{"type", "payload"}`` with a fresh nonce and send it (``POST /messages/send``).
@@ -671,9 +775,11 @@ class PigeonholeClient:
         - After messages: call ``handler`` for each, in order, then ack the
           batch, then reset the delay to 3 s. A full page (``limit`` messages)
           is followed by another poll at once.
-        - On 429, wait ``max(Retry-After, delay)`` without changing the delay.
-        - On a network error or 5xx, log it, wait the delay and grow it as for
-          an empty poll; the loop keeps running.
+        - On 429, and on a 503 (``unavailable``) with ``Retry-After``, wait
+          ``max(Retry-After, delay)`` without changing the delay; the cursor
+          stays where it is.
+        - On a network error or another 5xx, log it, wait the delay and grow it
+          as for an empty poll; the loop keeps running.
         - A message that fails verification is passed to ``on_invalid`` (default:
           a logged warning), never to ``handler``; it is acknowledged with its
           batch so that it cannot block the queue.
@@ -684,7 +790,8 @@ class PigeonholeClient:
         not wait after the last one). ``sleep(seconds)`` defaults to
         ``stop.wait``, so setting ``stop`` from another thread ends the wait at
         once. ``on_wait(seconds, reason)`` is called before each wait, with
-        reason ``"empty"``, ``"messages"``, ``"rate_limited"`` or ``"error"``.
+        reason ``"empty"``, ``"messages"``, ``"rate_limited"``, ``"unavailable"``
+        (a 503 with ``Retry-After``) or ``"error"``.
         Returns ``ListenStats``.
         """
         stop = stop or threading.Event()
@@ -715,6 +822,12 @@ class PigeonholeClient:
                 if not _retryable(e):
                     raise
                 stats.errors += 1
+                if isinstance(e, Unavailable) and e.retry_after is not None:
+                    # Storage was briefly unavailable: come back when the server says.
+                    log.warning("server unavailable: %s; retrying in %s s", e, max(e.retry_after, delay))
+                    if not last:
+                        wait(max(float(e.retry_after), delay), "unavailable")
+                    continue
                 log.warning("poll failed: %s; retrying in %.0f s", e, delay)
                 wait_for, delay = delay, next_interval(delay, got_messages=False)
                 if not last:
@@ -922,6 +1035,7 @@ def _cmd_listen(args: argparse.Namespace) -> int:
     def on_wait(seconds: float, reason: str) -> None:
         if tty:
             what = {"empty": "no new messages", "messages": "received", "rate_limited": "rate limited",
+                    "unavailable": "server briefly unavailable",
                     "error": "server unreachable or failing"}.get(reason, reason)
             sys.stderr.write(f"\r\x1b[Knext poll in {seconds:.0f} s ({what})")
             sys.stderr.flush()
@@ -969,18 +1083,43 @@ def _read_ids(args: argparse.Namespace) -> List[str]:
     return unique
 
 
+def _batch_keys(given: Optional[str], batches: int) -> List[Optional[str]]:
+    """One Idempotency-Key per request: ``given`` for one batch, ``given-1``, ``given-2`` ...
+    for several (so a rerun with the same key and list repeats the same keys);
+    ``None`` (a fresh UUID each) without one."""
+    if given is None:
+        return [None] * batches
+    keys = [given] if batches == 1 else [f"{given}-{n}" for n in range(1, batches + 1)]
+    if not all(valid_idempotency_key(k) for k in keys):
+        raise _UsageError(f"--idempotency-key must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} visible ASCII characters "
+                          "(no spaces)" + (f", including the batch suffix -{batches}" if batches > 1 else ""))
+    return keys
+
+
 def _cmd_publish(args: argparse.Namespace) -> int:
     token = args.admin_token or os.environ.get("PIGEONHOLE_ADMIN_TOKEN")
     if not token:
         raise _UsageError("no admin token: pass --admin-token or set PIGEONHOLE_ADMIN_TOKEN")
     payload = _json_arg(args.payload, "--payload")
     ids = _read_ids(args)
+    batches = [ids[i:i + 10000] for i in range(0, len(ids), 10000)]  # at most 10000 recipients per request
+    keys = _batch_keys(args.idempotency_key, len(batches))
     session = requests.Session()
-    for start in range(0, len(ids), 10000):  # the server takes at most 10000 recipients per request
-        result = publish(args.url, token, ids[start:start + 10000], args.type, payload,
-                         timeout=args.timeout, session=session)
+    for n, (batch, key) in enumerate(zip(batches, keys)):
+        try:
+            result = publish(args.url, token, batch, args.type, payload, idempotency_key=key,
+                             attempts=args.retries + 1, timeout=args.timeout, session=session)
+        except (NetworkError, ApiError) as e:
+            if n:
+                print(f"note: {n} of {len(batches)} batches were published before this error", file=sys.stderr)
+            rerun = args.idempotency_key or (getattr(e, "idempotency_key", None) if len(batches) == 1 else None)
+            if _retryable(e) and rerun:
+                print(f"note: to retry without publishing twice, rerun the same command with "
+                      f"--idempotency-key {rerun}", file=sys.stderr)
+            raise
         print(json.dumps({"publish_id": result.publish_id, "recipients": result.recipients}))
     return EXIT_OK
+
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -1044,6 +1183,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to-file", metavar="FILE", help="file with one client id per line ('-' reads stdin)")
     p.add_argument("--type", required=True, help="message type, 1-64 characters")
     p.add_argument("--payload", required=True, help="payload as JSON ('-' reads stdin)")
+    p.add_argument("--idempotency-key", metavar="KEY",
+                   help="Idempotency-Key (1-255 visible ASCII characters; default: a fresh UUID). "
+                        "Rerun with the same key to retry without publishing twice")
+    p.add_argument("--retries", type=int, default=4, metavar="N",
+                   help="retries after a network error, 5xx or 429, same key (default 4)")
     p.set_defaults(func=_cmd_publish)
     return parser
 

@@ -4,7 +4,8 @@
   verify + decrypt, ack, send with safe retries, the listen loop's backoff
   (driven with an injected sleep, never real waiting), typed errors.
 - A scripted stub server covers what the real one can't be made to do on
-  demand: 5xx, a chosen Retry-After, a tampered delivery.
+  demand: 5xx, a chosen Retry-After (429, 503 `unavailable`), a tampered
+  delivery, publish retries under one Idempotency-Key.
 - pigeonhole_operator.py and the pigeonhole_client.py command line, run as
   scripts from their own directory.
 """
@@ -103,13 +104,16 @@ def _free_port() -> int:
 
 
 class Stub:
-    """A scripted HTTP server: each poll/send answers with the next scripted reply
-    (default: 204 for polls). Records every request."""
+    """A scripted HTTP server: each poll/send/publish answers with the next scripted
+    reply (default: 204 for polls). Records every request, and the headers of each
+    in ``headers`` (same order)."""
 
-    def __init__(self, poll=(), send=()):
+    def __init__(self, poll=(), send=(), publish=()):
         self.poll_script = list(poll)
         self.send_script = list(send)
+        self.publish_script = list(publish)
         self.requests = []  # (method, path, json body or None)
+        self.headers = []  # the request headers, a dict per request
         stub = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -129,6 +133,7 @@ class Stub:
 
             def do_GET(self):
                 stub.requests.append(("GET", self.path, None))
+                stub.headers.append(dict(self.headers))
                 if self.path.startswith("/api/v1/messages/poll"):
                     return self._reply(*(stub.poll_script.pop(0) if stub.poll_script else (204,)))
                 self._reply(404, None, {"error": {"code": "not_found", "message": "no"}})
@@ -136,6 +141,9 @@ class Stub:
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"null")
                 stub.requests.append(("POST", self.path, body))
+                stub.headers.append(dict(self.headers))
+                if self.path == "/api/v1/messages/publish":
+                    return self._reply(*stub.publish_script.pop(0))
                 if self.path == "/api/v1/messages/ack":
                     return self._reply(200, None, {"cursor": body["last_received_id"]})
                 if self.path == "/api/v1/messages/send":
@@ -156,6 +164,9 @@ class Stub:
 
     def calls(self, method, path):
         return [b for m, p, b in self.requests if m == method and p.startswith(path)]
+
+    def headers_of(self, method, path):
+        return [h for (m, p, _), h in zip(self.requests, self.headers) if m == method and p.startswith(path)]
 
 
 def _error(status, code, message="scripted"):
@@ -312,7 +323,7 @@ def test_send_retries_the_same_body_after_a_lost_response(phc, server):
     creds, client = _new_client(phc, server, "send-lost", session=LoseFirstSendResponse(), sleep=sleep)
     result = client.send("status", {"ok": True})
     assert (result.status, result.id) == (200, 1)
-    assert sleep.sleeps == [1.0]
+    assert len(sleep.sleeps) == 1 and 0.5 <= sleep.sleeps[0] <= 1.0  # 1 s, with jitter
     assert client.send("status", {"ok": True}).id == 2
 
 
@@ -323,13 +334,20 @@ def test_send_retries_5xx_with_the_same_body_but_not_4xx(phc):
         assert (result.status, result.id) == (201, 7)
         bodies = stub.calls("POST", "/api/v1/messages/send")
         assert len(bodies) == 2 and bodies[0] == bodies[1]
-        assert sleep.sleeps == [1.0]
+        assert len(sleep.sleeps) == 1 and 0.5 <= sleep.sleeps[0] <= 1.0
     with Stub(send=[_error(500, "internal")] * 3) as stub:
         sleep = Recorder()
         with pytest.raises(phc.ApiError) as e:
             _stub_client(phc, stub, sleep=sleep, send_attempts=3).send("status", {})
-        assert e.value.status == 500 and sleep.sleeps == [1.0, 2.0]
+        # 1 s, then 2 s, each with jitter (between half and all of it).
+        assert e.value.status == 500 and len(sleep.sleeps) == 2
+        assert 0.5 <= sleep.sleeps[0] <= 1.0 and 1.0 <= sleep.sleeps[1] <= 2.0
         assert len(stub.calls("POST", "/api/v1/messages/send")) == 3
+    with Stub(send=[(503, {"Retry-After": "4"}, {"error": {"code": "unavailable", "message": "busy"}}),
+                    (200, None, {"id": 7})]) as stub:
+        sleep = Recorder()
+        assert _stub_client(phc, stub, sleep=sleep).send("status", {}).id == 7
+        assert len(sleep.sleeps) == 1 and 4 <= sleep.sleeps[0] <= 5  # Retry-After, not the 1 s backoff
     with Stub(send=[_error(422, "decryption_failed")]) as stub:
         with pytest.raises(phc.ApiError) as e:
             _stub_client(phc, stub, sleep=Recorder()).send("status", {})
@@ -491,6 +509,33 @@ def test_listen_survives_5xx_and_honours_retry_after(phc):
         assert "cursor=1" in polls[-1]  # continues after what it handled
 
 
+def test_listen_honours_retry_after_on_503_unavailable(phc):
+    unavailable = (503, {"Retry-After": "20"}, {"error": {"code": "unavailable", "message": "storage is unavailable"}})
+    script = [
+        (200, None, {"messages": [_delivered(phc, 1, "hello", {"n": 1})], "next_cursor": 1}),  # wait 3
+        (204,),                                                # wait 3, delay -> 6
+        unavailable,                                           # wait 20 (Retry-After), delay stays 6
+        (503, None, {"error": {"code": "unavailable", "message": "no header"}}),  # wait 6, delay -> 9
+        (429, {"Retry-After": "2"}, {"error": {"code": "rate_limited", "message": "slow down"}}),  # max(2, 9)
+        (200, None, {"messages": [_delivered(phc, 2, "hello", {"n": 2})], "next_cursor": 2}),
+    ]
+    with Stub(poll=script) as stub:
+        got, sleep, reasons = [], Recorder(), []
+        stats = _stub_client(phc, stub).listen(lambda m: got.append(m.payload), max_polls=6, sleep=sleep,
+                                               on_wait=lambda s, reason: reasons.append(reason))
+        assert sleep.sleeps == [3, 3, 20, 6, 9]
+        assert reasons == ["messages", "empty", "unavailable", "error", "rate_limited"]
+        assert got == [{"n": 1}, {"n": 2}] and (stats.errors, stats.rate_limited) == (2, 1)
+        polls = [p for m, p, _ in stub.requests if m == "GET"]
+        # The poll after the 503 asks for the same cursor: nothing is skipped.
+        assert all("cursor=1" in p for p in polls[1:]), polls
+    with pytest.raises(phc.Unavailable) as e:
+        with Stub(poll=[unavailable]) as stub:
+            _stub_client(phc, stub).poll()
+    assert (e.value.status, e.value.code, e.value.retry_after) == (503, "unavailable", 20)
+    assert isinstance(e.value, phc.ApiError)
+
+
 def test_listen_handler_error_acks_what_was_handled_and_propagates(phc):
     page = {"messages": [_delivered(phc, 1, "a", 1), _delivered(phc, 2, "b", 2)], "next_cursor": 2}
     with Stub(poll=[(200, None, page)]) as stub:
@@ -511,6 +556,89 @@ def test_listen_survives_network_errors(phc):
     assert sleep.sleeps == [3, 6, 9] and stats.errors == 4
     with pytest.raises(phc.NetworkError):
         client.poll()
+
+
+# ---------------------------------------------------------------------------
+# publish: Idempotency-Key and retries
+# ---------------------------------------------------------------------------
+
+PUBLISHED = (202, None, {"publish_id": "9b7e4a10-2c3d-4f5e-8a9b-0c1d2e3f4a5b", "recipients": 1})
+
+
+def test_publish_retries_a_503_with_the_same_idempotency_key(phc):
+    unavailable = (503, {"Retry-After": "1"}, {"error": {"code": "unavailable", "message": "storage is unavailable"}})
+    with Stub(publish=[unavailable, PUBLISHED]) as stub:
+        sleep = Recorder()
+        result = phc.publish(stub.origin, "admin-token", [STUB_CLIENT_ID], "greeting", {"text": "hi"}, sleep=sleep)
+        assert (result.publish_id, result.recipients) == ("9b7e4a10-2c3d-4f5e-8a9b-0c1d2e3f4a5b", 1)
+        bodies = stub.calls("POST", "/api/v1/messages/publish")
+        headers = stub.headers_of("POST", "/api/v1/messages/publish")
+        assert len(bodies) == 2 and bodies[0] == bodies[1] == \
+            {"to_client_ids": [STUB_CLIENT_ID], "type": "greeting", "payload": {"text": "hi"}}
+        key = headers[0]["Idempotency-Key"]
+        assert uuid.UUID(key) and headers[1]["Idempotency-Key"] == key == result.idempotency_key
+        assert headers[0]["X-Admin-Token"] == "admin-token"
+        assert len(sleep.sleeps) == 1 and 1 <= sleep.sleeps[0] <= 1.25  # Retry-After: 1, plus a little jitter
+
+    # Each call is a new logical publish with a fresh key; a caller's key is sent as is.
+    with Stub(publish=[PUBLISHED, PUBLISHED]) as stub:
+        first = phc.publish(stub.origin, "admin-token", [STUB_CLIENT_ID], "greeting", 1)
+        given = phc.publish(stub.origin, "admin-token", [STUB_CLIENT_ID], "greeting", 1,
+                            idempotency_key="nightly:2026-11-25")
+        sent = [h["Idempotency-Key"] for h in stub.headers_of("POST", "/api/v1/messages/publish")]
+        assert sent == [first.idempotency_key, "nightly:2026-11-25"] and sent[0] != key
+        assert given.idempotency_key == "nightly:2026-11-25"
+
+    # Network errors are retried too, and the attempts are bounded.
+    with Stub(publish=[_error(502, "http_502")] * 3) as stub:
+        sleep = Recorder()
+        with pytest.raises(phc.ApiError) as e:
+            phc.publish(stub.origin, "admin-token", [STUB_CLIENT_ID], "t", 1, attempts=3, sleep=sleep)
+        assert e.value.status == 502 and len(sleep.sleeps) == 2
+        keys = {h["Idempotency-Key"] for h in stub.headers_of("POST", "/api/v1/messages/publish")}
+        assert keys == {e.value.idempotency_key}  # one key for all three tries, and on the error
+    sleep = Recorder()
+    with pytest.raises(phc.NetworkError) as e:
+        phc.publish(f"http://127.0.0.1:{_free_port()}", "admin-token", [STUB_CLIENT_ID], "t", 1, attempts=2,
+                    timeout=2, sleep=sleep)
+    assert len(sleep.sleeps) == 1 and e.value.idempotency_key
+
+
+def test_publish_does_not_retry_a_422(phc):
+    for code in ("validation_failed", "idempotency_key_reused"):
+        with Stub(publish=[_error(422, code, "Idempotency-Key is not valid")]) as stub:
+            sleep = Recorder()
+            with pytest.raises(phc.ApiError) as e:
+                phc.publish(stub.origin, "admin-token", [STUB_CLIENT_ID], "t", 1, sleep=sleep)
+            assert (e.value.status, e.value.code) == (422, code)
+            assert sleep.sleeps == [] and len(stub.calls("POST", "/api/v1/messages/publish")) == 1
+    # A key the server would refuse is refused before anything is sent.
+    with Stub() as stub:
+        for bad in ("", "has space", "caf\u00e9", "k" * 256):
+            with pytest.raises(ValueError):
+                phc.publish(stub.origin, "admin-token", [STUB_CLIENT_ID], "t", 1, idempotency_key=bad)
+        assert stub.requests == []
+
+
+def test_cli_publish_retries_with_the_same_key_and_stops_on_422():
+    unavailable = (503, {"Retry-After": "1"}, {"error": {"code": "unavailable", "message": "storage is unavailable"}})
+    with Stub(publish=[unavailable, PUBLISHED]) as stub:
+        run = _run(CLIENT_PY, "publish", "--url", stub.origin, "--to", STUB_CLIENT_ID, "--type", "t",
+                   "--payload", "1", "--idempotency-key", "job-42", env={"PIGEONHOLE_ADMIN_TOKEN": "admin-token"})
+        assert run.returncode == 0, run.stderr
+        assert json.loads(run.stdout)["recipients"] == 1
+        assert "retrying with the same Idempotency-Key" in run.stderr
+        assert [h["Idempotency-Key"] for h in stub.headers_of("POST", "/api/v1/messages/publish")] == \
+            ["job-42", "job-42"]
+    with Stub(publish=[_error(422, "idempotency_key_reused", "different body")]) as stub:
+        run = _run(CLIENT_PY, "publish", "--url", stub.origin, "--to", STUB_CLIENT_ID, "--type", "t",
+                   "--payload", "2", "--idempotency-key", "job-42", env={"PIGEONHOLE_ADMIN_TOKEN": "admin-token"})
+        assert run.returncode == 1 and "idempotency_key_reused" in run.stderr, run.stderr
+        assert "retrying" not in run.stderr
+        assert len(stub.calls("POST", "/api/v1/messages/publish")) == 1
+    bad = _run(CLIENT_PY, "publish", "--url", "http://127.0.0.1:9", "--to", STUB_CLIENT_ID, "--type", "t",
+               "--payload", "1", "--idempotency-key", "two words", env={"PIGEONHOLE_ADMIN_TOKEN": "x"})
+    assert bad.returncode == 2 and "--idempotency-key" in bad.stderr
 
 
 # ---------------------------------------------------------------------------

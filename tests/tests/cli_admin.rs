@@ -1,9 +1,15 @@
 //! The `pigeonhole` CLI's admin, operator and load-test side against the real
-//! local server: publish, clients, rate limiting, bad tokens, simulate.
+//! local server: publish, clients, rate limiting, bad tokens, simulate. Then,
+//! against a scripted fake server (answers the real one cannot be made to give
+//! on demand): publish retrying a 503 under the same `Idempotency-Key`, not
+//! retrying a 422, and `listen` waiting out a 503's `Retry-After`.
 
 mod support;
 
-use std::time::Duration;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use support::*;
@@ -272,4 +278,394 @@ async fn simulate_polls_decrypts_and_stops_by_itself() {
     out.expect_ok();
     assert!(out.stdout.contains("simulated 2 clients"), "{out:#?}");
     assert!(out.stdout.contains("latency    p50"), "{out:#?}");
+}
+
+// ---------------------------------------------------------------------------
+// A scripted fake server
+// ---------------------------------------------------------------------------
+
+/// One request as the fake server received it.
+#[derive(Debug, Clone)]
+struct Seen {
+    method: String,
+    /// Path and query, e.g. `/api/v1/messages/poll?limit=100`.
+    target: String,
+    /// Header names in lower case.
+    headers: Vec<(String, String)>,
+    body: String,
+    at: Instant,
+}
+
+impl Seen {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn path(&self) -> &str {
+        self.target.split('?').next().unwrap_or("")
+    }
+}
+
+/// A reply: status, extra headers, JSON body (`None`: no body).
+type Reply = (u16, Vec<(&'static str, String)>, Option<Value>);
+
+fn error_reply(status: u16, code: &str, message: &str) -> Reply {
+    (
+        status,
+        Vec::new(),
+        Some(json!({"error": {"code": code, "message": message}})),
+    )
+}
+
+/// An HTTP/1.1 server on 127.0.0.1 that answers each request with the next
+/// scripted reply for its path (first match wins) and records every request.
+/// Unscripted: 204 for a poll, 200 `{"cursor": …}` for an ack, else a 500
+/// naming the request (which no test expects). One request per connection.
+struct FakeServer {
+    url: String,
+    seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl FakeServer {
+    fn start(script: Vec<(&'static str, Reply)>) -> FakeServer {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the fake server");
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let script = Arc::new(Mutex::new(script));
+        let log = seen.clone();
+        // Lives as long as the test process; the listener is never reused.
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let (log, script) = (log.clone(), script.clone());
+                std::thread::spawn(move || serve(stream, &log, &script));
+            }
+        });
+        FakeServer { url, seen }
+    }
+
+    fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    fn seen_on(&self, path: &str) -> Vec<Seen> {
+        self.seen()
+            .into_iter()
+            .filter(|r| r.path() == path)
+            .collect()
+    }
+}
+
+fn serve(
+    mut stream: TcpStream,
+    log: &Mutex<Vec<Seen>>,
+    script: &Mutex<Vec<(&'static str, Reply)>>,
+) {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+    let mut lines = head.split("\r\n");
+    let mut request_line = lines.next().unwrap_or("").split(' ');
+    let method = request_line.next().unwrap_or("").to_string();
+    let target = request_line.next().unwrap_or("").to_string();
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let length = headers
+        .iter()
+        .find(|(k, _)| k == "content-length")
+        .and_then(|(_, v)| v.parse::<usize>().ok())
+        .unwrap_or(0);
+    while buf.len() < head_end + length {
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    let seen = Seen {
+        method,
+        target,
+        headers,
+        body: String::from_utf8_lossy(&buf[head_end..head_end + length]).to_string(),
+        at: Instant::now(),
+    };
+    let scripted = {
+        let mut script = script.lock().unwrap();
+        script
+            .iter()
+            .position(|(path, _)| *path == seen.path())
+            .map(|i| script.remove(i).1)
+    };
+    let (status, extra, body) = scripted.unwrap_or_else(|| match seen.path() {
+        "/api/v1/messages/poll" => (204, Vec::new(), None),
+        "/api/v1/messages/ack" => {
+            let sent: Value = serde_json::from_str(&seen.body).unwrap_or(Value::Null);
+            (
+                200,
+                Vec::new(),
+                Some(json!({"cursor": sent["last_received_id"]})),
+            )
+        }
+        _ => error_reply(
+            500,
+            "unscripted",
+            &format!("{} {}", seen.method, seen.target),
+        ),
+    });
+    log.lock().unwrap().push(seen);
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let mut response = format!("HTTP/1.1 {status} Scripted\r\nConnection: close\r\n");
+    if !body.is_empty() {
+        response.push_str("Content-Type: application/json\r\n");
+    }
+    for (k, v) in extra {
+        response.push_str(&format!("{k}: {v}\r\n"));
+    }
+    response.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+    let _ = stream.write_all(response.as_bytes());
+    let _ = stream.flush();
+}
+
+const PUBLISH: &str = "/api/v1/messages/publish";
+const RECIPIENT: &str = "3f2b8c1e-5d4a-4e7b-9c61-0a8d2f7e4b13";
+
+fn publish_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "publish",
+        "--to",
+        RECIPIENT,
+        "--type",
+        "greeting",
+        "--payload",
+        r#"{"text": "hello"}"#,
+        "--admin-token",
+        "fake-admin-token",
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
+fn receipt(recipients: u64) -> Reply {
+    (
+        202,
+        Vec::new(),
+        Some(
+            json!({"publish_id": "9b7e4a10-2c3d-4f5e-8a9b-0c1d2e3f4a5b", "recipients": recipients}),
+        ),
+    )
+}
+
+#[test]
+fn publish_retries_a_503_after_retry_after_with_the_same_idempotency_key() {
+    let fake = FakeServer::start(vec![
+        (
+            PUBLISH,
+            (
+                503,
+                vec![("Retry-After", "1".to_string())],
+                Some(
+                    json!({"error": {"code": "unavailable", "message": "storage is unavailable"}}),
+                ),
+            ),
+        ),
+        (PUBLISH, receipt(1)),
+    ]);
+    let cli = Cli::with_url(&fake.url);
+    let out = cli.run(&publish_args(&[]));
+    out.expect_ok();
+    let printed: Value = serde_json::from_str(out.stdout.trim()).expect("a JSON receipt");
+    assert_eq!(printed["recipients"], json!(1), "{out:#?}");
+    assert!(
+        out.stderr
+            .contains("retrying with the same Idempotency-Key"),
+        "a note on stderr for the retry: {out:#?}"
+    );
+
+    let tries = fake.seen_on(PUBLISH);
+    assert_eq!(tries.len(), 2, "one retry: {tries:#?}");
+    let key = tries[0]
+        .header("idempotency-key")
+        .unwrap_or_else(|| panic!("no Idempotency-Key: {:#?}", tries[0]));
+    assert!(uuid::Uuid::parse_str(key).is_ok(), "a UUID: {key}");
+    assert_eq!(
+        tries[1].header("idempotency-key"),
+        Some(key),
+        "the same key"
+    );
+    assert_eq!(tries[0].body, tries[1].body, "the same body");
+    assert_eq!(tries[0].header("x-admin-token"), Some("fake-admin-token"));
+    let body: Value = serde_json::from_str(&tries[0].body).unwrap();
+    assert_eq!(
+        body,
+        json!({"to_client_ids": [RECIPIENT], "type": "greeting", "payload": {"text": "hello"}})
+    );
+    let waited = tries[1].at - tries[0].at;
+    assert!(
+        waited >= Duration::from_secs(1),
+        "Retry-After: 1 honoured, waited {waited:?}"
+    );
+
+    // Another publish is another logical publish: a fresh key. One given
+    // with --idempotency-key is sent as it is.
+    let fake = FakeServer::start(vec![(PUBLISH, receipt(1)), (PUBLISH, receipt(1))]);
+    let cli = Cli::with_url(&fake.url);
+    cli.run(&publish_args(&[])).expect_ok();
+    cli.run(&publish_args(&[
+        "--idempotency-key",
+        "nightly-report:2026-11-25",
+    ]))
+    .expect_ok();
+    let tries = fake.seen_on(PUBLISH);
+    assert_eq!(tries.len(), 2);
+    assert_ne!(tries[0].header("idempotency-key"), Some(key));
+    assert_eq!(
+        tries[1].header("idempotency-key"),
+        Some("nightly-report:2026-11-25")
+    );
+}
+
+#[test]
+fn publish_does_not_retry_a_client_error() {
+    for (code, message) in [
+        ("validation_failed", "to_client_ids[0] must be a UUID"),
+        (
+            "idempotency_key_reused",
+            "Idempotency-Key was used with a different body",
+        ),
+    ] {
+        let fake = FakeServer::start(vec![(PUBLISH, error_reply(422, code, message))]);
+        let cli = Cli::with_url(&fake.url);
+        let out = cli.run(&publish_args(&[]));
+        out.expect_code(1);
+        assert!(
+            out.stderr.starts_with(&format!("error: {code}: {message}")),
+            "{out:#?}"
+        );
+        assert!(!out.stderr.contains("retrying"), "{out:#?}");
+        assert_eq!(fake.seen_on(PUBLISH).len(), 1, "not retried: {code}");
+    }
+
+    // A key the server would refuse is refused before anything is sent.
+    let fake = FakeServer::start(Vec::new());
+    let cli = Cli::with_url(&fake.url);
+    for bad in ["has space", "", &"k".repeat(256)] {
+        let out = cli.run(&publish_args(&["--idempotency-key", bad]));
+        out.expect_code(2);
+        assert!(out.stderr.contains("--idempotency-key"), "{out:#?}");
+    }
+    assert!(fake.seen().is_empty(), "{:#?}", fake.seen());
+}
+
+#[test]
+fn publish_gives_up_after_its_retries_and_names_the_key_to_rerun_with() {
+    let down = || error_reply(502, "http_502", "bad gateway");
+    let fake = FakeServer::start(vec![(PUBLISH, down()), (PUBLISH, down())]);
+    let cli = Cli::with_url(&fake.url);
+    let out = cli.run(&publish_args(&["--retries", "1"]));
+    out.expect_code(1);
+    let tries = fake.seen_on(PUBLISH);
+    assert_eq!(tries.len(), 2, "the first attempt and one retry");
+    let key = tries[0].header("idempotency-key").unwrap();
+    assert_eq!(tries[1].header("idempotency-key"), Some(key));
+    assert!(
+        out.stderr.contains(&format!(
+            "rerun the same command with --idempotency-key {key}"
+        )),
+        "{out:#?}"
+    );
+}
+
+#[test]
+fn listen_waits_out_a_503_retry_after_and_keeps_its_cursor() {
+    let key = [7u8; 32];
+    let client_id = "00000000-0000-4000-8000-0000000000aa";
+    let created_at = "2026-11-25T12:00:00.000Z";
+    let aad = json!({"client_id": client_id, "created_at": created_at, "id": 1});
+    let sealed = encrypt(
+        &key,
+        &serde_json::to_vec(&json!({"type": "greeting", "payload": {"n": 1}})).unwrap(),
+        Some(&aad),
+    );
+    let page = json!({"messages": [{
+        "id": 1, "type": "greeting", "ciphertext": sealed.ciphertext, "nonce": sealed.nonce,
+        "tag": sealed.tag, "aad": aad, "created_at": created_at,
+    }], "next_cursor": 1});
+    use base64::Engine as _;
+    let fake = FakeServer::start(vec![
+        (
+            "/api/v1/clients/register",
+            (
+                201,
+                Vec::new(),
+                Some(json!({
+                    "client_id": client_id,
+                    "personal_token": base64::engine::general_purpose::STANDARD.encode(key),
+                    "api_token": format!("pht_{}", "A".repeat(43)),
+                })),
+            ),
+        ),
+        (
+            "/api/v1/messages/poll",
+            (
+                503,
+                vec![("Retry-After", "1".to_string())],
+                Some(
+                    json!({"error": {"code": "unavailable", "message": "storage is unavailable"}}),
+                ),
+            ),
+        ),
+        ("/api/v1/messages/poll", (200, Vec::new(), Some(page))),
+    ]);
+    let cli = Cli::with_url(&fake.url);
+    cli.run(&["register", "--fingerprint", &random_fingerprint()])
+        .expect_ok();
+
+    // A 100 ms step: without Retry-After the next poll would follow at once.
+    let mut child = cli.spawn(&["listen", "--json", "--interval-base-ms", "100"]);
+    let lines = child.wait_for_lines(1, Duration::from_secs(20));
+    let msg: Value = serde_json::from_str(&lines[0]).unwrap();
+    assert_eq!(msg["payload"], json!({"n": 1}));
+    assert!(
+        child.stderr().contains("server unavailable"),
+        "{}",
+        child.stderr()
+    );
+    child.interrupt();
+    let status = child.wait_timeout(Duration::from_secs(10));
+    child.output(status).expect_ok();
+
+    let polls = fake.seen_on("/api/v1/messages/poll");
+    assert!(polls.len() >= 2, "{polls:#?}");
+    let waited = polls[1].at - polls[0].at;
+    assert!(
+        waited >= Duration::from_secs(1),
+        "Retry-After: 1 honoured, waited {waited:?}"
+    );
+    assert_eq!(
+        polls[1].target, polls[0].target,
+        "the same cursor after the 503"
+    );
+    let acks = fake.seen_on("/api/v1/messages/ack");
+    assert_eq!(acks.len(), 1, "{acks:#?}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&acks[0].body).unwrap(),
+        json!({"last_received_id": 1})
+    );
+    assert_eq!(cli.profile("default")["cursor"], json!(1));
 }

@@ -17,6 +17,7 @@ use crate::backoff::{Backoff, PollOutcome};
 use crate::config;
 use crate::error::{CliError, EXIT_NO_MESSAGES, EXIT_OK};
 use crate::message::{open_delivered, Plain};
+use crate::retry::seconds;
 use crate::status::{printable, StatusLine};
 
 const EXAMPLES: &str = "\
@@ -33,8 +34,9 @@ where it left off. A message that fails verification is reported on stderr and
 skipped.
 
 Schedule: 3 s, then +3 s after each empty poll up to 30 s, back to 3 s after a
-message; Retry-After is honoured on 429; network errors and 5xx back off the
-same way. Ctrl-C stops (exit 0).
+message; Retry-After is honoured on 429 and 503 (the server is briefly
+unavailable); network errors and other 5xx back off the same way. Ctrl-C stops
+(exit 0).
 
 Exit codes: 0 messages came (or stopped with Ctrl-C), 1 error, 3 with --once:
 nothing new.";
@@ -229,10 +231,16 @@ impl Listener {
                     self.handle(page).await?;
                     (PollOutcome::Messages { full_page }, None)
                 }
-                Err(e) => match e.rate_limited() {
-                    Some(retry_after) => (
-                        PollOutcome::RateLimited { retry_after },
+                // 429, or 503 `unavailable` with Retry-After: wait as asked;
+                // the cursor stays where it is.
+                Err(e) => match e.retry_after() {
+                    Some(wait) if e.rate_limited().is_some() => (
+                        PollOutcome::RetryAfter { wait },
                         Some(format!("rate limited by the server ({e})")),
+                    ),
+                    Some(wait) => (
+                        PollOutcome::RetryAfter { wait },
+                        Some(format!("warning: server unavailable ({e})")),
                     ),
                     None if e.is_retryable() => (
                         PollOutcome::Failed,
@@ -273,14 +281,6 @@ impl Listener {
             let tick = left.saturating_sub(Duration::from_secs(whole - 1));
             tokio::time::sleep(tick.max(Duration::from_millis(1))).await;
         }
-    }
-}
-
-fn seconds(d: Duration) -> String {
-    if d.subsec_millis() == 0 {
-        format!("{} s", d.as_secs())
-    } else {
-        format!("{:.1} s", d.as_secs_f64())
     }
 }
 

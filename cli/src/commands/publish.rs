@@ -8,17 +8,26 @@ use pigeonhole::domain::{ClientId, MAX_RECIPIENTS};
 use super::{check_type, parse_payload, print_line, Ctx};
 use crate::api::Api;
 use crate::error::{CliError, EXIT_OK};
+use crate::retry::{seconds, Retry};
 
 const EXAMPLES: &str = "\
 Examples:
   export PIGEONHOLE_ADMIN_TOKEN=dev-admin-token
   pigeonhole publish --to 3f2b8c1e-5d4a-4e7b-9c61-0a8d2f7e4b13 --type greeting --payload '{\"text\": \"hello\"}'
   pigeonhole publish --to-file recipients.txt --type notice --payload '\"maintenance at 22:00\"'
+  pigeonhole publish --to-file staff.txt --type notice --payload '\"fire drill\"' --idempotency-key drill-2026-11-25
 
 --to-file takes one client id per line; blank lines and `#` comments are
 ignored (`-` reads stdin). Lists over 10000 ids are sent as several publishes.
-Publish has no idempotency key, so it is not retried: rerunning it publishes
-again. The server is --url, else $PIGEONHOLE_URL, else the profile's URL.";
+
+Each publish carries an Idempotency-Key (a fresh UUID unless you pass
+--idempotency-key), and network errors, 5xx and 429 are retried with the same
+key, so every recipient gets the message once. Retries wait about 1, 2, 4, 8 s
+(with jitter), or the server's Retry-After. Rerunning the command without
+--idempotency-key publishes again; with the same key and the same message (for
+24 hours) it publishes nothing new and prints the original receipt. With more
+than 10000 recipients, batch n uses the key KEY-n.
+The server is --url, else $PIGEONHOLE_URL, else the profile's URL.";
 
 #[derive(Debug, Args)]
 #[command(after_help = EXAMPLES)]
@@ -46,6 +55,55 @@ pub struct PublishArgs {
     /// Print each receipt as JSON: {"publish_id", "recipients"}
     #[arg(long)]
     pub json: bool,
+
+    /// Idempotency-Key for this publish (1–255 visible ASCII characters)
+    /// [default: a fresh UUID]. Reuse it to retry from another process.
+    #[arg(long, value_name = "KEY")]
+    pub idempotency_key: Option<String>,
+
+    /// Retries after a network error, 5xx or 429 (same Idempotency-Key)
+    #[arg(long, default_value_t = 4, value_name = "N")]
+    pub retries: u32,
+}
+
+/// The longest `Idempotency-Key` the server accepts.
+pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
+
+/// The API's rule: 1–255 visible ASCII characters (0x21–0x7E).
+pub fn valid_idempotency_key(key: &str) -> bool {
+    (1..=MAX_IDEMPOTENCY_KEY_LEN).contains(&key.len())
+        && key.bytes().all(|b| (0x21..=0x7e).contains(&b))
+}
+
+/// One key per batch: the given key for a single batch, `KEY-n` (1-based)
+/// when there are several, so a rerun with the same key and the same list
+/// forms the same batches under the same keys. Without a key, a fresh UUID
+/// per batch.
+pub fn batch_keys(given: Option<&str>, batches: usize) -> Result<Vec<String>, CliError> {
+    let keys: Vec<String> = match given {
+        None => (0..batches)
+            .map(|_| uuid::Uuid::new_v4().to_string())
+            .collect(),
+        Some(key) if batches == 1 => vec![key.to_string()],
+        Some(key) => (1..=batches).map(|n| format!("{key}-{n}")).collect(),
+    };
+    if !keys.iter().all(|k| valid_idempotency_key(k)) {
+        return Err(CliError::Usage(format!(
+            "--idempotency-key must be 1 to {} visible ASCII characters (no spaces or \
+             control characters){}",
+            if batches > 1 {
+                MAX_IDEMPOTENCY_KEY_LEN - format!("-{batches}").len()
+            } else {
+                MAX_IDEMPOTENCY_KEY_LEN
+            },
+            if batches > 1 {
+                format!(", leaving room for the batch suffix -{batches}")
+            } else {
+                String::new()
+            },
+        )));
+    }
+    Ok(keys)
 }
 
 /// Parses a recipients file: one id per line, `#` starts a comment.
@@ -121,18 +179,55 @@ pub async fn run(ctx: &Ctx, args: PublishArgs) -> Result<u8, CliError> {
 
     let api = Api::new(&ctx.server_url()?)?;
     let batches: Vec<&[String]> = ids.chunks(MAX_RECIPIENTS).collect();
-    for (i, batch) in batches.iter().enumerate() {
-        let receipt = api
-            .publish(&args.admin_token, batch, &args.kind, &payload)
-            .await
-            .inspect_err(|_| {
+    let keys = batch_keys(args.idempotency_key.as_deref(), batches.len())?;
+    let retry = Retry::new(args.retries);
+    for (i, (batch, key)) in batches.iter().zip(&keys).enumerate() {
+        let result = retry
+            .run(
+                || {
+                    api.publish(
+                        &args.admin_token,
+                        Some(key.as_str()),
+                        batch,
+                        &args.kind,
+                        &payload,
+                    )
+                },
+                |e, wait, attempt| {
+                    eprintln!(
+                        "warning: publish failed ({e}); retrying with the same Idempotency-Key in {} ({attempt}/{})",
+                        seconds(wait),
+                        args.retries
+                    );
+                },
+            )
+            .await;
+        let receipt = match result {
+            Ok(receipt) => receipt,
+            Err(e) => {
                 if i > 0 {
                     eprintln!(
                         "note: {i} of {} batches were published before this error",
                         batches.len()
                     );
                 }
-            })?;
+                // It may have gone through. A rerun under the same key
+                // completes it without publishing anything twice (the
+                // batches before this one were acknowledged already).
+                let rerun_key = match &args.idempotency_key {
+                    Some(given) => Some(given.as_str()),
+                    None if batches.len() == 1 => Some(key.as_str()),
+                    None => None,
+                };
+                if let (true, Some(rerun_key)) = (e.is_retryable(), rerun_key) {
+                    eprintln!(
+                        "note: to retry without publishing twice, rerun the same command \
+                         with --idempotency-key {rerun_key}"
+                    );
+                }
+                return Err(e.into());
+            }
+        };
         if args.json {
             print_line(&serde_json::to_string(&receipt).expect("receipt serializes"))?;
         } else {
@@ -160,6 +255,38 @@ mod tests {
         let ids = parse_recipients(&text, "r.txt").unwrap();
         assert_eq!(ids, [A, A, B]);
         assert_eq!(dedup(ids), [A, B]);
+    }
+
+    #[test]
+    fn idempotency_keys_are_visible_ascii_up_to_255() {
+        assert!(valid_idempotency_key("a"));
+        assert!(valid_idempotency_key("!~"));
+        assert!(valid_idempotency_key(&"k".repeat(255)));
+        for bad in ["", "has space", "tab\t", "caf\u{e9}", "nl\n", "\x7f"] {
+            assert!(!valid_idempotency_key(bad), "{bad:?}");
+        }
+        assert!(!valid_idempotency_key(&"k".repeat(256)));
+    }
+
+    #[test]
+    fn one_key_per_batch() {
+        let fresh = batch_keys(None, 3).unwrap();
+        assert_eq!(fresh.len(), 3);
+        for k in &fresh {
+            assert!(uuid::Uuid::parse_str(k).is_ok(), "{k}");
+        }
+        assert_ne!(fresh[0], fresh[1]);
+        assert_ne!(batch_keys(None, 1).unwrap(), batch_keys(None, 1).unwrap());
+        assert_eq!(batch_keys(Some("job-7"), 1).unwrap(), ["job-7"]);
+        assert_eq!(
+            batch_keys(Some("job-7"), 2).unwrap(),
+            ["job-7-1", "job-7-2"]
+        );
+        let err = batch_keys(Some("a b"), 1).unwrap_err();
+        assert!(matches!(err, CliError::Usage(_)), "{err}");
+        // Room for the suffix is needed too.
+        assert!(batch_keys(Some(&"k".repeat(255)), 1).is_ok());
+        assert!(batch_keys(Some(&"k".repeat(254)), 2).is_err());
     }
 
     #[test]

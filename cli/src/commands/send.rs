@@ -1,23 +1,23 @@
 //! `pigeonhole send`: encrypt one message under the personal key and send it,
 //! retrying with the identical body so the server stores it once.
 
-use std::time::Duration;
-
 use clap::Args;
 
 use super::{check_type, parse_payload, print_line, profile_key, Ctx};
 use crate::api::Api;
 use crate::error::{CliError, EXIT_OK};
 use crate::message::seal_send;
+use crate::retry::{seconds, Retry};
 
 const EXAMPLES: &str = "\
 Examples:
   pigeonhole send --type reply --payload '{\"text\": \"hi server\"}'
   echo '[1, 2, 3]' | pigeonhole send --type numbers --payload -
 
-Prints the message id. Network errors and 5xx are retried with exactly the
-same body (same nonce), which the server recognises, so a message is never
-stored twice.";
+Prints the message id. Network errors, 5xx and 429 are retried with exactly
+the same body (same nonce), which the server recognises, so a message is never
+stored twice. Retries wait about 1, 2, 4, 8 s (with jitter), or the server's
+Retry-After when it sends one (503 unavailable, 429).";
 
 #[derive(Debug, Args)]
 #[command(after_help = EXAMPLES)]
@@ -30,14 +30,9 @@ pub struct SendArgs {
     #[arg(long, value_name = "JSON")]
     pub payload: String,
 
-    /// Retries after a network error or 5xx
+    /// Retries after a network error, 5xx or 429
     #[arg(long, default_value_t = 4, value_name = "N")]
     pub retries: u32,
-}
-
-/// Wait before retry `attempt` (1-based): 1, 2, 4, 8 … s, at most 10 s.
-pub fn retry_delay(attempt: u32) -> Duration {
-    Duration::from_secs((1u64 << attempt.saturating_sub(1).min(4)).min(10))
 }
 
 pub async fn run(ctx: &Ctx, args: SendArgs) -> Result<u8, CliError> {
@@ -50,33 +45,19 @@ pub async fn run(ctx: &Ctx, args: SendArgs) -> Result<u8, CliError> {
 
     // Sealed once: every retry sends these same bytes.
     let body = seal_send(&key, &creds.client_id, &args.kind, &payload);
-    let mut attempt = 0;
-    loop {
-        match api.send(creds, &body).await {
-            Ok((id, _)) => {
-                print_line(&id.to_string())?;
-                return Ok(EXIT_OK);
-            }
-            Err(e) if e.is_retryable() && attempt < args.retries => {
-                attempt += 1;
-                let wait = retry_delay(attempt);
+    let retry = Retry::new(args.retries);
+    let (id, _) = retry
+        .run(
+            || api.send(creds, &body),
+            |e, wait, attempt| {
                 eprintln!(
-                    "warning: send failed ({e}); retrying the same message in {} s ({attempt}/{})",
-                    wait.as_secs(),
+                    "warning: send failed ({e}); retrying the same message in {} ({attempt}/{})",
+                    seconds(wait),
                     args.retries
                 );
-                tokio::time::sleep(wait).await;
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn retry_delays_double_up_to_ten_seconds() {
-        let secs: Vec<u64> = (1..=7).map(|a| super::retry_delay(a).as_secs()).collect();
-        assert_eq!(secs, [1, 2, 4, 8, 10, 10, 10]);
-    }
+            },
+        )
+        .await?;
+    print_line(&id.to_string())?;
+    Ok(EXIT_OK)
 }

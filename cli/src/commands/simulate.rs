@@ -170,15 +170,14 @@ impl Sim {
                         s.polls += 1;
                         s.latencies_us.push(latency);
                     }
-                    match e.rate_limited() {
-                        Some(retry_after) => {
-                            s.rate_limited += 1;
-                            PollOutcome::RateLimited { retry_after }
-                        }
-                        None => {
-                            s.error(format!("poll: {e}"));
-                            PollOutcome::Failed
-                        }
+                    if let Some(wait) = e.rate_limited() {
+                        s.rate_limited += 1;
+                        PollOutcome::RetryAfter { wait }
+                    } else {
+                        s.error(format!("poll: {e}"));
+                        // A 503 `unavailable` says when to come back.
+                        e.retry_after()
+                            .map_or(PollOutcome::Failed, |wait| PollOutcome::RetryAfter { wait })
                     }
                 }
             };
@@ -199,6 +198,7 @@ impl Sim {
                     .api
                     .publish(
                         &token,
+                        None,
                         batch,
                         "simulate",
                         &serde_json::json!({"at": now_ms()}),

@@ -268,6 +268,21 @@ describe('browser client against the local server', () => {
     await page.waitForFunction(() => /Server error \(503/.test(document.getElementById('error-text').textContent));
     await page.unroute(pollUrl);
 
+    // A 503 `unavailable` with Retry-After is waited out like a 429.
+    await page.route(pollUrl, (route) =>
+      route.fulfill({
+        status: 503,
+        headers: { 'Content-Type': 'application/json', 'Retry-After': '2' },
+        body: JSON.stringify({ error: { code: 'unavailable', message: 'storage is unavailable' } }),
+      }),
+    );
+    await page.click('#poll-now');
+    await page.waitForFunction(() => /Server unavailable \(503\)/.test(document.getElementById('error-text').textContent));
+    assert.match(await page.textContent('#error-text'), /wait 2 s/);
+    assert.equal(await page.textContent('#conn-state'), 'Server busy');
+    assert.equal(await page.textContent('#interval'), '2.0 s', 'Retry-After is honoured');
+    await page.unroute(pollUrl);
+
     await page.route(pollUrl, (route) => route.abort('connectionrefused'));
     await page.click('#poll-now');
     await page.waitForFunction(() => /Network error/.test(document.getElementById('error-text').textContent));
