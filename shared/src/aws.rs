@@ -80,8 +80,8 @@ pub async fn fanout_with_config(config: &Config) -> Result<FanoutFunction, Confi
     let sdk = sdk_config().await;
     let store: Arc<dyn Store> = Arc::new(store_from_env(&sdk)?);
     let continuation: Arc<dyn Queue> = Arc::new(queue_from_env(&sdk)?);
-    Ok(FanoutFunction {
-        fanout: Fanout::new(store, keys, Arc::new(SystemClock)),
-        continuation: Some(continuation),
-    })
+    Ok(FanoutFunction::new(
+        Fanout::new(store, keys, Arc::new(SystemClock)),
+        Some(continuation),
+    ))
 }

@@ -334,17 +334,17 @@ impl Stack {
             &[pigeonhole::config::Secret::MasterKey],
         )
         .unwrap();
-        let fanout = FanoutFunction {
-            fanout: Fanout::new(
+        let fanout = FanoutFunction::new(
+            Fanout::new(
                 Arc::clone(&store),
                 server_keys(&fanout_config).expect("a master key"),
                 Arc::new(SystemClock),
             ),
-            continuation: Some(Arc::new(SqsQueue::new(
+            Some(Arc::new(SqsQueue::new(
                 env.sqs(),
                 env.provisioned.queue_url.clone(),
             ))),
-        };
+        );
         let queue_arn = env
             .sqs()
             .get_queue_attributes()

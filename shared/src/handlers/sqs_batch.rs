@@ -34,24 +34,42 @@ pub const FINISH_MARGIN: Duration = Duration::from_secs(3);
 pub struct FanoutFunction {
     pub fanout: Fanout,
     pub continuation: Option<Arc<dyn Queue>>,
+    /// Kept free at the end of the invocation ([`FINISH_MARGIN`]).
+    pub finish_margin: Duration,
 }
 
 impl FanoutFunction {
+    pub fn new(fanout: Fanout, continuation: Option<Arc<dyn Queue>>) -> FanoutFunction {
+        FanoutFunction {
+            fanout,
+            continuation,
+            finish_margin: FINISH_MARGIN,
+        }
+    }
+
     /// Runs one batch before `deadline`, the invocation's.
     pub async fn handle(&self, event: SqsEvent, deadline: Option<Instant>) -> SqsBatchResponse {
-        handle_sqs_batch(&self.fanout, self.continuation.as_deref(), event, deadline).await
+        let work_deadline = deadline.map(|d| d.checked_sub(self.finish_margin).unwrap_or(d));
+        handle_sqs_batch(
+            &self.fanout,
+            self.continuation.as_deref(),
+            event,
+            work_deadline,
+            deadline,
+        )
+        .await
     }
 }
 
-/// Runs one batch. `deadline` is the invocation's (none: no time limit);
-/// `continuation` is the queue unfinished work is handed to.
-pub async fn handle_sqs_batch(
+/// Runs one batch: deliveries end by `work_deadline`, handing unfinished
+/// work to `continuation` by `deadline` (none: no time limit).
+async fn handle_sqs_batch(
     fanout: &Fanout,
     continuation: Option<&dyn Queue>,
     event: SqsEvent,
+    work_deadline: Option<Instant>,
     deadline: Option<Instant>,
 ) -> SqsBatchResponse {
-    let work_deadline = deadline.map(|d| d.checked_sub(FINISH_MARGIN).unwrap_or(d));
     let mut response = SqsBatchResponse::default();
     for record in event.records {
         let id = record.message_id.clone().unwrap_or_default();
