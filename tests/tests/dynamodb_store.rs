@@ -369,6 +369,35 @@ async fn each_store_call_costs_the_expected_dynamodb_requests() {
     assert_eq!(store.load_clients(&[id]).await.unwrap().len(), 1);
     assert_eq!(log.take(), ops(&["BatchGetItem"]), "fan-out's client load");
 
+    let many: Vec<ClientId> = (0..150).map(|_| ClientId::new()).chain([id]).collect();
+    let done = store
+        .already_appended(Mailbox::Inbox, &many, "publish:p1")
+        .await
+        .unwrap();
+    assert_eq!(done.len(), 1);
+    assert_eq!(
+        log.take(),
+        ops(&["BatchGetItem", "BatchGetItem"]),
+        "fan-out's marker look-up: one request per 100 recipients"
+    );
+
+    let record = PublishRecord {
+        publish_id: "p9".into(),
+        recipients: 1,
+        digest: [9; 32],
+        created_at: T0,
+    };
+    store
+        .claim_publish_key("key-1", record, Timestamp(0))
+        .await
+        .unwrap();
+    store.complete_publish_key("key-1").await.unwrap();
+    assert_eq!(
+        log.take(),
+        ops(&["PutItem", "UpdateItem"]),
+        "a publish with an idempotency key: claim, then complete"
+    );
+
     store.list_clients(10, None).await.unwrap().unwrap();
     assert_eq!(log.take(), ops(&["Scan"]), "list clients");
 
@@ -383,6 +412,46 @@ async fn each_store_call_costs_the_expected_dynamodb_requests() {
         Touch::RateLimited { .. }
     ));
     assert_eq!(log.take(), ops(&["UpdateItem"]), "a refused poll");
+}
+
+/// DynamoDB refuses items over 400 KB: the largest message a client can
+/// send (a 256 KiB body holds at most 192 KiB of ciphertext) and the
+/// largest client record both fit, with room to spare.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_largest_message_and_client_record_fit_in_a_dynamodb_item() {
+    let env = aws_support::fresh_env().await;
+    let store = DynamoStore::new(env.dynamodb(), env.tables().clone());
+    let record = ClientRecord {
+        id: ClientId::new(),
+        name: Some("n".repeat(pigeonhole::domain::MAX_NAME_CHARS * 4)),
+        wrapped_key: vec![7; 60],
+        created_at: T0,
+    };
+    let registered = store.register_client([8; 32], record).await.unwrap();
+    let id = registered.client.id;
+    let biggest = pigeonhole::domain::MAX_BODY_BYTES / 4 * 3;
+    let key = pigeonhole::crypto::Key::from_bytes([3; 32]);
+    let body = pigeonhole::crypto::seal(&key, &vec![b'x'; biggest], b"");
+    let sealer: Sealer = Arc::new(move |_| {
+        Ok(NewMessage {
+            kind: "k".repeat(pigeonhole::domain::MAX_TYPE_CHARS * 4),
+            body: body.clone(),
+            created_at: T0,
+        })
+    });
+    let dedup = Dedup {
+        key: format!("nonce:{}", "n".repeat(16)),
+        digest: [1; 32],
+    };
+    for mailbox in [Mailbox::Outbox, Mailbox::Inbox] {
+        let stored = store
+            .append(mailbox, id, dedup.clone(), Arc::clone(&sealer))
+            .await
+            .unwrap();
+        assert_eq!(stored, Appended::Stored { seq: 1 });
+        let read = store.read(mailbox, id, 0, 1).await.unwrap();
+        assert_eq!(read[0].body.ciphertext.len(), biggest);
+    }
 }
 
 /// `pigeonhole-infra` run again over existing tables and queues changes
