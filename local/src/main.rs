@@ -37,7 +37,7 @@ enum Backend {
 #[command(
     version,
     after_help = "Environment: ADMIN_TOKEN, OPERATOR_TOKENS (comma-separated), MASTER_KEY (base64 of 32 bytes), \
-POLL_RATE_LIMIT (polls per minute per client, default 120, 0 = unlimited), ACKED_RETENTION_SECS (default 86400), RUST_LOG.\n\
+POLL_RATE_LIMIT (polls per minute per client, default 120, 0 = unlimited), ACKED_RETENTION_SECS (default 86400), SENT_RETENTION_SECS (default 604800), RUST_LOG.\n\
 Secrets not set in the environment are generated on first start and kept in <data-dir>/secrets.json."
 )]
 struct Args {

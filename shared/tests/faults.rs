@@ -487,7 +487,7 @@ async fn a_recipient_whose_key_does_not_unwrap_is_skipped_and_the_job_completes(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_record_not_started_before_the_deadline_is_reported_failed() {
+async fn a_record_not_started_before_the_deadline_is_handed_on_or_failed() {
     let h = harness();
     let a = client_id(&h.register("fingerprint-a").await);
     let function = FanoutFunction {
@@ -511,8 +511,29 @@ async fn a_record_not_started_before_the_deadline_is_reported_failed() {
         .iter()
         .map(|f| f.item_identifier.as_str())
         .collect();
-    assert_eq!(failed, vec!["m0", "m1"]);
+    assert_eq!(failed, vec!["m0", "m1"], "with nowhere to hand them");
     assert_eq!(h.inbox_len(a).await, 0);
+
+    let continuation = Arc::new(Captured::default());
+    let function = FanoutFunction {
+        continuation: Some(continuation.clone() as Arc<dyn Queue>),
+        ..function
+    };
+    let response = function
+        .handle(
+            sqs_event(&jobs),
+            Some(Instant::now() + Duration::from_secs(1)),
+        )
+        .await;
+    assert!(response.batch_item_failures.is_empty());
+    let handed: Vec<String> = continuation
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|j| j.publish_id.clone())
+        .collect();
+    assert_eq!(handed, vec!["late-1", "late-2"], "handed on whole");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -14,9 +14,11 @@ Two kinds of test:
 
 Every fact about the code is parsed out of the code (functions/Cargo.toml,
 shared/src/http/routes.rs, shared/src/config.rs,
-shared/src/store/dynamodb/tables.rs). Only what the code cannot say (which
-IAM actions the DynamoDB store needs, which secrets the two non-HTTP
-functions need) is written down here.
+shared/src/store/dynamodb/tables.rs, and the fan-out's limits and margins
+in shared/src/queue/mod.rs, shared/src/handlers/{fanout,sqs_batch}.rs and
+local/src/event_source.rs). Only what the code cannot say (which IAM
+actions the DynamoDB store needs, which secrets the two non-HTTP functions
+need, the fan-out's sizing from docs/architecture.md) is written down here.
 """
 import json
 import os
@@ -55,9 +57,11 @@ NON_HTTP_SECRETS = {"fanout": {"MASTER_KEY"}, "cleanup": set()}
 
 # Settings that only one function reads.
 ONLY_FOR = {
-    "FANOUT_QUEUE_URL": {"publish"},
+    # The fan-out enqueues the continuation of a job it could not finish.
+    "FANOUT_QUEUE_URL": {"publish", "fanout"},
     "POLL_RATE_LIMIT": {"poll"},
     "ACKED_RETENTION_SECS": {"cleanup"},
+    "SENT_RETENTION_SECS": {"cleanup"},
 }
 
 # Least privilege: the exact DynamoDB and SQS actions per function and
@@ -65,10 +69,14 @@ ONLY_FOR = {
 # TransactWriteItems is authorized per Put/Update inside it.
 EXPECTED_IAM = {
     "register": {
-        "ClientsTable": {"dynamodb:PutItem", "dynamodb:GetItem"},
+        "ClientsTable": {"dynamodb:PutItem"},
         "FingerprintsTable": {"dynamodb:PutItem", "dynamodb:GetItem"},
     },
-    "publish": {"FanoutQueue": {"sqs:SendMessage"}},
+    "publish": {
+        "FanoutQueue": {"sqs:SendMessage"},
+        # Idempotency-Key: claim (conditional PutItem), complete (UpdateItem).
+        "DedupTable": {"dynamodb:PutItem", "dynamodb:UpdateItem"},
+    },
     "send": {
         "ClientsTable": {"dynamodb:GetItem", "dynamodb:UpdateItem"},
         "ClientMessagesTable": {"dynamodb:PutItem"},
@@ -83,13 +91,21 @@ EXPECTED_IAM = {
     "fanout": {
         "ClientsTable": {"dynamodb:BatchGetItem", "dynamodb:GetItem", "dynamodb:UpdateItem"},
         "MessagesTable": {"dynamodb:PutItem"},
-        "DedupTable": {"dynamodb:PutItem", "dynamodb:GetItem"},
-        # What the event source mapping calls with the function's role.
-        "FanoutQueue": {"sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes"},
+        # BatchGetItem: which recipients already hold the publish.
+        "DedupTable": {"dynamodb:BatchGetItem", "dynamodb:PutItem", "dynamodb:GetItem"},
+        # What the event source mapping calls with the function's role, and
+        # SendMessage for the continuation of a job cut short.
+        "FanoutQueue": {
+            "sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes", "sqs:SendMessage",
+        },
     },
     "cleanup": {
-        "ClientsTable": {"dynamodb:Scan"},
-        "MessagesTable": {"dynamodb:Query", "dynamodb:BatchWriteItem", "dynamodb:DeleteItem"},
+        # Segmented scan; UpdateItem moves each mailbox's purge mark.
+        "ClientsTable": {"dynamodb:Scan", "dynamodb:UpdateItem"},
+        "MessagesTable": {"dynamodb:Query", "dynamodb:BatchWriteItem"},
+        "ClientMessagesTable": {"dynamodb:Query", "dynamodb:BatchWriteItem"},
+        # The scan segments' saved positions.
+        "DedupTable": {"dynamodb:GetItem", "dynamodb:PutItem"},
     },
 }
 
@@ -461,8 +477,9 @@ def test_the_tables_and_queue_the_store_uses_exist(template):
     assert tables["DedupTable"]["Properties"]["TimeToLiveSpecification"] == {
         "AttributeName": "expires_at", "Enabled": True,
     }
-    _, publish = function_for(template, "publish")
-    assert ref_target(function_env(template, publish)["FANOUT_QUEUE_URL"]) == "FanoutQueue"
+    for binary in ("publish", "fanout"):
+        _, res = function_for(template, binary)
+        assert ref_target(function_env(template, res)["FANOUT_QUEUE_URL"]) == "FanoutQueue", binary
     assert set(queues) == {"FanoutQueue", "FanoutDeadLetterQueue"}
 
 
@@ -474,14 +491,90 @@ def test_fanout_reports_partial_batch_failures(template):
     assert 1 <= source["BatchSize"] <= 10
 
 
+def rust_const(path, name):
+    """The value of `const NAME: ... = <value>;` in a Rust source, where the
+    value is a product of integers (`7 * 86_400`) or `Duration::from_secs(n)`;
+    a Duration comes back in seconds."""
+    source = (ROOT / path).read_text(encoding="utf-8")
+    match = re.search(rf"const {name}: [^=]+= ([^;]+);", source)
+    assert match, f"const {name} not found in {path}"
+    value = match.group(1).strip()
+    secs = re.fullmatch(r"Duration::from_secs\((\d+)\)", value)
+    if secs:
+        return int(secs.group(1))
+    factors = [f.strip().replace("_", "") for f in value.split("*")]
+    assert all(f.isdigit() for f in factors), f"{name} = {value} is not a plain number"
+    product = 1
+    for f in factors:
+        product *= int(f)
+    return product
+
+
+# The fan-out's numbers, as docs/architecture.md ("Sizing the fan-out")
+# derives them: a batch of 5 jobs of at most 1,000 recipients, 120 s to do it
+# in, at most 5 invocations at once (SQS event sources accept 2 to 1000).
+FANOUT_TIMEOUT = 120
+FANOUT_BATCH_SIZE = 5
+FANOUT_MEMORY = 512
+FANOUT_MAX_CONCURRENCY = 5
+
+
+def test_fanout_is_sized_as_the_architecture_doc_says(template):
+    _, fanout = function_for(template, "fanout")
+    props = fanout["Properties"]
+    assert props["Timeout"] == FANOUT_TIMEOUT
+    assert props["MemorySize"] == FANOUT_MEMORY
+    [source] = [e["Properties"] for e in props["Events"].values() if e["Type"] == "SQS"]
+    assert source["BatchSize"] == FANOUT_BATCH_SIZE
+    param = ref_target(source["ScalingConfig"]["MaximumConcurrency"])
+    spec = template["Parameters"][param]
+    assert param == "FanoutMaximumConcurrency"
+    assert spec["Type"] == "Number" and spec["Default"] == FANOUT_MAX_CONCURRENCY
+    assert (spec["MinValue"], spec["MaxValue"]) == (2, 1000)
+    # The local server's event source (`--backend aws`) gives each batch what
+    # Lambda does.
+    event_source = "local/src/event_source.rs"
+    assert rust_const(event_source, "BATCH_SIZE") == FANOUT_BATCH_SIZE
+    assert rust_const(event_source, "INVOCATION_TIMEOUT") == FANOUT_TIMEOUT
+    # A job is at most 1,000 recipients; the handler keeps 3 s to hand the
+    # rest on and answer, and the timeout leaves room for a batch of them
+    # at the planned 1,000 recipients per second even 10 times slower.
+    recipients = rust_const("shared/src/queue/mod.rs", "MAX_JOB_RECIPIENTS")
+    finish = rust_const("shared/src/handlers/sqs_batch.rs", "FINISH_MARGIN")
+    stop = rust_const("shared/src/handlers/fanout.rs", "DEFAULT_STOP_MARGIN")
+    assert recipients == 1000
+    assert FANOUT_BATCH_SIZE * recipients / 1000 * 10 < FANOUT_TIMEOUT - finish - stop
+
+
+def test_the_fanout_and_cleanup_get_their_settings(template):
+    _, fanout = function_for(template, "fanout")
+    env = function_env(template, fanout)
+    assert ref_target(env["FANOUT_QUEUE_URL"]) == "FanoutQueue"
+    assert "sqs:SendMessage" in granted_actions(template, fanout)["FanoutQueue"]
+    _, cleanup = function_for(template, "cleanup")
+    env = function_env(template, cleanup)
+    params = template["Parameters"]
+    for name, param, default in (
+        ("ACKED_RETENTION_SECS", "AckedRetentionSecs", 86400),
+        ("SENT_RETENTION_SECS", "SentRetentionSecs", 604800),
+    ):
+        assert ref_target(env[name]) == param, name
+        assert params[param]["Type"] == "Number" and params[param]["MinValue"] == 0, param
+        assert params[param]["Default"] == default, param
+        # The same default as the code's.
+        assert rust_const("shared/src/config.rs", f"DEFAULT_{name}") == default, name
+
+
 def test_failed_jobs_go_to_the_dead_letter_queue(template):
     queue = template["Resources"]["FanoutQueue"]["Properties"]
     redrive = queue["RedrivePolicy"]
     assert ref_target(redrive["deadLetterTargetArn"]) == "FanoutDeadLetterQueue"
     assert redrive["maxReceiveCount"] >= 1
     _, fanout = function_for(template, "fanout")
-    # A batch still running must not become visible to another poller.
-    assert queue["VisibilityTimeout"] >= 6 * fanout["Properties"]["Timeout"]
+    # A batch still running must not become visible to another poller: six
+    # times the function's timeout, as AWS recommends.
+    assert queue["VisibilityTimeout"] == 6 * fanout["Properties"]["Timeout"]
+    assert redrive["maxReceiveCount"] == 5
 
 
 def test_alarms_watch_the_dead_letter_queue_and_every_function(template):

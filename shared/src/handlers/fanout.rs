@@ -250,6 +250,11 @@ fn collect(
             tracing::warn!(client_id = %id, %cause, "recipient not reached; handed on");
             remaining.push(id);
         }
+        Some(Ok((id, Err(StoreError::Corrupt(cause))))) => {
+            // A damaged client item must not hold up everyone else.
+            tracing::error!(client_id = %id, %cause, "skipping a recipient whose stored state is unreadable");
+            report.skipped += 1;
+        }
         Some(Ok((id, Err(e)))) => {
             tracing::error!(client_id = %id, error = %e, "delivery to a recipient failed");
             remaining.push(id);

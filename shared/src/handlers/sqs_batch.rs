@@ -10,8 +10,10 @@
 //! - anything else (no progress, a record that is not a job, a failure for
 //!   good): the record is reported in `batch_item_failures`, so SQS retries
 //!   only it and, after the redrive limit, moves it to the dead-letter
-//!   queue. Records not started before the deadline are reported too,
-//!   never dropped with a response that came too late.
+//!   queue.
+//! - not started because the deadline is near: handed on whole as a new
+//!   job (or, with nowhere to hand it, reported failed), never dropped with
+//!   a response that came too late.
 //!
 //! Delivery is idempotent, so a retried record never creates a second copy
 //! for any recipient.
@@ -75,7 +77,15 @@ async fn handle_sqs_batch(
         let id = record.message_id.clone().unwrap_or_default();
         let late = work_deadline.is_some_and(|d| Instant::now() + fanout.stop_margin() >= d);
         let outcome = if late {
-            Err("not started: the invocation's deadline is near".to_string())
+            // Handed on whole rather than failed: a record that never got
+            // its turn must not count towards the dead-letter queue.
+            match record.body.as_deref().map(FanoutJob::from_json) {
+                Some(Ok(job)) if continuation.is_some() => {
+                    let recipients = job.recipients.clone();
+                    hand_on(continuation, &job, recipients, deadline).await
+                }
+                _ => Err("not started: the invocation's deadline is near".to_string()),
+            }
         } else {
             match record.body.as_deref().map(FanoutJob::from_json) {
                 None => Err("the record has no body".to_string()),

@@ -91,10 +91,14 @@ pub fn classify<E: ProvideErrorMetadata>(
 }
 
 /// Whether the request may have taken effect even though it failed: no
-/// response at all, or a 5xx. A 4xx service error means it did not.
-pub fn outcome_unknown<E>(error: &SdkError<E, HttpResponse>) -> bool {
+/// response at all, a 5xx, or DynamoDB saying the same request (same
+/// client token) is still in progress. Any other 4xx means it did not.
+pub fn outcome_unknown<E: ProvideErrorMetadata>(error: &SdkError<E, HttpResponse>) -> bool {
     match error {
-        SdkError::ServiceError(context) => context.raw().status().is_server_error(),
+        SdkError::ServiceError(context) => {
+            context.raw().status().is_server_error()
+                || context.err().code() == Some("TransactionInProgressException")
+        }
         SdkError::ConstructionFailure(_) => false,
         _ => true,
     }

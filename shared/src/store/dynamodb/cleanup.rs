@@ -127,6 +127,9 @@ impl DynamoStore {
                     .table_name(self.messages_table(mailbox))
                     .key_condition_expression("client_id = :c AND seq BETWEEN :from AND :upto")
                     .projection_expression("seq, created_at")
+                    // Strongly consistent: a message missed here would be
+                    // skipped by the mark for good.
+                    .consistent_read(true)
                     .expression_attribute_values(":c", s(&client_key))
                     .expression_attribute_values(":from", n(next))
                     .expression_attribute_values(":upto", n(upto))
