@@ -8,9 +8,24 @@ root=$(pwd)
 
 step() { printf '\n==> %s\n' "$*"; }
 
-# The docs walk-through test runs the documented curl | jq commands.
+# Whatever this script starts in the background dies with it, however it
+# exits (a failed step, ^C, SIGTERM).
+moto_pid=""
+emulator_starters=""   # scripts/emulators.sh starts still running: their pids
+cleanup() {
+  for pid in $emulator_starters; do kill -- -"$pid" 2>/dev/null || true; done
+  scripts/emulators.sh stop all 2>/dev/null || true
+  [ -z "$moto_pid" ] || kill "$moto_pid" 2>/dev/null || true
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# The docs walk-through test runs the documented curl | jq commands;
+# docker-compose (Debian's, which needs no engine for it) checks
+# local/docker-compose.yml.
 missing=""
-for tool in curl jq; do command -v "$tool" >/dev/null || missing="$missing $tool"; done
+for tool in curl jq docker-compose; do command -v "$tool" >/dev/null || missing="$missing $tool"; done
 if [ -n "$missing" ]; then
   step "installing$missing"
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
@@ -40,6 +55,35 @@ fi
 "$venv/bin/pip" install --quiet --disable-pip-version-check \
   -r tests/python/requirements.txt -r tests/requirements-aws.txt
 
+# Two more emulators, both the real thing rather than a model of it: AWS's
+# DynamoDB Local, and LocalStack (DynamoDB, which is DynamoDB Local again,
+# and SQS) running on this host without Docker. scripts/emulators.sh
+# installs them into target/emulators (Java from Debian if missing) and
+# starts them; here both do that in the background while the code builds,
+# and the steps that use them wait for them. Logs: target/dynamodb-local.log,
+# target/localstack.log, and target/*-start.log for the installs.
+step "AWS emulators: DynamoDB Local and LocalStack (installing and starting in the background)"
+start_emulator() {
+  # setsid: its own process group, so cleanup can end the install with it.
+  setsid --wait scripts/emulators.sh start "$1" >"target/$1.url" 2>"target/$1-start.log" &
+  emulator_starters="$emulator_starters $!"
+}
+start_emulator dynamodb-local
+ddb_starter=$!
+start_emulator localstack
+localstack_starter=$!
+# Waits for one started above (in this shell: `wait` needs its parent).
+wait_emulator() {
+  local name=$1 pid=$2
+  if ! wait "$pid"; then
+    cat "target/$name-start.log" >&2
+    echo "$name did not start (see above and target/$name.log)" >&2
+    exit 1
+  fi
+  emulator_starters=${emulator_starters/ $pid/}
+  cat "target/$name-start.log"
+}
+
 # The AWS SDK talks to a DynamoDB/SQS emulator over real HTTP: moto's
 # server, behind a launcher that serialises requests (stock moto can lose
 # concurrent conditional writes, which our concurrency tests would catch).
@@ -47,7 +91,6 @@ step "DynamoDB/SQS emulator (moto)"
 moto_port=$("$venv/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 "$venv/bin/python" scripts/moto_server.py 127.0.0.1 "$moto_port" > target/moto.log 2>&1 &
 moto_pid=$!
-trap 'kill "$moto_pid" 2>/dev/null || true' EXIT
 for _ in $(seq 1 100); do
   curl -fsS "http://127.0.0.1:$moto_port/moto-api/data.json" >/dev/null 2>&1 && break
   kill -0 "$moto_pid" 2>/dev/null || { cat target/moto.log >&2; exit 1; }
@@ -57,6 +100,11 @@ export PIGEONHOLE_TEST_AWS_ENDPOINT="http://127.0.0.1:$moto_port"
 export AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_REGION=us-east-1 \
   AWS_DEFAULT_REGION=us-east-1 AWS_EC2_METADATA_DISABLED=true SAM_CLI_TELEMETRY=0
 echo "moto listening on $PIGEONHOLE_TEST_AWS_ENDPOINT"
+
+# tests/python/test_compose.py checks what it says against template.yaml
+# and scripts/emulators.sh.
+step "local/docker-compose.yml (docker-compose config: parsed and validated, no engine needed)"
+docker-compose -p pigeonhole -f local/docker-compose.yml config -q
 
 step "formatting (cargo fmt --check)"
 cargo fmt --all -- --check
@@ -75,14 +123,38 @@ export PIGEONHOLE_INFRA_BIN="$root/target/debug/pigeonhole-infra"
 step "Rust tests (unit, store contract, handlers, end-to-end)"
 cargo test --workspace --all-features --locked
 
-# The same end-to-end suite, with the local server serving from DynamoDB
-# and SQS (--backend aws): the serverless data path, offline.
-step "end-to-end suite against the local server in --backend aws mode"
+step "AWS emulators: waiting for DynamoDB Local and LocalStack"
+wait_emulator dynamodb-local "$ddb_starter"
+wait_emulator localstack "$localstack_starter"
+PIGEONHOLE_TEST_DYNAMODB_LOCAL_ENDPOINT=$(tail -n 1 target/dynamodb-local.url)
+PIGEONHOLE_TEST_LOCALSTACK_ENDPOINT=$(tail -n 1 target/localstack.url)
+export PIGEONHOLE_TEST_DYNAMODB_LOCAL_ENDPOINT PIGEONHOLE_TEST_LOCALSTACK_ENDPOINT
+
+# The DynamoDB store's suite once more, on AWS's own DynamoDB emulator.
+# DynamoDB Local has no SQS: the few queues the suite provisions go to moto
+# (PIGEONHOLE_TEST_SQS_ENDPOINT). Nor has it point-in-time recovery
+# (UpdateContinuousBackups is an unknown operation there): the tables are
+# made without it (PIGEONHOLE_TEST_AWS_NO_PITR, see tests/tests/aws_support),
+# and the one test of provisioning itself, which checks that PITR is on,
+# runs on moto only (above). The end-to-end suite below provisions its
+# tables with PITR on LocalStack.
 # (--workspace keeps the feature set of the build above, so nothing recompiles.)
-PIGEONHOLE_E2E_BACKEND=aws cargo test --workspace --locked --all-features \
+step "DynamoDB store suite against DynamoDB Local"
+PIGEONHOLE_TEST_AWS_ENDPOINT="$PIGEONHOLE_TEST_DYNAMODB_LOCAL_ENDPOINT" \
+  PIGEONHOLE_TEST_SQS_ENDPOINT="http://127.0.0.1:$moto_port" PIGEONHOLE_TEST_AWS_NO_PITR=1 \
+  cargo test --workspace --locked --all-features --test dynamodb_store -- \
+  --skip provisioning_again_keeps_tables_queues_and_data
+
+# The same end-to-end suite, with the local server serving from DynamoDB
+# and SQS (--backend aws): the serverless data path, offline, on LocalStack.
+step "end-to-end suite against the local server in --backend aws mode, on LocalStack"
+PIGEONHOLE_E2E_BACKEND=aws PIGEONHOLE_TEST_AWS_ENDPOINT="$PIGEONHOLE_TEST_LOCALSTACK_ENDPOINT" \
+  cargo test --workspace --locked --all-features \
   --test register --test messaging --test send --test errors --test operators \
   --test rate_limit --test concurrency --test persistence --test cli_client \
-  --test cli_admin --test config --test cleanup --test at_rest
+  --test cli_admin --test config --test cleanup --test at_rest --test faults --test limits
+# Nothing below uses them: their memory and cores go to the builds.
+scripts/emulators.sh stop all
 
 # What `sam build` does for a deployment, for this machine's architecture
 # (arm64 would need a toolchain target downloaded at build time). LTO is

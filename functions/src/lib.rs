@@ -71,12 +71,20 @@ pub async fn respond(app: &App, route: Route, request: Request) -> Response<Body
 }
 
 /// The invocation's deadline (Lambda gives it in milliseconds since the
-/// epoch) as an `Instant`.
-pub fn invocation_deadline(context: &lambda_runtime::Context) -> Instant {
+/// epoch) as an `Instant`; `None` when the runtime gave none that lies
+/// ahead (a local emulator may send none at all).
+pub fn invocation_deadline(context: &lambda_runtime::Context) -> Option<Instant> {
     let now_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
-    Instant::now() + Duration::from_millis(context.deadline.saturating_sub(now_ms))
+    if context.deadline <= now_ms {
+        lambda_http::tracing::warn!(
+            deadline_ms = context.deadline,
+            "the invocation has no deadline ahead; working without one"
+        );
+        return None;
+    }
+    Some(Instant::now() + Duration::from_millis(context.deadline - now_ms))
 }
 
 /// Runs the SQS-triggered fan-out: each batch's records are delivered one
@@ -106,9 +114,9 @@ pub async fn serve_fanout() -> Result<(), Error> {
 pub async fn fan_out(
     function: &FanoutFunction,
     event: SqsEvent,
-    deadline: Instant,
+    deadline: Option<Instant>,
 ) -> SqsBatchResponse {
-    function.handle(event, Some(deadline)).await
+    function.handle(event, deadline).await
 }
 
 /// Runs the scheduled cleanup within the invocation's deadline; a run cut
@@ -123,7 +131,9 @@ pub async fn serve_cleanup() -> Result<(), Error> {
         move |event: lambda_runtime::LambdaEvent<serde_json::Value>| {
             let app = Arc::clone(&app);
             async move {
-                let deadline = invocation_deadline(&event.context);
+                // Without one, a budget of its own: retries need an end.
+                let deadline = invocation_deadline(&event.context)
+                    .unwrap_or_else(|| Instant::now() + Duration::from_secs(60));
                 let purged = pigeonhole::retry::within(
                     deadline,
                     pigeonhole::maintenance::purge_expired(&app),

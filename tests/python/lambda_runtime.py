@@ -60,9 +60,11 @@ FUNCTIONS = tuple(SECRETS)
 
 # Settings only one function receives in the template.
 ONLY_FOR = {
-    "FANOUT_QUEUE_URL": "publish",
-    "POLL_RATE_LIMIT": "poll",
-    "ACKED_RETENTION_SECS": "cleanup",
+    # The fan-out enqueues the rest of a job it could not finish in time.
+    "FANOUT_QUEUE_URL": ("publish", "fanout"),
+    "POLL_RATE_LIMIT": ("poll",),
+    "ACKED_RETENTION_SECS": ("cleanup",),
+    "SENT_RETENTION_SECS": ("cleanup",),
 }
 
 # The table variables every function gets (template Globals).

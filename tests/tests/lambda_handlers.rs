@@ -545,7 +545,7 @@ impl Stack {
         // The fan-out function's timeout in template.yaml.
         let deadline = Instant::now() + Duration::from_secs(120);
         let response: SqsBatchResponse =
-            pigeonhole_functions::fan_out(&self.fanout, event, deadline).await;
+            pigeonhole_functions::fan_out(&self.fanout, event, Some(deadline)).await;
         let failed: Vec<String> = response
             .batch_item_failures
             .iter()

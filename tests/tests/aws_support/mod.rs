@@ -8,9 +8,21 @@
 //! dies when the test process exits. Each test then gets its own tables and
 //! queues, created by `pigeonhole-infra` from `template.yaml` under a unique
 //! prefix. Tests share no data, so they run in parallel.
+//!
+//! Two settings let the tests use an endpoint that is DynamoDB and only
+//! DynamoDB, as AWS's DynamoDB Local is (scripts/test.sh runs the DynamoDB
+//! store suite on it that way):
+//! - `PIGEONHOLE_TEST_SQS_ENDPOINT` takes the SQS requests of [`sdk_config`]
+//!   (and so the queues of [`fresh_env`]) to another endpoint, moto in
+//!   scripts/test.sh. The local server that the end-to-end tests start
+//!   still gets `PIGEONHOLE_TEST_AWS_ENDPOINT` alone.
+//! - `PIGEONHOLE_TEST_AWS_NO_PITR=1`: [`fresh_env`] creates the tables
+//!   without the template's point-in-time recovery, which DynamoDB Local
+//!   does not implement (UpdateContinuousBackups is an unknown operation).
 #![allow(dead_code)]
 
 use pigeonhole::store::dynamodb::TableNames;
+use pigeonhole_infra::template::Plan;
 use pigeonhole_infra::Provisioned;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -21,6 +33,8 @@ use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 pub const ENDPOINT_VAR: &str = "PIGEONHOLE_TEST_AWS_ENDPOINT";
+pub const SQS_ENDPOINT_VAR: &str = "PIGEONHOLE_TEST_SQS_ENDPOINT";
+pub const NO_PITR_VAR: &str = "PIGEONHOLE_TEST_AWS_NO_PITR";
 const REGION: &str = "us-east-1";
 
 fn workspace_dir() -> PathBuf {
@@ -41,6 +55,15 @@ pub fn endpoint() -> &'static str {
         Ok(url) if !url.trim().is_empty() => url.trim().trim_end_matches('/').to_string(),
         _ => start_moto(),
     })
+}
+
+/// Where SQS requests go when that is not [`endpoint`]: `None` when
+/// `PIGEONHOLE_TEST_SQS_ENDPOINT` is unset or empty.
+pub fn sqs_endpoint() -> Option<String> {
+    std::env::var(SQS_ENDPOINT_VAR)
+        .ok()
+        .map(|url| url.trim().trim_end_matches('/').to_string())
+        .filter(|url| !url.is_empty())
 }
 
 /// Whether this process started the endpoint: then nobody else uses it.
@@ -161,8 +184,9 @@ fn moto_answers(port: u16) -> bool {
 
 /// An SDK configuration for the test endpoint: us-east-1 and fixed
 /// dummy credentials, with nothing taken from this machine's AWS setup.
+/// SQS requests go to [`sqs_endpoint`] when it is set.
 pub async fn sdk_config() -> aws_config::SdkConfig {
-    aws_config::defaults(aws_config::BehaviorVersion::latest())
+    let loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
         .empty_test_environment()
         .region(aws_config::Region::new(REGION))
         .credentials_provider(aws_sdk_dynamodb::config::Credentials::new(
@@ -171,10 +195,40 @@ pub async fn sdk_config() -> aws_config::SdkConfig {
             None,
             None,
             "pigeonhole-tests",
-        ))
-        .endpoint_url(endpoint())
-        .load()
-        .await
+        ));
+    match sqs_endpoint() {
+        None => loader.endpoint_url(endpoint()),
+        Some(sqs) => endpoint_per_service(loader, endpoint(), &sqs),
+    }
+    .load()
+    .await
+}
+
+/// DynamoDB at `dynamodb`, SQS at `sqs`. An endpoint set in code applies to
+/// every service, and the SDK reads one per service only from the
+/// environment (which [`sdk_config`] ignores) or from a profile: so this
+/// gives it a profile, in memory, that says so.
+#[allow(deprecated)] // aws-config exports the profile file types only under deprecated aliases
+fn endpoint_per_service(
+    loader: aws_config::ConfigLoader,
+    dynamodb: &str,
+    sqs: &str,
+) -> aws_config::ConfigLoader {
+    use aws_config::profile::profile_file::{ProfileFileKind, ProfileFiles};
+    let profile = format!(
+        "[profile pigeonhole-tests]\n\
+         services = pigeonhole-tests\n\
+         [services pigeonhole-tests]\n\
+         dynamodb =\n  endpoint_url = {dynamodb}\n\
+         sqs =\n  endpoint_url = {sqs}\n"
+    );
+    loader
+        .profile_files(
+            ProfileFiles::builder()
+                .with_contents(ProfileFileKind::Config, profile)
+                .build(),
+        )
+        .profile_name("pigeonhole-tests")
 }
 
 /// A prefix that no other test, and no other run against a shared
@@ -215,12 +269,30 @@ impl AwsEnv {
     }
 }
 
-/// Creates a fresh set of tables and queues from `template.yaml`.
+/// The tables and queues of `template.yaml`, less point-in-time recovery
+/// when `PIGEONHOLE_TEST_AWS_NO_PITR=1`.
+pub fn plan() -> Plan {
+    let path = template_path();
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    let mut plan = Plan::from_yaml(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    if std::env::var(NO_PITR_VAR).is_ok_and(|v| v.trim() == "1") {
+        for table in &mut plan.tables {
+            table.point_in_time_recovery = None;
+        }
+    }
+    plan
+}
+
+/// Creates a fresh set of tables and queues from `template.yaml` ([`plan`]).
 pub async fn fresh_env() -> AwsEnv {
     let sdk = sdk_config().await;
     let prefix = unique_prefix();
-    let provisioned = pigeonhole_infra::provision(&sdk, &template_path(), &prefix)
+    let provisioned = pigeonhole_infra::apply(&sdk, &plan(), &prefix)
         .await
-        .unwrap_or_else(|e| panic!("provisioning {prefix}* on {}: {e}", endpoint()));
+        .unwrap_or_else(|e| {
+            let sqs = sqs_endpoint().map_or(String::new(), |url| format!(" (SQS on {url})"));
+            panic!("provisioning {prefix}* on {}{sqs}: {e}", endpoint())
+        });
     AwsEnv { sdk, provisioned }
 }

@@ -328,7 +328,10 @@ impl DynamoStore {
                 .table_name(&self.tables.clients)
                 .projection_expression("client_id, #name, created_at, last_seen_at")
                 .expression_attribute_names("#name", "name")
-                .limit(limit as i32)
+                // One more than asked: DynamoDB hands back a continuation
+                // key whenever a scan stops at its limit, even with nothing
+                // after it; the extra item tells whether more follow.
+                .limit(limit as i32 + 1)
                 .set_exclusive_start_key(start.clone())
                 .send();
             async move { sent.await.map_err(failed) }
@@ -345,9 +348,15 @@ impl DynamoStore {
                 last_seen_at: opt_n(&item, "last_seen_at")?.map(Timestamp),
             });
         }
-        let next = match out.last_evaluated_key {
-            Some(key) if !key.is_empty() => Some(encode_page_token(&get_s(&key, "client_id")?)),
-            _ => None,
+        let next = if clients.len() > limit as usize {
+            clients.truncate(limit as usize);
+            clients.last().map(|c| encode_page_token(&c.id.to_string()))
+        } else {
+            // Fewer than asked with a key: the scan stopped at 1 MB.
+            match out.last_evaluated_key {
+                Some(key) if !key.is_empty() => Some(encode_page_token(&get_s(&key, "client_id")?)),
+                _ => None,
+            }
         };
         Ok(Ok(ClientPage { clients, next }))
     }
