@@ -6,8 +6,13 @@
 
 use super::{FanoutJob, Queue, QueueError};
 use crate::handlers::fanout::{Fanout, FanoutError};
+use crate::retry;
 use crate::store::StoreError;
 use async_trait::async_trait;
+use std::time::{Duration, Instant};
+
+/// Time one job (at most 1,000 recipients) may take, retries included.
+const JOB_BUDGET: Duration = Duration::from_secs(30);
 
 pub struct InProcessQueue {
     fanout: Fanout,
@@ -23,7 +28,12 @@ impl InProcessQueue {
 impl Queue for InProcessQueue {
     async fn enqueue(&self, jobs: Vec<FanoutJob>) -> Result<(), QueueError> {
         for job in &jobs {
-            self.fanout.deliver(job).await.map_err(|e| match e {
+            // Each job gets a budget of its own rather than what is left
+            // of the publish request's: a large publish on a slow disk must
+            // not stop half-way only because the request's clock ran out.
+            let deadline = Instant::now() + JOB_BUDGET;
+            let delivered = retry::within(deadline, self.fanout.deliver(job)).await;
+            delivered.map_err(|e| match e {
                 FanoutError::Store(StoreError::Unavailable(cause)) => {
                     QueueError::Unavailable(cause)
                 }
