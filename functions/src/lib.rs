@@ -10,9 +10,10 @@ use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use bytes::Bytes;
 use lambda_http::{service_fn, Body, Request, Response};
 use pigeonhole::handlers::sqs_batch::FanoutFunction;
-use pigeonhole::http::{handle_route, Route};
+use pigeonhole::http::{handle_route, Route, SourceAddr};
 use pigeonhole::App;
 use std::convert::Infallible;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -57,7 +58,11 @@ pub async fn respond(app: &App, route: Route, request: Request) -> Response<Body
         Body::Binary(bytes) => Bytes::from(bytes),
         _ => Bytes::new(),
     };
-    let response = handle_route(app, route, http::Request::from_parts(parts, body)).await;
+    let mut request = http::Request::from_parts(parts, body);
+    if let Some(source) = source_ip(&request) {
+        request.extensions_mut().insert(SourceAddr(source));
+    }
+    let response = handle_route(app, route, request).await;
     let (parts, body) = response.into_parts();
     let body = if body.is_empty() {
         Body::Empty
@@ -68,6 +73,17 @@ pub async fn respond(app: &App, route: Route, request: Request) -> Response<Body
         }
     };
     Response::from_parts(parts, body)
+}
+
+/// The caller's address as API Gateway's HTTP API saw it
+/// (`requestContext.http.sourceIp`): the template deploys an HTTP API.
+fn source_ip<B>(request: &http::Request<B>) -> Option<IpAddr> {
+    use lambda_http::request::RequestContext;
+    let text = match request.extensions().get::<RequestContext>()? {
+        RequestContext::ApiGatewayV2(context) => context.http.source_ip.clone(),
+        _ => None,
+    }?;
+    text.parse().ok()
 }
 
 /// The invocation's deadline (Lambda gives it in milliseconds since the

@@ -11,9 +11,10 @@
 //! `unsafe-libyaml` and serde for a read-only walk over a tree.
 //!
 //! Only the resources `infra` creates are read: every
-//! `AWS::DynamoDB::Table` and `AWS::SQS::Queue`. Other resources (functions,
-//! the API, alarms) are skipped. A table or queue property that `infra`
-//! cannot apply is an error, so the template stays the one source of truth.
+//! `AWS::DynamoDB::Table` and `AWS::SQS::Queue`. Other resources
+//! (functions, secrets, the API, alarms) are skipped. A table or queue
+//! property that `infra` cannot apply is an error, so the template stays
+//! the one source of truth.
 
 use crate::InfraError;
 use pigeonhole::store::dynamodb::TableNames;
@@ -823,6 +824,40 @@ Outputs:
         );
         let msg = message(Plan::from_yaml(&template(&format!("{TABLES}{cyclic}"))));
         assert!(msg.contains("cycle"), "{msg}");
+    }
+
+    /// Secrets (conditional, retained, generated) and mappings are not
+    /// infra's to create: the emulators get secrets from the environment.
+    #[test]
+    fn skips_secrets_and_what_surrounds_them() {
+        let secrets = r#"
+  TokenKeySecret:
+    Type: AWS::SecretsManager::Secret
+    Condition: UsePurposeKeys
+    DeletionPolicy: Retain
+    UpdateReplacePolicy: Retain
+    Properties:
+      Description: !Sub "${AWS::StackName}: TOKEN_KEY"
+      GenerateSecretString: { PasswordLength: 64, ExcludePunctuation: true }
+  AdminTokenSecret:
+    Type: AWS::SecretsManager::Secret
+    Properties: { SecretString: !Ref AdminToken }
+  PollFunction:
+    Type: AWS::Serverless::Function
+    Properties:
+      ReservedConcurrentExecutions: !If [ReserveConcurrency, !FindInMap [Split, !Ref ReservedConcurrency, Poll], !Ref AWS::NoValue]
+      Environment:
+        Variables:
+          TOKEN_KEY_SECRET_ARN: !If [UsePurposeKeys, !Ref TokenKeySecret, !Ref AWS::NoValue]
+"#;
+        let text = template(&format!("{TABLES}{secrets}{QUEUES}")).replace(
+            "Resources:",
+            "Conditions:\n  UsePurposeKeys: !Equals [!Ref LegacyMasterKey, \"\"]\n\
+             Mappings:\n  Split:\n    \"100\": { Poll: 50 }\nResources:",
+        );
+        let plan = Plan::from_yaml(&text).unwrap();
+        assert_eq!(plan.tables.len(), 5);
+        assert_eq!(plan.queues.len(), 2);
     }
 
     #[test]

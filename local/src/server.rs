@@ -1,22 +1,30 @@
 //! The HTTP/1.1 server: accepts connections, reads bodies up to the API's
 //! limit, hands requests to the shared adapter, shuts down gracefully.
+//!
+//! It holds up when exposed: a connection must send its request head
+//! within [`HEADER_TIMEOUT`] and the body within [`BODY_TIMEOUT`], and at
+//! most `--max-connections` are served at once, so slow or idle clients
+//! cannot pile up connections, memory and tasks.
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CACHE_CONTROL, CONNECTION, CONTENT_TYPE};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use pigeonhole::http::{body_limit, body_too_large, error_response, handle};
+use pigeonhole::http::{body_limit, body_too_large, error_response, handle, SourceAddr};
 use pigeonhole::App;
 use std::convert::Infallible;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+use std::time::Instant;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 
 #[path = "static_page.rs"]
 mod static_page;
@@ -24,7 +32,28 @@ mod static_page;
 /// How long in-flight requests get to finish after a shutdown signal.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
-pub async fn serve(app: Arc<App>, addr: SocketAddr) -> Result<(), String> {
+/// How long a connection may take to send a complete request head, from
+/// when it is accepted or its previous response was sent. An idle
+/// keep-alive connection is closed after this long too.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a request body may take to arrive in full once its head has.
+/// The largest body the API takes is 256 KiB: 30 s allows under 9 KB/s.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How often the log says that the server is at its connection limit.
+const AT_LIMIT_LOG_EVERY: Duration = Duration::from_secs(60);
+
+/// What one client, or many, may hold of the server.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Connections served at once.
+    pub max_connections: usize,
+    pub header_timeout: Duration,
+    pub body_timeout: Duration,
+}
+
+pub async fn serve(app: Arc<App>, addr: SocketAddr, limits: Limits) -> Result<(), String> {
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
@@ -36,10 +65,38 @@ pub async fn serve(app: Arc<App>, addr: SocketAddr) -> Result<(), String> {
     let graceful = GracefulShutdown::new();
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
+    // One permit per connection being served. At the limit the server stops
+    // accepting rather than accepting and closing: further connections wait
+    // in the kernel's listen backlog (and are refused by it once that is
+    // full), so a burst of honest clients is served a moment later instead
+    // of failing, and a flood costs the server nothing but the backlog.
+    // Closing them at once would not help against a flood (the slots are
+    // freed only by the timeouts either way) and would break honest
+    // clients. The timeouts bound how long a stalled client holds a slot.
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let mut last_at_limit_log: Option<Instant> = None;
     loop {
+        let permit = match Arc::clone(&slots).try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                if last_at_limit_log.is_none_or(|t| t.elapsed() >= AT_LIMIT_LOG_EVERY) {
+                    last_at_limit_log = Some(Instant::now());
+                    tracing::warn!(
+                        max_connections = limits.max_connections,
+                        "at the connection limit; new connections wait until one closes"
+                    );
+                }
+                tokio::select! {
+                    permit = Arc::clone(&slots).acquire_owned() => {
+                        permit.expect("the semaphore is never closed")
+                    }
+                    _ = &mut shutdown => break,
+                }
+            }
+        };
         tokio::select! {
             accepted = listener.accept() => {
-                let (stream, _) = match accepted {
+                let (stream, peer) = match accepted {
                     Ok(conn) => conn,
                     Err(e) => {
                         // Running out of file descriptors and the like is
@@ -52,14 +109,23 @@ pub async fn serve(app: Arc<App>, addr: SocketAddr) -> Result<(), String> {
                 let app = Arc::clone(&app);
                 let service = service_fn(move |request| {
                     let app = Arc::clone(&app);
-                    async move { Ok::<_, Infallible>(respond(&app, request).await) }
+                    async move {
+                        let mut request = request;
+                        // Registration is limited per source address.
+                        request.extensions_mut().insert(SourceAddr(peer.ip()));
+                        Ok::<_, Infallible>(respond(&app, request, limits.body_timeout).await)
+                    }
                 });
-                let connection = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+                let connection = http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(limits.header_timeout)
+                    .serve_connection(TokioIo::new(stream), service);
                 let connection = graceful.watch(connection);
                 tokio::spawn(async move {
                     if let Err(e) = connection.await {
                         tracing::debug!(error = %e, "connection ended with an error");
                     }
+                    drop(permit);
                 });
             }
             _ = &mut shutdown => break,
@@ -76,7 +142,11 @@ pub async fn serve(app: Arc<App>, addr: SocketAddr) -> Result<(), String> {
     Ok(())
 }
 
-async fn respond(app: &App, request: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn respond(
+    app: &App,
+    request: Request<Incoming>,
+    body_timeout: Duration,
+) -> Response<Full<Bytes>> {
     // The browser client's files; every other path is the API's.
     if let Some(page) = static_page::respond(request.method(), request.uri().path()) {
         tracing::debug!(
@@ -87,25 +157,57 @@ async fn respond(app: &App, request: Request<Incoming>) -> Response<Full<Bytes>>
         );
         return page.map(Full::new);
     }
+    let started = Instant::now();
     let (parts, body) = request.into_parts();
     // Stop reading at the limit rather than buffering whatever is sent.
     let limit = body_limit(parts.uri.path());
-    let response = match Limited::new(body, limit).collect().await {
-        Ok(collected) => handle(app, Request::from_parts(parts, collected.to_bytes())).await,
-        Err(e)
+    let read = tokio::time::timeout(body_timeout, Limited::new(body, limit).collect()).await;
+    let response = match read {
+        Ok(Ok(collected)) => {
+            return handle(app, Request::from_parts(parts, collected.to_bytes()))
+                .await
+                .map(Full::new)
+        }
+        Err(_) => request_timeout(body_timeout),
+        Ok(Err(e))
             if e.downcast_ref::<http_body_util::LengthLimitError>()
                 .is_some() =>
         {
             error_response(&body_too_large(limit))
         }
-        Err(e) => {
+        Ok(Err(e)) => {
             tracing::debug!(error = %e, "could not read request body");
             error_response(&pigeonhole::ApiError::invalid_json(
                 "the request body could not be read",
             ))
         }
     };
+    // The shared adapter logs the requests it answers; these it never saw.
+    tracing::info!(
+        method = %parts.method,
+        path = %parts.uri.path(),
+        status = response.status().as_u16(),
+        latency_ms = (started.elapsed().as_secs_f64() * 100_000.0).round() / 100.0,
+        "request"
+    );
     response.map(Full::new)
+}
+
+/// The answer to a body that did not arrive in time, in the API's error
+/// shape. `Connection: close`: the rest of the body may still come, and
+/// nothing after it could be told apart from it.
+fn request_timeout(after: Duration) -> Response<Bytes> {
+    let body = serde_json::json!({"error": {
+        "code": "request_timeout",
+        "message": format!("the request body did not arrive within {} s", after.as_secs()),
+    }});
+    let mut response = Response::new(Bytes::from(body.to_string()));
+    *response.status_mut() = StatusCode::REQUEST_TIMEOUT;
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(CONNECTION, HeaderValue::from_static("close"));
+    response
 }
 
 async fn shutdown_signal() {
@@ -126,5 +228,26 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = ctrl_c => {},
         _ = terminate => {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_late_body_gets_408_in_the_api_error_shape_and_closes_the_connection() {
+        let response = request_timeout(BODY_TIMEOUT);
+        assert_eq!(response.status(), StatusCode::REQUEST_TIMEOUT);
+        assert_eq!(response.headers()[CONNECTION], "close");
+        assert_eq!(response.headers()[CONTENT_TYPE], "application/json");
+        let body: serde_json::Value = serde_json::from_slice(response.body()).unwrap();
+        assert_eq!(body["error"]["code"], "request_timeout");
+        assert_eq!(
+            body["error"]["message"],
+            "the request body did not arrive within 30 s"
+        );
+        assert_eq!(body.as_object().unwrap().len(), 1);
+        assert_eq!(body["error"].as_object().unwrap().len(), 2);
     }
 }

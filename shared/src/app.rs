@@ -2,12 +2,12 @@
 //! start, or at local server start) and shared by every request.
 
 use crate::clock::{Clock, SystemClock};
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, Secret};
 use crate::crypto::ServerKeys;
 use crate::error::ApiError;
 use crate::handlers::fanout::Fanout;
 use crate::queue::{InProcessQueue, Queue};
-use crate::rate_limit::PollRateLimit;
+use crate::rate_limit::{PollRateLimit, WindowLimit};
 use crate::store::Store;
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,11 +15,14 @@ use std::time::Duration;
 pub struct App {
     pub store: Arc<dyn Store>,
     queue: Option<Arc<dyn Queue>>,
-    keys: Option<Arc<ServerKeys>>,
+    keys: Arc<ServerKeys>,
     pub clock: Arc<dyn Clock>,
     pub admin_token: Option<String>,
     pub operator_tokens: Vec<String>,
     pub poll_rate_limit: Option<PollRateLimit>,
+    pub send_rate_limit: Option<PollRateLimit>,
+    pub register_rate_limit: Option<WindowLimit>,
+    pub register_rate_limit_exempt: Vec<ipnet::IpNet>,
     pub acked_retention: Duration,
     pub sent_retention: Duration,
 }
@@ -35,8 +38,7 @@ impl App {
         store: Arc<dyn Store>,
         clock: Arc<dyn Clock>,
     ) -> Result<App, ConfigError> {
-        let keys = server_keys(config)
-            .ok_or_else(|| ConfigError("MASTER_KEY not set (the fan-out needs it)".into()))?;
+        let keys = fanout_keys(config)?;
         let fanout = Fanout::new(Arc::clone(&store), Arc::clone(&keys), Arc::clone(&clock));
         let queue = Arc::new(InProcessQueue::new(fanout));
         Ok(Self::new(config, store, Some(queue), clock))
@@ -56,17 +58,19 @@ impl App {
             admin_token: config.admin_token.clone(),
             operator_tokens: config.operator_tokens.clone(),
             poll_rate_limit: PollRateLimit::per_minute(config.poll_rate_limit),
+            send_rate_limit: PollRateLimit::per_minute(config.send_rate_limit),
+            register_rate_limit: WindowLimit::per_minute(config.register_rate_limit),
+            register_rate_limit_exempt: config.register_rate_limit_exempt.clone(),
             acked_retention: config.acked_retention,
             sent_retention: config.sent_retention,
         }
     }
 
-    /// The keys derived from `MASTER_KEY`. A function deployed without it
-    /// (list-clients needs none) answers 500 on an endpoint that does.
-    pub fn keys(&self) -> Result<&Arc<ServerKeys>, ApiError> {
-        self.keys
-            .as_ref()
-            .ok_or_else(|| ApiError::internal(&"MASTER_KEY is not configured for this function"))
+    /// The keys this process holds. Using one it lacks is a 500 naming
+    /// the missing secret in the log (a function declares the keys its
+    /// route needs and refuses to start without them).
+    pub fn keys(&self) -> &Arc<ServerKeys> {
+        &self.keys
     }
 }
 
@@ -79,10 +83,22 @@ impl App {
     }
 }
 
-/// The server keys for a configuration, when it has a master key.
-pub fn server_keys(config: &Config) -> Option<Arc<ServerKeys>> {
-    config
-        .master_key
-        .as_ref()
-        .map(|k| Arc::new(ServerKeys::derive(k)))
+/// The server keys a configuration holds.
+pub fn server_keys(config: &Config) -> Arc<ServerKeys> {
+    Arc::new(ServerKeys::from_materials(&config.keys))
+}
+
+/// The keys of a fan-out worker: it unwraps personal keys and opens
+/// queued publishes.
+pub fn fanout_keys(config: &Config) -> Result<Arc<ServerKeys>, ConfigError> {
+    let keys = server_keys(config);
+    for needed in [Secret::WrappingKey, Secret::AtRestKey] {
+        if !keys.holds(needed) {
+            return Err(ConfigError(format!(
+                "{} not set (the fan-out needs it)",
+                needed.env_name()
+            )));
+        }
+    }
+    Ok(keys)
 }

@@ -1,5 +1,6 @@
 //! The nouns of the service and the limits that apply to them.
 
+use unicode_general_category::{get_general_category, GeneralCategory};
 use uuid::Uuid;
 
 /// Largest request body of every endpoint but publish.
@@ -62,4 +63,90 @@ pub type Seq = u64;
 pub fn valid_type(kind: &str) -> bool {
     let chars = kind.chars().count();
     (1..=MAX_TYPE_CHARS).contains(&chars)
+}
+
+/// The first character of `text` that must not appear in text a person
+/// reads (a client's `name`, and later tags): Unicode general categories Cc
+/// (controls: C0, DEL, C1, so terminal escapes, tabs and newlines) and Cf
+/// (format: bidi overrides and isolates, zero-width spaces and joiners,
+/// the byte-order mark, the soft hyphen, ...). Such characters let data
+/// rewrite an operator's terminal or disguise one name as another.
+pub fn unprintable_char(text: &str) -> Option<char> {
+    text.chars().find(|&c| {
+        matches!(
+            get_general_category(c),
+            GeneralCategory::Control | GeneralCategory::Format
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_and_format_characters_are_unprintable() {
+        for c in [
+            '\0',
+            '\u{7}',
+            '\t',
+            '\n',
+            '\r',
+            '\u{1b}',
+            '\u{7f}',
+            '\u{85}',
+            '\u{9b}',
+            '\u{ad}',
+            '\u{600}',
+            '\u{61c}',
+            '\u{180e}',
+            '\u{200b}',
+            '\u{200c}',
+            '\u{200d}',
+            '\u{200e}',
+            '\u{200f}',
+            '\u{202a}',
+            '\u{202b}',
+            '\u{202c}',
+            '\u{202d}',
+            '\u{202e}',
+            '\u{2060}',
+            '\u{2066}',
+            '\u{2067}',
+            '\u{2068}',
+            '\u{2069}',
+            '\u{feff}',
+            '\u{fff9}',
+            '\u{e0001}',
+            '\u{e0041}',
+        ] {
+            let text = format!("ab{c}cd");
+            assert_eq!(unprintable_char(&text), Some(c), "U+{:04X}", c as u32);
+        }
+    }
+
+    #[test]
+    fn ordinary_text_is_printable() {
+        for text in [
+            "",
+            "laptop",
+            "Zoë's phone 📱",
+            "Ñandú — café ☕ (2)",
+            "日本語のノート",
+            "עברית عربي",
+            "flag 🇫🇷 and thumbs 👍🏽",
+            // A variation selector (Mn) and a no-break space (Zs) are fine.
+            "❤\u{fe0f}\u{a0}x",
+        ] {
+            assert_eq!(unprintable_char(text), None, "{text:?}");
+        }
+        assert_eq!(unprintable_char("a\u{202e}b\u{7}"), Some('\u{202e}'));
+    }
+
+    #[test]
+    fn type_length_is_in_characters() {
+        assert!(valid_type(&"é".repeat(MAX_TYPE_CHARS)));
+        assert!(!valid_type(""));
+        assert!(!valid_type(&"t".repeat(MAX_TYPE_CHARS + 1)));
+    }
 }

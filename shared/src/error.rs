@@ -19,6 +19,7 @@ pub enum ErrorCode {
     DecryptionFailed,
     RateLimited,
     IdempotencyKeyReused,
+    UnsupportedMediaType,
     Unavailable,
     Internal,
 }
@@ -35,6 +36,7 @@ impl ErrorCode {
             ErrorCode::DecryptionFailed => "decryption_failed",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::IdempotencyKeyReused => "idempotency_key_reused",
+            ErrorCode::UnsupportedMediaType => "unsupported_media_type",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",
         }
@@ -51,6 +53,7 @@ impl ErrorCode {
             | ErrorCode::DecryptionFailed
             | ErrorCode::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -110,10 +113,27 @@ impl ApiError {
     }
 
     pub fn rate_limited(retry_after: Duration) -> Self {
+        Self::too_many("too many polls; retry later", retry_after)
+    }
+
+    /// `rate_limited` naming what there was too much of.
+    pub fn too_many(message: impl Into<String>, retry_after: Duration) -> Self {
         ApiError {
             retry_after: Some(retry_after),
-            ..Self::new(ErrorCode::RateLimited, "too many polls; retry later")
+            ..Self::new(ErrorCode::RateLimited, message)
         }
+    }
+
+    pub fn unsupported_media_type() -> Self {
+        Self::new(
+            ErrorCode::UnsupportedMediaType,
+            "request bodies must be JSON, sent with Content-Type: application/json",
+        )
+    }
+
+    /// A resource (not a path) that does not exist.
+    pub fn no_such(what: impl Into<String>) -> Self {
+        Self::new(ErrorCode::NotFound, what)
     }
 
     /// Storage or the queue stayed unavailable through the retry budget.
@@ -168,6 +188,12 @@ impl From<crate::store::StoreError> for ApiError {
             crate::store::StoreError::Unavailable(_) => ApiError::unavailable(&err),
             _ => ApiError::internal(&err),
         }
+    }
+}
+
+impl From<crate::crypto::MissingKey> for ApiError {
+    fn from(err: crate::crypto::MissingKey) -> Self {
+        ApiError::internal(&err)
     }
 }
 

@@ -58,6 +58,46 @@ impl PollRateLimit {
     }
 }
 
+/// `limit` requests per key in each fixed minute, for limits whose key is
+/// not a client (registrations per source address): a counter per window
+/// costs one conditional write per request and expires by itself, where a
+/// GCRA would need a read-modify-write. A fixed window lets up to twice the
+/// limit through around a window's edge, which is fine for its purpose,
+/// slowing floods down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WindowLimit {
+    per_minute: u32,
+}
+
+impl WindowLimit {
+    /// `None` for 0, which means unlimited.
+    pub fn per_minute(limit: u32) -> Option<WindowLimit> {
+        (limit > 0).then_some(WindowLimit { per_minute: limit })
+    }
+
+    pub fn limit(&self) -> u32 {
+        self.per_minute
+    }
+
+    /// The window `now` falls in.
+    pub fn window(&self, now: Timestamp) -> i64 {
+        now.millis().div_euclid(WINDOW_MS)
+    }
+
+    /// How long until the window after `now`'s begins, in whole seconds
+    /// rounded up.
+    pub fn retry_after(&self, now: Timestamp) -> Duration {
+        let ends = (self.window(now) + 1) * WINDOW_MS;
+        let secs = ((ends - now.millis() + 999) / 1000).max(1) as u64;
+        Duration::from_secs(secs)
+    }
+
+    /// When a window's counter can be forgotten.
+    pub fn expires_at(&self, now: Timestamp) -> Timestamp {
+        Timestamp((self.window(now) + 2) * WINDOW_MS)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -154,5 +194,20 @@ mod tests {
     #[test]
     fn zero_means_unlimited() {
         assert_eq!(PollRateLimit::per_minute(0), None);
+    }
+
+    #[test]
+    fn windows_are_whole_minutes() {
+        let limit = WindowLimit::per_minute(5).unwrap();
+        assert_eq!(WindowLimit::per_minute(0), None);
+        let t = Timestamp(120_000 + 59_001);
+        assert_eq!(limit.window(t), 2);
+        assert_eq!(limit.window(Timestamp(180_000)), 3);
+        assert_eq!(limit.retry_after(t), Duration::from_secs(1));
+        assert_eq!(
+            limit.retry_after(Timestamp(120_000)),
+            Duration::from_secs(60)
+        );
+        assert_eq!(limit.expires_at(t), Timestamp(240_000));
     }
 }

@@ -13,7 +13,7 @@ use pigeonhole::handlers::fanout::{Fanout, FanoutReport};
 use pigeonhole::handlers::sqs_batch::FanoutFunction;
 use pigeonhole::http::handle;
 use pigeonhole::queue::{FanoutJob, InProcessQueue, Queue, QueueError};
-use pigeonhole::rate_limit::PollRateLimit;
+use pigeonhole::rate_limit::WindowLimit;
 use pigeonhole::store::sqlite::SqliteStore;
 use pigeonhole::store::*;
 use pigeonhole::App;
@@ -59,11 +59,29 @@ impl Store for Faulty {
     async fn touch_client(
         &self,
         id: ClientId,
+        generation: u32,
         now: Timestamp,
-        limit: Option<PollRateLimit>,
+        charge: Option<RateCharge>,
     ) -> StoreResult<Touch> {
         self.check()?;
-        self.inner.touch_client(id, now, limit).await
+        self.inner.touch_client(id, generation, now, charge).await
+    }
+    async fn rotate_client(&self, rotation: Rotation) -> StoreResult<Rotated> {
+        self.check()?;
+        self.inner.rotate_client(rotation).await
+    }
+    async fn delete_client(&self, id: ClientId) -> StoreResult<Deleted> {
+        self.check()?;
+        self.inner.delete_client(id).await
+    }
+    async fn count_request(
+        &self,
+        key: &str,
+        limit: WindowLimit,
+        now: Timestamp,
+    ) -> StoreResult<Counted> {
+        self.check()?;
+        self.inner.count_request(key, limit, now).await
     }
     async fn load_clients(&self, ids: &[ClientId]) -> StoreResult<Vec<ClientRecord>> {
         self.check()?;
@@ -114,11 +132,12 @@ impl Store for Faulty {
     async fn acknowledge(
         &self,
         id: ClientId,
+        generation: u32,
         upto: Seq,
         now: Timestamp,
     ) -> StoreResult<AckOutcome> {
         self.check()?;
-        self.inner.acknowledge(id, upto, now).await
+        self.inner.acknowledge(id, generation, upto, now).await
     }
     async fn list_clients(
         &self,
@@ -166,6 +185,7 @@ fn config() -> Config {
             "OPERATOR_TOKENS" => Some("operator".into()),
             "MASTER_KEY" => Some(Key::from_bytes([5; 32]).to_base64()),
             "POLL_RATE_LIMIT" => Some("0".into()),
+            "REGISTER_RATE_LIMIT" => Some("0".into()),
             _ => None,
         },
         &Secret::ALL,
@@ -182,7 +202,7 @@ fn harness_with(queue: impl FnOnce(Fanout) -> Arc<dyn Queue>) -> Harness {
         faults: Arc::clone(&faults),
     });
     let config = config();
-    let keys = Arc::new(ServerKeys::derive(config.master_key.as_ref().unwrap()));
+    let keys = Arc::new(ServerKeys::from_materials(&config.keys));
     let fanout = Fanout::new(Arc::clone(&store), Arc::clone(&keys), Arc::new(SystemClock));
     let app = App::new(
         &config,
@@ -304,7 +324,8 @@ impl Harness {
             kind: "event".into(),
             payload: self
                 .keys
-                .seal_at_rest(&FanoutJob::payload_context(publish_id), &plaintext),
+                .seal_at_rest(&FanoutJob::payload_context(publish_id), &plaintext)
+                .unwrap(),
             recipients,
         }
     }

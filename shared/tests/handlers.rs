@@ -72,6 +72,14 @@ impl Harness {
         for (k, v) in headers {
             request = request.header(*k, *v);
         }
+        // A body is JSON unless a test says otherwise.
+        if !body.is_empty()
+            && !headers
+                .iter()
+                .any(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+        {
+            request = request.header("content-type", "application/json");
+        }
         let response = handle(
             &self.app,
             request.body(Bytes::from(body.to_string())).unwrap(),
@@ -148,12 +156,14 @@ async fn a_redelivered_fanout_job_stores_nothing_twice() {
     let h = harness();
     let creds = h.register("fingerprint-1").await;
     let id = pigeonhole::domain::ClientId::parse(creds["client_id"].as_str().unwrap()).unwrap();
-    let keys = Arc::new(ServerKeys::derive(h.config.master_key.as_ref().unwrap()));
+    let keys = Arc::new(ServerKeys::from_materials(&h.config.keys));
     let plaintext = pigeonhole::envelope::plaintext("event", &json!({"n": 1}));
     let job = FanoutJob {
         publish_id: "p-1".into(),
         kind: "event".into(),
-        payload: keys.seal_at_rest(&FanoutJob::payload_context("p-1"), &plaintext),
+        payload: keys
+            .seal_at_rest(&FanoutJob::payload_context("p-1"), &plaintext)
+            .unwrap(),
         recipients: vec![id, pigeonhole::domain::ClientId::new()],
     };
     let fanout = Fanout::new(Arc::clone(&h.store), keys, h.clock.clone());
@@ -194,12 +204,14 @@ async fn a_job_sealed_under_another_master_key_is_refused() {
     let job = FanoutJob {
         publish_id: "p-2".into(),
         kind: "event".into(),
-        payload: foreign.seal_at_rest(&FanoutJob::payload_context("p-2"), b"{}"),
+        payload: foreign
+            .seal_at_rest(&FanoutJob::payload_context("p-2"), b"{}")
+            .unwrap(),
         recipients: vec![],
     };
     let fanout = Fanout::new(
         Arc::clone(&h.store),
-        Arc::new(ServerKeys::derive(h.config.master_key.as_ref().unwrap())),
+        Arc::new(ServerKeys::from_materials(&h.config.keys)),
         h.clock.clone(),
     );
     assert!(fanout.deliver(&job).await.is_err());
@@ -291,7 +303,7 @@ mod s {
     pub use pigeonhole::store::*;
 }
 use pigeonhole::domain::ClientId;
-use pigeonhole::rate_limit::PollRateLimit;
+use pigeonhole::rate_limit::WindowLimit;
 
 struct BrokenStore;
 
@@ -309,10 +321,25 @@ impl Store for BrokenStore {
     async fn touch_client(
         &self,
         _: ClientId,
+        _: u32,
         _: Timestamp,
-        _: Option<PollRateLimit>,
+        _: Option<s::RateCharge>,
     ) -> s::StoreResult<s::Touch> {
         unreachable!()
+    }
+    async fn rotate_client(&self, _: s::Rotation) -> s::StoreResult<s::Rotated> {
+        unreachable!()
+    }
+    async fn delete_client(&self, _: ClientId) -> s::StoreResult<s::Deleted> {
+        unreachable!()
+    }
+    async fn count_request(
+        &self,
+        _: &str,
+        _: WindowLimit,
+        _: Timestamp,
+    ) -> s::StoreResult<s::Counted> {
+        Ok(s::Counted::Allowed)
     }
     async fn load_clients(&self, _: &[ClientId]) -> s::StoreResult<Vec<s::ClientRecord>> {
         unreachable!()
@@ -346,6 +373,7 @@ impl Store for BrokenStore {
     async fn acknowledge(
         &self,
         _: ClientId,
+        _: u32,
         _: u64,
         _: Timestamp,
     ) -> s::StoreResult<s::AckOutcome> {
@@ -379,6 +407,7 @@ async fn internal_failures_reveal_nothing() {
     let h = harness();
     let app = App::in_process(&h.config, Arc::new(BrokenStore)).unwrap();
     let request = Request::post("/api/v1/clients/register")
+        .header("content-type", "application/json")
         .body(Bytes::from(r#"{"fingerprint":"abcdefgh"}"#))
         .unwrap();
     let response = handle(&app, request).await;

@@ -91,7 +91,7 @@ async fn a_busy_database_is_waited_out_within_the_budget() {
 
     // Longer than SQLite's own busy timeout (1 s), shorter than the budget.
     let holder = hold_write_lock(path.clone(), Duration::from_millis(1_800));
-    let touched = store.touch_client(id, Timestamp(9), None).await.unwrap();
+    let touched = store.touch_client(id, 0, Timestamp(9), None).await.unwrap();
     assert!(matches!(touched, Touch::Known(_)));
     holder.join().unwrap();
 
@@ -100,7 +100,7 @@ async fn a_busy_database_is_waited_out_within_the_budget() {
     let started = Instant::now();
     let touched = pigeonhole::retry::within(
         started + Duration::from_millis(1_500),
-        store.touch_client(id, Timestamp(10), None),
+        store.touch_client(id, 0, Timestamp(10), None),
     )
     .await;
     assert!(
@@ -109,4 +109,100 @@ async fn a_busy_database_is_waited_out_within_the_budget() {
     );
     assert!(started.elapsed() < Duration::from_millis(2_600));
     holder.join().unwrap();
+}
+
+/// The schema of version 2, before credential generations existed.
+const SCHEMA_V2: &str = "
+CREATE TABLE IF NOT EXISTS clients (
+    client_id    TEXT PRIMARY KEY,
+    name         TEXT,
+    wrapped_key  BLOB NOT NULL,
+    created_at   INTEGER NOT NULL,
+    last_seen_at INTEGER,
+    acked        INTEGER NOT NULL DEFAULT 0,
+    inbox_head   INTEGER NOT NULL DEFAULT 0,
+    outbox_head  INTEGER NOT NULL DEFAULT 0,
+    poll_tat     INTEGER
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS clients_by_creation ON clients (created_at, client_id);
+CREATE TABLE IF NOT EXISTS fingerprints (
+    fingerprint_hash BLOB PRIMARY KEY,
+    client_id        TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS inbox (
+    client_id    TEXT NOT NULL,
+    seq          INTEGER NOT NULL,
+    kind         TEXT NOT NULL,
+    nonce        BLOB NOT NULL,
+    ciphertext   BLOB NOT NULL,
+    tag          BLOB NOT NULL,
+    created_at   INTEGER NOT NULL,
+    dedup_key    TEXT NOT NULL,
+    dedup_digest BLOB NOT NULL,
+    PRIMARY KEY (client_id, seq)
+) WITHOUT ROWID;
+CREATE UNIQUE INDEX IF NOT EXISTS inbox_dedup ON inbox (client_id, dedup_key);
+CREATE TABLE IF NOT EXISTS outbox (
+    client_id    TEXT NOT NULL,
+    seq          INTEGER NOT NULL,
+    kind         TEXT NOT NULL,
+    nonce        BLOB NOT NULL,
+    ciphertext   BLOB NOT NULL,
+    tag          BLOB NOT NULL,
+    created_at   INTEGER NOT NULL,
+    dedup_key    TEXT NOT NULL,
+    dedup_digest BLOB NOT NULL,
+    PRIMARY KEY (client_id, seq)
+) WITHOUT ROWID;
+CREATE UNIQUE INDEX IF NOT EXISTS outbox_dedup ON outbox (client_id, dedup_key);
+CREATE INDEX IF NOT EXISTS inbox_by_age ON inbox (created_at);
+CREATE INDEX IF NOT EXISTS outbox_by_age ON outbox (created_at);
+CREATE TABLE IF NOT EXISTS publish_keys (
+    idempotency_key TEXT PRIMARY KEY,
+    publish_id      TEXT NOT NULL,
+    recipients      INTEGER NOT NULL,
+    digest          BLOB NOT NULL,
+    created_at      INTEGER NOT NULL,
+    completed       INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID;
+";
+
+#[tokio::test]
+async fn a_version_2_database_is_upgraded_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.db");
+    let id = pigeonhole::domain::ClientId::new();
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(SCHEMA_V2).unwrap();
+        conn.execute(
+            "INSERT INTO clients (client_id, name, wrapped_key, created_at, inbox_head)
+             VALUES (?1, 'old', x'00', 5, 1)",
+            [id.to_string()],
+        )
+        .unwrap();
+        conn.execute(
+            "INSERT INTO inbox (client_id, seq, kind, nonce, ciphertext, tag, created_at, dedup_key, dedup_digest)
+             VALUES (?1, 1, 'event', zeroblob(12), x'01', zeroblob(16), 5, 'k', x'00')",
+            [id.to_string()],
+        )
+        .unwrap();
+        conn.pragma_update(None, "user_version", 2).unwrap();
+    }
+    let store = SqliteStore::open(&path).unwrap();
+    let touched = store.touch_client(id, 0, Timestamp(9), None).await.unwrap();
+    let pigeonhole::store::Touch::Known(state) = touched else {
+        panic!("the old client is known: {touched:?}");
+    };
+    assert_eq!((state.record.generation, state.head), (0, 1));
+    assert!(state.record.retired_keys.is_empty());
+    let messages = store
+        .read(pigeonhole::store::Mailbox::Inbox, id, 0, 10)
+        .await
+        .unwrap();
+    assert_eq!(messages.len(), 1);
+    assert_eq!(messages[0].key_generation, 0);
+    drop(store);
+    // Opening again finds the columns in place.
+    SqliteStore::open(&path).unwrap();
 }

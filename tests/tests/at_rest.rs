@@ -21,7 +21,10 @@ async fn data_dir_reveals_no_plaintext_or_credentials() {
     s.publish(&[&c.client_id], "secret", json!({ "text": published }))
         .await;
     let sent = format!("sent-secret-{}", uuid::Uuid::new_v4().simple());
-    let body = send_body(&c, &json!({"type": "up", "payload": sent}), None);
+    // The type of a send is sealed too (the outbox row's kind is a
+    // placeholder): a unique one, so finding it anywhere means it leaked.
+    let sent_type = format!("sent-type-{}", uuid::Uuid::new_v4().simple());
+    let body = send_body(&c, &json!({"type": sent_type, "payload": sent}), None);
     assert_eq!(s.send_raw(&c, &body).await.status(), StatusCode::CREATED);
     assert!(s.poll(&c, None, None).await.is_some());
 
@@ -61,6 +64,7 @@ async fn data_dir_reveals_no_plaintext_or_credentials() {
     let needles: Vec<(&str, Vec<u8>)> = vec![
         ("published plaintext", published.into_bytes()),
         ("sent plaintext", sent.into_bytes()),
+        ("type of the sent message", sent_type.into_bytes()),
         ("fingerprint", fingerprint.clone().into_bytes()),
         ("api_token", c.api_token.clone().into_bytes()),
         (

@@ -1,8 +1,9 @@
 //! The DynamoDB store on moto (over real HTTP), held to the same store
 //! contract as every adapter. Then the tests the contract cannot express:
 //! the rate limit's compare-and-set under concurrent polls, redelivered
-//! fan-out jobs racing each other, and how many DynamoDB requests each
-//! store call costs.
+//! fan-out jobs racing each other, how many DynamoDB requests each store
+//! call costs, deletions interrupted half-way, and items written before
+//! credentials had generations.
 
 #[path = "../../shared/tests/store_contract/mod.rs"]
 #[macro_use]
@@ -17,7 +18,7 @@ use aws_sdk_dynamodb::types::{AttributeValue, TimeToLiveStatus};
 use pigeonhole::clock::Timestamp;
 use pigeonhole::crypto::{seal, Key};
 use pigeonhole::domain::{ClientId, Seq};
-use pigeonhole::rate_limit::PollRateLimit;
+use pigeonhole::rate_limit::{PollRateLimit, WindowLimit};
 use pigeonhole::store::dynamodb::DynamoStore;
 use pigeonhole::store::*;
 use std::sync::{Arc, Mutex};
@@ -56,7 +57,16 @@ fn sealer(kind: &str) -> Sealer {
             kind: kind.clone(),
             body: seal(&key, &seq.to_be_bytes(), b""),
             created_at: T0,
+            key_generation: 0,
         })
+    })
+}
+
+/// A charge to the poll bucket at `per_minute`.
+fn polls(per_minute: u32) -> Option<RateCharge> {
+    Some(RateCharge {
+        bucket: Bucket::Poll,
+        limit: PollRateLimit::per_minute(per_minute).unwrap(),
     })
 }
 
@@ -100,7 +110,7 @@ async fn concurrent_polls_are_allowed_exactly_up_to_the_limit() {
     let store = Arc::new(DynamoStore::new(env.dynamodb(), env.tables().clone()));
     let id = register(store.as_ref(), 1).await;
     // Six a minute: one slot refills every ten seconds.
-    let limit = PollRateLimit::per_minute(6);
+    let limit = polls(6);
 
     let burst = |now: Timestamp| {
         let store = store.clone();
@@ -108,7 +118,7 @@ async fn concurrent_polls_are_allowed_exactly_up_to_the_limit() {
             let polls: Vec<_> = (0..POLLS)
                 .map(|_| {
                     let store = store.clone();
-                    tokio::spawn(async move { store.touch_client(id, now, limit).await })
+                    tokio::spawn(async move { store.touch_client(id, 0, now, limit).await })
                 })
                 .collect();
             let (mut allowed, mut refused) = (0, 0);
@@ -284,7 +294,9 @@ impl Intercept for RequestLog {
 /// What each store call costs in DynamoDB requests, as the issue asks to
 /// keep minimal: an empty poll is one request (`touch_client`), a poll with
 /// messages is two (plus `read`). The poll rows carry the rate limit, the
-/// last-seen update and authentication.
+/// last-seen update and authentication, including the credential
+/// generation that rotation and deletion revoke; a register's rate limit
+/// is one write.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_store_call_costs_the_expected_dynamodb_requests() {
     let env = aws_support::fresh_env().await;
@@ -296,13 +308,13 @@ async fn each_store_call_costs_the_expected_dynamodb_requests() {
         aws_sdk_dynamodb::Client::from_conf(config),
         env.tables().clone(),
     );
-    let limit = PollRateLimit::per_minute(60); // one slot a second
+    let limit = polls(60); // one slot a second
     let ops = |names: &[&str]| names.iter().map(|s| s.to_string()).collect::<Vec<_>>();
 
     let id = register(&store, 3).await;
     assert_eq!(log.take(), ops(&["TransactWriteItems"]), "register");
 
-    let touch = store.touch_client(id, T0, limit).await.unwrap();
+    let touch = store.touch_client(id, 0, T0, limit).await.unwrap();
     assert!(matches!(touch, Touch::Known(_)));
     assert_eq!(log.take(), ops(&["UpdateItem"]), "first poll: one request");
 
@@ -329,7 +341,7 @@ async fn each_store_call_costs_the_expected_dynamodb_requests() {
     // A poll after the bucket refilled: one conditional update, which also
     // returns head and cursor. With messages, one query more.
     let later = T0.plus_millis(5_000);
-    let Touch::Known(state) = store.touch_client(id, later, limit).await.unwrap() else {
+    let Touch::Known(state) = store.touch_client(id, 0, later, limit).await.unwrap() else {
         panic!("the poll is allowed")
     };
     assert_eq!(state.head, 1);
@@ -348,7 +360,7 @@ async fn each_store_call_costs_the_expected_dynamodb_requests() {
     // the stored TAT, and a compare-and-set follows.
     let soon = later.plus_millis(10);
     assert!(matches!(
-        store.touch_client(id, soon, limit).await.unwrap(),
+        store.touch_client(id, 0, soon, limit).await.unwrap(),
         Touch::Known(_)
     ));
     assert_eq!(
@@ -358,13 +370,77 @@ async fn each_store_call_costs_the_expected_dynamodb_requests() {
     );
 
     assert_eq!(
-        store.acknowledge(id, 1, later).await.unwrap(),
+        store.acknowledge(id, 0, 1, later).await.unwrap(),
         AckOutcome::Acked { cursor: 1 }
     );
     assert_eq!(log.take(), ops(&["UpdateItem"]), "ack");
 
-    store.touch_client(id, later, None).await.unwrap();
-    assert_eq!(log.take(), ops(&["UpdateItem"]), "send's contact");
+    let sends = Some(RateCharge {
+        bucket: Bucket::Send,
+        limit: PollRateLimit::per_minute(60).unwrap(),
+    });
+    assert!(matches!(
+        store.touch_client(id, 0, later, sends).await.unwrap(),
+        Touch::Known(_)
+    ));
+    assert_eq!(
+        log.take(),
+        ops(&["UpdateItem"]),
+        "send's contact and charge"
+    );
+    store.touch_client(id, 0, later, None).await.unwrap();
+    assert_eq!(log.take(), ops(&["UpdateItem"]), "an uncharged contact");
+
+    // Tokens of another generation are refused by the same one request:
+    // the generation is part of its condition.
+    assert_eq!(
+        store.touch_client(id, 1, later, limit).await.unwrap(),
+        Touch::UnknownClient
+    );
+    assert_eq!(
+        log.take(),
+        ops(&["UpdateItem"]),
+        "a poll with a stale token"
+    );
+    assert_eq!(
+        store.acknowledge(id, 1, 1, later).await.unwrap(),
+        AckOutcome::UnknownClient
+    );
+    assert_eq!(
+        log.take(),
+        ops(&["UpdateItem"]),
+        "an ack with a stale token"
+    );
+
+    // Registering a known fingerprint: the cancelled transaction names the
+    // client, whose item holds the record as it is now.
+    let again = store
+        .register_client(
+            [3; 32],
+            store_contract::client("again", Timestamp(T0.millis() - 1)),
+        )
+        .await
+        .unwrap();
+    assert_eq!((again.client.id, again.created), (id, false));
+    assert_eq!(
+        log.take(),
+        ops(&["TransactWriteItems", "GetItem"]),
+        "register a known fingerprint"
+    );
+
+    let window = WindowLimit::per_minute(1).unwrap();
+    for expected in [
+        Counted::Allowed,
+        Counted::Full {
+            retry_after: window.retry_after(T0),
+        },
+    ] {
+        assert_eq!(
+            store.count_request("192.0.2.1", window, T0).await.unwrap(),
+            expected
+        );
+        assert_eq!(log.take(), ops(&["UpdateItem"]), "count a request");
+    }
 
     assert_eq!(store.load_clients(&[id]).await.unwrap().len(), 1);
     assert_eq!(log.take(), ops(&["BatchGetItem"]), "fan-out's client load");
@@ -402,16 +478,359 @@ async fn each_store_call_costs_the_expected_dynamodb_requests() {
     assert_eq!(log.take(), ops(&["Scan"]), "list clients");
 
     // A refused poll costs one request and changes nothing.
-    let strict = PollRateLimit::per_minute(1);
+    let strict = polls(1);
     let other = register(&store, 4).await;
     log.take();
-    store.touch_client(other, T0, strict).await.unwrap();
+    store.touch_client(other, 0, T0, strict).await.unwrap();
     log.take();
     assert!(matches!(
-        store.touch_client(other, T0, strict).await.unwrap(),
+        store.touch_client(other, 0, T0, strict).await.unwrap(),
         Touch::RateLimited { .. }
     ));
     assert_eq!(log.take(), ops(&["UpdateItem"]), "a refused poll");
+
+    // A rotation reads the item, then writes on the condition of its
+    // generation. Deciding which earlier retired keys to keep takes a
+    // query of the unacknowledged messages, only when there are any.
+    let rotation = |from: u32, key: u8, fingerprint: Option<[u8; 32]>| Rotation {
+        id,
+        from_generation: from,
+        wrapped_key: vec![key; 60],
+        fingerprint,
+        now: later,
+        keep_retired_since: later,
+    };
+    let r1 = store.rotate_client(rotation(0, 8, None)).await.unwrap();
+    assert!(matches!(r1, Rotated::Rotated(_)), "{r1:?}");
+    assert_eq!(
+        log.take(),
+        ops(&["GetItem", "UpdateItem"]),
+        "first rotation"
+    );
+    append_one(&store, id, "p2", &log).await;
+    let r2 = store.rotate_client(rotation(1, 9, None)).await.unwrap();
+    assert!(matches!(r2, Rotated::Rotated(_)), "{r2:?}");
+    assert_eq!(
+        log.take(),
+        ops(&["GetItem", "Query", "UpdateItem"]),
+        "a rotation with retired keys to decide about"
+    );
+    let r3 = store
+        .rotate_client(rotation(2, 10, Some([33; 32])))
+        .await
+        .unwrap();
+    assert!(matches!(r3, Rotated::Rotated(_)), "{r3:?}");
+    assert_eq!(
+        log.take(),
+        ops(&["GetItem", "Query", "TransactWriteItems"]),
+        "a rotation to a new fingerprint"
+    );
+    assert_eq!(
+        store.rotate_client(rotation(2, 11, None)).await.unwrap(),
+        Rotated::Stale
+    );
+    assert_eq!(log.take(), ops(&["GetItem"]), "a stale rotation");
+
+    // A deletion marks the client (one request, after which its tokens
+    // fail), queries each mailbox and deletes what it found in batches of
+    // 25, then deletes the fingerprint entry and the item.
+    for i in 0..30 {
+        store
+            .append(
+                Mailbox::Outbox,
+                id,
+                publish_dedup(&format!("s{i}")),
+                sealer("note"),
+            )
+            .await
+            .unwrap();
+    }
+    log.take();
+    assert_eq!(store.delete_client(id).await.unwrap(), Deleted::Deleted);
+    assert_eq!(
+        log.take(),
+        ops(&[
+            "UpdateItem",
+            "Query",
+            "BatchWriteItem",
+            "Query",
+            "BatchWriteItem",
+            "BatchWriteItem",
+            "DeleteItem",
+            "DeleteItem"
+        ]),
+        "delete a client with 2 inbox and 30 outbox messages"
+    );
+    assert_eq!(store.delete_client(id).await.unwrap(), Deleted::Unknown);
+    assert_eq!(log.take(), ops(&["UpdateItem"]), "delete an unknown client");
+}
+
+async fn append_one(store: &DynamoStore, id: ClientId, publish: &str, log: &RequestLog) {
+    let appended = store
+        .append(Mailbox::Inbox, id, publish_dedup(publish), sealer("event"))
+        .await
+        .unwrap();
+    assert!(matches!(appended, Appended::Stored { .. }), "{appended:?}");
+    log.take();
+}
+
+/// Marks a client deleted the way the first step of a deletion does, as
+/// if the deletion then stopped (a timeout, a crash).
+async fn mark_deleted(env: &aws_support::AwsEnv, id: ClientId) {
+    env.dynamodb()
+        .update_item()
+        .table_name(&env.tables().clients)
+        .key("client_id", AttributeValue::S(id.to_string()))
+        .update_expression("SET deleted_at = :now, generation = :max")
+        .expression_attribute_values(":now", AttributeValue::N(T0.millis().to_string()))
+        .expression_attribute_values(":max", AttributeValue::N(u32::MAX.to_string()))
+        .send()
+        .await
+        .unwrap();
+}
+
+async fn item_count(env: &aws_support::AwsEnv, table: &str) -> usize {
+    env.dynamodb()
+        .scan()
+        .table_name(table)
+        .consistent_read(true)
+        .send()
+        .await
+        .unwrap()
+        .items
+        .unwrap_or_default()
+        .len()
+}
+
+/// A deletion interrupted after its first step has already revoked the
+/// client; the next purge, or a second delete, removes the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_deletion_is_finished_by_purge_or_a_second_delete() {
+    let env = aws_support::fresh_env().await;
+    let store = DynamoStore::new(env.dynamodb(), env.tables().clone());
+    let by_purge = register(&store, 11).await;
+    let by_delete = register(&store, 12).await;
+    let kept = register(&store, 13).await;
+    for id in [by_purge, by_delete, kept] {
+        for i in 0..30 {
+            store
+                .append(
+                    Mailbox::Inbox,
+                    id,
+                    publish_dedup(&format!("p{i}")),
+                    sealer("e"),
+                )
+                .await
+                .unwrap();
+        }
+        store
+            .append(Mailbox::Outbox, id, publish_dedup("s"), sealer("note"))
+            .await
+            .unwrap();
+    }
+    mark_deleted(&env, by_purge).await;
+    mark_deleted(&env, by_delete).await;
+
+    for id in [by_purge, by_delete] {
+        assert_eq!(
+            store.touch_client(id, 0, T0, None).await.unwrap(),
+            Touch::UnknownClient
+        );
+        assert_eq!(
+            store
+                .append(Mailbox::Inbox, id, publish_dedup("late"), sealer("e"))
+                .await
+                .unwrap(),
+            Appended::UnknownClient,
+            "a marked client takes no more messages"
+        );
+    }
+    let listed = store.list_clients(10, None).await.unwrap().unwrap();
+    assert_eq!(
+        listed.clients.iter().map(|c| c.id).collect::<Vec<_>>(),
+        vec![kept]
+    );
+    assert_eq!(
+        store.load_clients(&[by_purge, kept]).await.unwrap().len(),
+        1
+    );
+
+    assert_eq!(
+        store.delete_client(by_delete).await.unwrap(),
+        Deleted::Unknown
+    );
+    let purged = store
+        .purge(Cutoffs {
+            acked_before: T0,
+            sent_before: Timestamp(0),
+            keys_before: Timestamp(0),
+        })
+        .await
+        .unwrap();
+    assert!(purged.finished);
+
+    let tables = env.tables();
+    assert_eq!(item_count(&env, &tables.clients).await, 1);
+    assert_eq!(item_count(&env, &tables.fingerprints).await, 1);
+    assert_eq!(item_count(&env, &tables.messages).await, 30);
+    assert_eq!(item_count(&env, &tables.client_messages).await, 1);
+    assert_eq!(
+        store
+            .read(Mailbox::Inbox, kept, 0, 100)
+            .await
+            .unwrap()
+            .len(),
+        30
+    );
+    assert_eq!(
+        store.delete_client(by_purge).await.unwrap(),
+        Deleted::Unknown
+    );
+    for fingerprint in [11, 12] {
+        let fresh = store_contract::client("new", T0);
+        let again = store
+            .register_client([fingerprint; 32], fresh.clone())
+            .await
+            .unwrap();
+        assert_eq!((again.client, again.created), (fresh, true));
+    }
+}
+
+/// Items written before credentials had generations: a client item with
+/// no `generation`, `fingerprint_hash` or `retired_keys`, a fingerprint
+/// entry that still copies the record, and messages with no
+/// `key_generation`. They read as generation 0, and rotation, deletion and
+/// registration handle the entries such clients leave behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn items_written_before_generations_keep_working() {
+    let env = aws_support::fresh_env().await;
+    let store = DynamoStore::new(env.dynamodb(), env.tables().clone());
+    let dynamodb = env.dynamodb();
+    let tables = env.tables();
+    let legacy = |fingerprint: u8| {
+        let id = ClientId::new();
+        let client = dynamodb
+            .put_item()
+            .table_name(&tables.clients)
+            .item("client_id", AttributeValue::S(id.to_string()))
+            .item("name", AttributeValue::S("old".into()))
+            .item("wrapped_key", AttributeValue::B(vec![7; 60].into()))
+            .item("created_at", AttributeValue::N(T0.millis().to_string()))
+            .item("acked", AttributeValue::N("0".into()))
+            .item("inbox_head", AttributeValue::N("1".into()))
+            .item("outbox_head", AttributeValue::N("0".into()))
+            .send();
+        let entry = dynamodb
+            .put_item()
+            .table_name(&tables.fingerprints)
+            .item(
+                "fingerprint_hash",
+                AttributeValue::B(vec![fingerprint; 32].into()),
+            )
+            .item("client_id", AttributeValue::S(id.to_string()))
+            .item("name", AttributeValue::S("old".into()))
+            .item("wrapped_key", AttributeValue::B(vec![7; 60].into()))
+            .item("created_at", AttributeValue::N(T0.millis().to_string()))
+            .send();
+        let key = Key::from_bytes([5; 32]);
+        let body = seal(&key, b"old", b"");
+        let message = dynamodb
+            .put_item()
+            .table_name(&tables.messages)
+            .item("client_id", AttributeValue::S(id.to_string()))
+            .item("seq", AttributeValue::N("1".into()))
+            .item("kind", AttributeValue::S("event".into()))
+            .item("nonce", AttributeValue::B(body.nonce.to_vec().into()))
+            .item(
+                "ciphertext",
+                AttributeValue::B(body.ciphertext.clone().into()),
+            )
+            .item("tag", AttributeValue::B(body.tag.to_vec().into()))
+            .item("created_at", AttributeValue::N(T0.millis().to_string()))
+            .item("dedup_key", AttributeValue::S("publish:old".into()))
+            .send();
+        async move {
+            client.await.unwrap();
+            entry.await.unwrap();
+            message.await.unwrap();
+            id
+        }
+    };
+    let rotating = legacy(21).await;
+    let deleted = legacy(22).await;
+
+    let state = match store
+        .touch_client(rotating, 0, T0, polls(60))
+        .await
+        .unwrap()
+    {
+        Touch::Known(state) => state,
+        other => panic!("a legacy client is generation 0: {other:?}"),
+    };
+    assert_eq!(state.record.generation, 0);
+    assert!(state.record.retired_keys.is_empty());
+    assert_eq!(state.head, 1);
+    let read = store.read(Mailbox::Inbox, rotating, 0, 10).await.unwrap();
+    assert_eq!(read[0].key_generation, 0);
+    let found = store
+        .register_client([21; 32], store_contract::client("new", T0))
+        .await
+        .unwrap();
+    assert_eq!((found.client.id, found.created), (rotating, false));
+    assert_eq!(found.client, state.record);
+
+    // Rotating to a new fingerprint cannot delete the old entry (the item
+    // does not say which it is), but the old fingerprint no longer finds
+    // the client: the item now names its fingerprint.
+    let Rotated::Rotated(record) = store
+        .rotate_client(Rotation {
+            id: rotating,
+            from_generation: 0,
+            wrapped_key: vec![8; 60],
+            fingerprint: Some([23; 32]),
+            now: T0,
+            keep_retired_since: T0,
+        })
+        .await
+        .unwrap()
+    else {
+        panic!("the rotation goes through")
+    };
+    assert_eq!(record.generation, 1);
+    let found = store
+        .register_client([23; 32], store_contract::client("new", T0))
+        .await
+        .unwrap();
+    assert_eq!((found.client.id, found.created), (rotating, false));
+    let fresh = store_contract::client("fresh", T0);
+    let again = store
+        .register_client([21; 32], fresh.clone())
+        .await
+        .unwrap();
+    assert_eq!((again.client, again.created), (fresh, true));
+
+    // Deleting a legacy client leaves its entry behind; the fingerprint
+    // registers a new client all the same.
+    assert_eq!(
+        store.delete_client(deleted).await.unwrap(),
+        Deleted::Deleted
+    );
+    assert!(store
+        .read(Mailbox::Inbox, deleted, 0, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    let fresh = store_contract::client("fresh", T0);
+    let again = store
+        .register_client([22; 32], fresh.clone())
+        .await
+        .unwrap();
+    assert_eq!((again.client, again.created), (fresh.clone(), true));
+    let found = store
+        .register_client([22; 32], store_contract::client("later", T0))
+        .await
+        .unwrap();
+    assert_eq!((found.client, found.created), (fresh, false));
 }
 
 /// DynamoDB refuses items over 400 KB: the largest message a client can
@@ -426,6 +845,8 @@ async fn the_largest_message_and_client_record_fit_in_a_dynamodb_item() {
         name: Some("n".repeat(pigeonhole::domain::MAX_NAME_CHARS * 4)),
         wrapped_key: vec![7; 60],
         created_at: T0,
+        generation: 0,
+        retired_keys: Vec::new(),
     };
     let registered = store.register_client([8; 32], record).await.unwrap();
     let id = registered.client.id;
@@ -437,6 +858,7 @@ async fn the_largest_message_and_client_record_fit_in_a_dynamodb_item() {
             kind: "k".repeat(pigeonhole::domain::MAX_TYPE_CHARS * 4),
             body: body.clone(),
             created_at: T0,
+            key_generation: 0,
         })
     });
     let dedup = Dedup {

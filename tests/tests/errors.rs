@@ -227,7 +227,7 @@ async fn unknown_paths_are_404() {
         (Method::POST, "/api/v1/clients"),
         (Method::GET, "/api/v2/health"),
         (Method::POST, "/api/v1/messages/publish/extra"),
-        (Method::GET, "/api/v1/operators/clients/123"),
+        (Method::GET, "/api/v1/operators/clients/123/tags/x"),
     ] {
         let resp = s.request(method.clone(), path).send().await.unwrap();
         let msg = expect_error(resp, 404, "not_found").await;

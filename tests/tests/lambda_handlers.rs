@@ -154,6 +154,18 @@ fn poll_event(c: &Creds, query: &[(&str, &str)]) -> Value {
     event
 }
 
+fn rotate_event(c: &Creds, body: &str) -> Value {
+    let [t, id] = client_vars(c);
+    fixture("apigw-v2-rotate.json", &[t, id, ("body", body)])
+}
+
+fn delete_client_event(operator_token: &str, client_id: &str) -> Value {
+    fixture(
+        "apigw-v2-delete-client.json",
+        &[("operator_token", operator_token), ("client_id", client_id)],
+    )
+}
+
 fn list_clients_event(operator_token: &str, query: &[(&str, &str)]) -> Value {
     let mut event = fixture(
         "apigw-v2-list-clients.json",
@@ -187,6 +199,8 @@ fn event_for(route: Route) -> Value {
         Route::Poll => poll_event(&nobody, &[]),
         Route::Ack => ack_event(&nobody, r#"{"last_received_id":0}"#),
         Route::ListClients => list_clients_event("not-an-operator-token", &[]),
+        Route::Rotate => rotate_event(&nobody, "{}"),
+        Route::DeleteClient => delete_client_event("not-an-operator-token", &nobody.client_id),
     }
 }
 
@@ -264,13 +278,15 @@ impl Reply {
 // ---------------------------------------------------------------------------
 
 /// The HTTP functions of template.yaml, by the route each serves.
-const FUNCTIONS: [Route; 6] = [
+const FUNCTIONS: [Route; 8] = [
     Route::Register,
+    Route::Rotate,
     Route::Publish,
     Route::Send,
     Route::Poll,
     Route::Ack,
     Route::ListClients,
+    Route::DeleteClient,
 ];
 
 struct Secrets {
@@ -292,7 +308,10 @@ impl Secrets {
         match name {
             "ADMIN_TOKEN" => Some(self.admin_token.clone()),
             "OPERATOR_TOKENS" => Some(format!("{},another-operator", self.operator_token)),
-            "MASTER_KEY" => Some(self.master_key.clone()),
+            // A key of its own per purpose, as the template generates them.
+            "TOKEN_KEY" | "FINGERPRINT_KEY" | "WRAPPING_KEY" | "AT_REST_KEY" => {
+                Some(format!("{name}-{}", self.master_key))
+            }
             _ => None,
         }
     }
@@ -328,16 +347,26 @@ impl Stack {
             .iter()
             .map(|&route| (route, function_app(&env, &store, &secrets, route)))
             .collect();
-        // What `fanout_from_env` builds: the store and the master key.
+        // What `fanout_from_env` builds: the store and the two keys it uses.
+        let fanout_secrets = [
+            pigeonhole::config::Secret::WrappingKey,
+            pigeonhole::config::Secret::AtRestKey,
+        ];
         let fanout_config = Config::from_lookup(
-            |name| (name == "MASTER_KEY").then(|| secrets.master_key.clone()),
-            &[pigeonhole::config::Secret::MasterKey],
+            |name| {
+                fanout_secrets
+                    .iter()
+                    .any(|s| s.env_name() == name)
+                    .then(|| secrets.value(name))
+                    .flatten()
+            },
+            &fanout_secrets,
         )
         .unwrap();
         let fanout = FanoutFunction::new(
             Fanout::new(
                 Arc::clone(&store),
-                server_keys(&fanout_config).expect("a master key"),
+                server_keys(&fanout_config),
                 Arc::new(SystemClock),
             ),
             Some(Arc::new(SqsQueue::new(
@@ -627,16 +656,23 @@ async fn register_function_creates_then_returns_the_same_client() {
     assert_eq!(status, 200);
     assert_eq!(second, first);
 
-    // API Gateway base64-encodes bodies it does not take for text; the
-    // function reads them the same.
+    // API Gateway base64-encodes bodies it does not take for text (a JSON
+    // body with a charset it does not know, say); the function reads them
+    // the same.
     let mut event = register_event("");
     let body = json!({"fingerprint": fingerprint}).to_string();
     event["body"] = json!(B64.encode(&body));
     event["isBase64Encoded"] = json!(true);
     event["headers"]["content-length"] = json!(body.len().to_string());
-    event["headers"]["content-type"] = json!("application/octet-stream");
+    event["headers"]["content-type"] = json!("application/json; charset=x-unknown");
     let reply = stack.invoke(Route::Register, &event).await;
     assert_eq!(Creds::from_json(&reply.json(200)), first);
+    // A body that does not say it is JSON is refused, base64 or not.
+    event["headers"]["content-type"] = json!("application/octet-stream");
+    stack
+        .invoke(Route::Register, &event)
+        .await
+        .error(415, "unsupported_media_type");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -670,10 +706,10 @@ async fn each_function_answers_only_its_route_and_health() {
     // Its own path with another method: 405 and Allow.
     for function in FUNCTIONS {
         let mut event = event_for(function);
-        let other = if function.allow() == "POST" {
-            "GET"
-        } else {
+        let other = if function.allow() == "GET" {
             "POST"
+        } else {
+            "GET"
         };
         set_method(&mut event, other);
         let reply = stack.invoke(function, &event).await;

@@ -155,3 +155,69 @@ async fn register_validates_fingerprint_and_name() {
     let ids: HashSet<Value> = clients.iter().map(|c| c["id"].clone()).collect();
     assert_eq!(ids.len(), clients.len());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn register_refuses_names_with_control_or_format_characters() {
+    let s = Server::start().await;
+    // Unicode categories Cc and Cf: terminal escapes and other controls,
+    // bidi overrides and isolates, zero-width characters, BOM, soft hyphen.
+    let bad = [
+        ("bidi override U+202E", "invoice\u{202e}fdp.exe"),
+        ("bidi isolate U+2066", "a\u{2066}b\u{2069}"),
+        ("zero-width space U+200B", "lap\u{200b}top"),
+        ("zero-width joiner U+200D", "lap\u{200d}top"),
+        ("zero-width non-joiner U+200C", "lap\u{200c}top"),
+        ("byte-order mark U+FEFF", "\u{feff}laptop"),
+        ("soft hyphen U+00AD", "lap\u{ad}top"),
+        ("bell U+0007", "ding\u{7}"),
+        ("terminal escape", "\u{1b}[31mred\u{1b}[0m"),
+        ("newline", "two\nlines"),
+        ("tab", "a\tb"),
+        ("C1 control U+009B", "csi\u{9b}2J"),
+        ("delete U+007F", "del\u{7f}"),
+    ];
+    for (what, name) in bad {
+        let resp = s
+            .register_raw(&json!({"fingerprint": random_fingerprint(), "name": name}))
+            .await;
+        let msg = expect_validation(resp, "name").await;
+        assert!(
+            msg.contains("control or format"),
+            "{what}: message {msg:?} does not say why"
+        );
+    }
+    // Also refused for a known fingerprint: no rename sneaks through.
+    let fp = random_fingerprint();
+    let (status, _) = s.register_status(&fp, Some("plain")).await;
+    assert_eq!(status, 201);
+    expect_validation(
+        s.register_raw(&json!({"fingerprint": fp, "name": "x\u{202e}y"}))
+            .await,
+        "name",
+    )
+    .await;
+
+    // Accents, other scripts, emoji (with skin tone and a variation
+    // selector), punctuation and spaces are all fine, and stored as sent.
+    let fine = [
+        "Zoë's café — ñandú 📱🐦",
+        "thumbs 👍🏽 ❤\u{fe0f} and 🇫🇷",
+        "日本語 עברית عربي",
+        "  spaced  out  ",
+    ];
+    for name in fine {
+        let resp = s
+            .register_raw(&json!({"fingerprint": random_fingerprint(), "name": name}))
+            .await;
+        assert_eq!(resp.status(), StatusCode::CREATED, "name {name:?}");
+    }
+    let (clients, _) = s.list_all_clients(1000).await;
+    assert_eq!(clients.len(), 1 + fine.len(), "{clients:?}");
+    let names: HashSet<&str> = clients.iter().filter_map(|c| c["name"].as_str()).collect();
+    for name in fine.iter().chain(&["plain"]) {
+        assert!(
+            names.contains(name),
+            "{name:?} not listed as sent: {names:?}"
+        );
+    }
+}

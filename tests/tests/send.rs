@@ -265,3 +265,46 @@ async fn send_envelope_fields_are_validated() {
     }
     assert_eq!(send_ok(&s, &c, &good).await, (201, 1));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn delivered_message_cannot_be_sent_back_as_the_clients_own() {
+    let s = Server::start().await;
+    let c = s.new_client().await;
+    s.publish(&[&c.client_id], "order", json!({"amount": 100}))
+        .await;
+    let polled = s.poll(&c, None, None).await.expect("a delivered message");
+    let m = &polled["messages"][0];
+    assert_eq!(open_message(&c, m)["type"], json!("order"));
+
+    // Reflected verbatim: it would decrypt under the client's own key and
+    // has the {type, payload} shape, but its aad has an id.
+    let reflected = json!({
+        "ciphertext": m["ciphertext"],
+        "nonce": m["nonce"],
+        "tag": m["tag"],
+        "aad": m["aad"],
+    });
+    let msg = expect_validation(s.send_raw(&c, &reflected).await, "aad").await;
+    assert!(
+        msg.contains("id") && msg.contains("delivered"),
+        "the message does not say why: {msg:?}"
+    );
+
+    // Any aad with an id key is refused, even one the client encrypted
+    // itself.
+    for aad in [
+        json!({"id": 1}),
+        json!({"client_id": c.client_id, "id": 7, "note": "mine"}),
+    ] {
+        let body = send_body(&c, &json!({"type": "t", "payload": 1}), Some(&aad));
+        expect_validation(s.send_raw(&c, &body).await, "aad").await;
+    }
+
+    // Nothing was stored: the next send is the client's first.
+    let ok = send_body(
+        &c,
+        &json!({"type": "t", "payload": 1}),
+        Some(&json!({"client_id": c.client_id, "message_id": 1})),
+    );
+    assert_eq!(send_ok(&s, &c, &ok).await, (201, 1));
+}

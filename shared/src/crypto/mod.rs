@@ -7,7 +7,7 @@ mod aad;
 mod server_keys;
 
 pub use aad::{canonical_aad, AadError};
-pub use server_keys::{ServerKeys, API_TOKEN_PREFIX};
+pub use server_keys::{MissingKey, ServerKeys, API_TOKEN_PREFIX};
 
 use aes_gcm::aead::rand_core::RngCore;
 use aes_gcm::aead::{AeadInPlace, KeyInit, OsRng};

@@ -31,7 +31,12 @@ pub async fn ack(app: &App, client: &ClientAuth, input: AckInput) -> Result<Acke
     let id = client.id();
     match app
         .store
-        .acknowledge(id, input.last_received_id, app.clock.now())
+        .acknowledge(
+            id,
+            client.generation(),
+            input.last_received_id,
+            app.clock.now(),
+        )
         .await?
     {
         AckOutcome::Acked { cursor } => Ok(Acked { cursor }),

@@ -20,11 +20,18 @@ pub struct ClientCredentials {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientAuth {
     id: ClientId,
+    generation: u32,
 }
 
 impl ClientAuth {
     pub fn id(&self) -> ClientId {
         self.id
+    }
+
+    /// The credential generation the token was made for; the store call
+    /// that follows checks it is still the client's current one.
+    pub fn generation(&self) -> u32 {
+        self.generation
     }
 }
 
@@ -38,8 +45,9 @@ pub struct OperatorAuth(());
 
 /// Checks the token against the client id. This is pure computation (tokens
 /// are derived, not stored), so a request with a wrong token never reaches
-/// the store. Whether the client still exists is checked by the store call
-/// that follows.
+/// the store. Whether the client still exists, and the token's generation
+/// is still its current one (not rotated away, not deleted), is checked by
+/// the store call that follows.
 pub fn authenticate_client(
     app: &App,
     credentials: &ClientCredentials,
@@ -53,10 +61,9 @@ pub fn authenticate_client(
         .bearer
         .as_deref()
         .ok_or_else(ApiError::unauthorized)?;
-    if app.keys()?.verify_api_token(id, token) {
-        Ok(ClientAuth { id })
-    } else {
-        Err(ApiError::unauthorized())
+    match app.keys().verify_api_token(id, token)? {
+        Some(generation) => Ok(ClientAuth { id, generation }),
+        None => Err(ApiError::unauthorized()),
     }
 }
 

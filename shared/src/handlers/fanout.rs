@@ -215,6 +215,7 @@ impl Fanout {
             .keys
             .unwrap_personal_key(client.id, &client.wrapped_key)
             .ok()?;
+        let generation = client.generation;
         let (id, kind, clock, plaintext) = (
             client.id,
             kind.to_string(),
@@ -229,6 +230,7 @@ impl Fanout {
                 kind: kind.clone(),
                 body: seal(&key, &plaintext, &aad),
                 created_at,
+                key_generation: generation,
             })
         }))
     }

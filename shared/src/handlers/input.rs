@@ -1,5 +1,6 @@
 //! Reading request fields with errors that name the field.
 
+use crate::domain::unprintable_char;
 use crate::error::ApiError;
 use serde_json::{Map, Value};
 use std::ops::RangeInclusive;
@@ -49,6 +50,21 @@ impl JsonBody {
             .transpose()
     }
 
+    /// Like [`JsonBody::optional_string`], for text that people read and
+    /// operator tools print: no control or format characters
+    /// ([`printable_text`]).
+    pub fn optional_printable_string(
+        &self,
+        field: &str,
+        chars: RangeInclusive<usize>,
+    ) -> Result<Option<String>, ApiError> {
+        let text = self.optional_string(field, chars)?;
+        if let Some(text) = &text {
+            printable_text(field, text)?;
+        }
+        Ok(text)
+    }
+
     pub fn unsigned(&self, field: &str) -> Result<u64, ApiError> {
         let value = self
             .optional(field)
@@ -76,6 +92,18 @@ pub fn string_value(
         )));
     }
     Ok(text.to_string())
+}
+
+/// Refuses text with a control or format character (Unicode Cc or Cf, see
+/// [`unprintable_char`]), with a message naming the field and the character.
+pub fn printable_text(field: &str, text: &str) -> Result<(), ApiError> {
+    match unprintable_char(text) {
+        None => Ok(()),
+        Some(c) => Err(ApiError::validation(format!(
+            "{field} must not contain control or format characters (found U+{:04X})",
+            c as u32
+        ))),
+    }
 }
 
 /// Parses a query string into decoded pairs (`+` is a space, `%XX` a byte).
@@ -182,6 +210,45 @@ mod tests {
             "missing is required"
         );
         assert_eq!(body.optional_string("missing", 1..=4).unwrap(), None);
+    }
+
+    #[test]
+    fn printable_strings_refuse_control_and_format_characters() {
+        let body = JsonBody(
+            serde_json::json!({
+                "bidi": "evil\u{202e}gnp.exe",
+                "zw": "a\u{200b}b",
+                "bell": "ding\u{7}",
+                "ok": "Zoë 📱",
+                "long": "x".repeat(5),
+            })
+            .as_object()
+            .unwrap()
+            .clone(),
+        );
+        for (field, code) in [("bidi", "U+202E"), ("zw", "U+200B"), ("bell", "U+0007")] {
+            let err = body.optional_printable_string(field, 0..=100).unwrap_err();
+            assert_eq!(err.code, ErrorCode::ValidationFailed);
+            assert_eq!(
+                err.message,
+                format!("{field} must not contain control or format characters (found {code})")
+            );
+        }
+        assert_eq!(
+            body.optional_printable_string("ok", 0..=100).unwrap(),
+            Some("Zoë 📱".to_string())
+        );
+        assert_eq!(
+            body.optional_printable_string("absent", 0..=1).unwrap(),
+            None
+        );
+        // The length check still applies.
+        assert!(body
+            .optional_printable_string("long", 0..=4)
+            .unwrap_err()
+            .message
+            .starts_with("long must be 0 to 4"));
+        assert!(printable_text("name", "").is_ok());
     }
 
     #[test]

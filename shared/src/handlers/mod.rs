@@ -4,12 +4,14 @@
 
 pub mod ack;
 pub mod auth;
+pub mod delete_client;
 pub mod fanout;
 pub mod input;
 pub mod list_clients;
 pub mod poll;
 pub mod publish;
 pub mod register;
+pub mod rotate;
 pub mod send;
 #[cfg(feature = "aws")]
 pub mod sqs_batch;

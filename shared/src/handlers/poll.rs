@@ -12,10 +12,11 @@
 use super::auth::ClientAuth;
 use super::input::{query_number, query_pairs};
 use crate::crypto::encode_base64;
+use crate::crypto::{canonical_aad, open, seal, ServerKeys};
 use crate::domain::{Seq, DEFAULT_POLL_LIMIT, MAX_POLL_BODY_BYTES, MAX_POLL_LIMIT};
 use crate::envelope::delivered_aad;
 use crate::error::ApiError;
-use crate::store::{Mailbox, ReadLimit, StoredMessage, Touch};
+use crate::store::{Bucket, ClientRecord, Mailbox, RateCharge, ReadLimit, StoredMessage, Touch};
 use crate::App;
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -68,7 +69,15 @@ pub async fn poll(app: &App, client: &ClientAuth, input: PollInput) -> Result<Po
     let id = client.id();
     let state = match app
         .store
-        .touch_client(id, app.clock.now(), app.poll_rate_limit)
+        .touch_client(
+            id,
+            client.generation(),
+            app.clock.now(),
+            app.poll_rate_limit.map(|limit| RateCharge {
+                bucket: Bucket::Poll,
+                limit,
+            }),
+        )
         .await?
     {
         Touch::Known(state) => state,
@@ -85,10 +94,11 @@ pub async fn poll(app: &App, client: &ClientAuth, input: PollInput) -> Result<Po
         count: input.limit,
         bytes: MAX_POLL_BODY_BYTES / 4 * 3,
     };
-    let stored = app
+    let mut stored = app
         .store
         .read_page(Mailbox::Inbox, id, after, limit)
         .await?;
+    current_key(app.keys(), &state.record, &mut stored);
     let messages = page(id, after, state.acked, stored);
     let Some(last) = messages.last().map(|m| m.id) else {
         return Ok(Polled::Nothing);
@@ -97,6 +107,44 @@ pub async fn poll(app: &App, client: &ClientAuth, input: PollInput) -> Result<Po
         messages,
         next_cursor: last,
     })
+}
+
+/// Re-seals, under the client's current personal key, the messages sealed
+/// under a key its credentials have since rotated away from, so a rotated
+/// client reads everything with its one key. Pure computation: nothing is
+/// written back, and it only happens for messages pending at a rotation.
+/// A message that cannot be re-sealed (its retired key was dropped) is
+/// logged and handed out as stored: the client reports it undecryptable
+/// and moves on, rather than every poll failing on it.
+fn current_key(keys: &ServerKeys, record: &ClientRecord, stored: &mut [StoredMessage]) {
+    let stale = |m: &&mut StoredMessage| m.key_generation != record.generation;
+    if !stored.iter_mut().any(|m| stale(&m)) {
+        return;
+    }
+    let Ok(current) = keys.unwrap_personal_key(record.id, &record.wrapped_key) else {
+        tracing::error!(client_id = %record.id, "personal key does not unwrap (wrong WRAPPING_KEY?)");
+        return;
+    };
+    for m in stored.iter_mut().filter(stale) {
+        let aad = canonical_aad(&delivered_aad(record.id, m.created_at, m.seq));
+        let plaintext = record
+            .wrapped_key_of(m.key_generation)
+            .and_then(|wrapped| keys.unwrap_personal_key(record.id, wrapped).ok())
+            .zip(aad.as_ref().ok())
+            .and_then(|(old, aad)| open(&old, &m.body, aad).ok());
+        match (plaintext, aad) {
+            (Some(plaintext), Ok(aad)) => {
+                m.body = seal(&current, &plaintext, &aad);
+                m.key_generation = record.generation;
+            }
+            _ => tracing::error!(
+                client_id = %record.id,
+                message_id = m.seq,
+                key_generation = m.key_generation,
+                "a message sealed before a rotation cannot be re-sealed; delivering it as stored"
+            ),
+        }
+    }
 }
 
 /// The bytes of `{"messages":[],"next_cursor":<u64>}` around the messages.

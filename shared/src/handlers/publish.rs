@@ -175,8 +175,8 @@ pub async fn publish(
 async fn enqueue(app: &App, input: &PublishInput, publish_id: &str) -> Result<(), ApiError> {
     let plaintext = envelope::plaintext(&input.kind, &input.payload);
     let sealed = app
-        .keys()?
-        .seal_at_rest(&FanoutJob::payload_context(publish_id), &plaintext);
+        .keys()
+        .seal_at_rest(&FanoutJob::payload_context(publish_id), &plaintext)?;
     let jobs = FanoutJob::plan(publish_id, &input.kind, &sealed, &input.recipients);
     tracing::info!(%publish_id, recipients = input.recipients.len(), jobs = jobs.len(), "publish accepted");
     app.queue()?.enqueue(jobs).await?;

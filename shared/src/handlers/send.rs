@@ -2,15 +2,23 @@
 //! under its own key. The server authenticates and decrypts it, checks the
 //! plaintext's shape, and stores it re-encrypted under its at-rest key.
 //! A retry with the same nonce is answered with the original id.
+//!
+//! The message's `type` is stored only inside the sealed body: the outbox
+//! row's `kind` column is the constant [`OUTBOX_KIND`], and [`open_sent`]
+//! reads a stored message back.
 
 use super::auth::ClientAuth;
 use super::input::JsonBody;
+use crate::clock::Timestamp;
 use crate::crypto::{
-    canonical_aad, decode_base64, encode_base64, open, Sealed, NONCE_LEN, TAG_LEN,
+    canonical_aad, decode_base64, encode_base64, open, Sealed, ServerKeys, NONCE_LEN, TAG_LEN,
 };
-use crate::domain::{valid_type, ClientId, MAX_TYPE_CHARS};
+use crate::domain::{valid_type, ClientId, Seq, MAX_TYPE_CHARS};
 use crate::error::ApiError;
-use crate::store::{Appended, Dedup, Mailbox, NewMessage, Sealer, Touch};
+use crate::store::{
+    Appended, Bucket, Dedup, Mailbox, NewMessage, RateCharge, Sealer, StoreError, StoredMessage,
+    Touch,
+};
 use crate::App;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -50,6 +58,16 @@ impl SendInput {
         let (aad, aad_client_id) = match body.optional("aad") {
             None => (Vec::new(), None),
             Some(Value::Object(map)) => {
+                if map.contains_key("id") {
+                    // {client_id, created_at, id} is what a poll hands out
+                    // with a delivered message: refusing the key means a
+                    // captured delivery cannot be sent back verbatim (it
+                    // decrypts under the same key) as the client's own.
+                    return Err(ApiError::validation(
+                        "aad must not contain an id key: that is the aad of a delivered message, \
+                         and a delivered message cannot be sent back as the client's own",
+                    ));
+                }
                 let bytes = canonical_aad(map).map_err(|e| ApiError::validation(e.to_string()))?;
                 let client_id = match map.get("client_id") {
                     None => None,
@@ -79,32 +97,77 @@ pub struct Sent {
     pub created: bool,
 }
 
+/// The `kind` of every outbox row. The real type stays inside the sealed
+/// body (the whole plaintext `{"type", "payload"}`), so the database holds
+/// no message type of a client's send in clear; [`open_sent`] reads it.
+pub const OUTBOX_KIND: &str = "sealed";
+
 /// The plaintext's required shape: `{"type": string, "payload": any}`.
-fn check_plaintext(plaintext: &[u8]) -> Result<String, ApiError> {
+/// Returns the type and the payload.
+fn parse_plaintext(plaintext: &[u8]) -> Result<(String, Value), ApiError> {
     let shape = || {
         ApiError::validation(
             r#"the decrypted plaintext must be a JSON object {"type": string, "payload": any}"#,
         )
     };
-    let value: Value = serde_json::from_slice(plaintext).map_err(|_| shape())?;
-    let object = value.as_object().ok_or_else(shape)?;
-    let kind = object
-        .get("type")
-        .and_then(Value::as_str)
-        .ok_or_else(shape)?;
-    if !valid_type(kind) {
+    let Ok(Value::Object(mut object)) = serde_json::from_slice::<Value>(plaintext) else {
+        return Err(shape());
+    };
+    let Some(Value::String(kind)) = object.remove("type") else {
+        return Err(shape());
+    };
+    if !valid_type(&kind) {
         return Err(ApiError::validation(format!(
             "the decrypted type must be 1 to {MAX_TYPE_CHARS} characters"
         )));
     }
-    if !object.contains_key("payload") {
-        return Err(shape());
-    }
-    Ok(kind.to_string())
+    let payload = object.remove("payload").ok_or_else(shape)?;
+    Ok((kind, payload))
 }
 
 pub fn outbox_context(client: ClientId, seq: u64) -> String {
     format!("pigeonhole/v1/outbox:{client}:{seq}")
+}
+
+/// A client's send, read back from its outbox. The `aad` the client sent
+/// is authenticated on arrival but not stored, so it is not here.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SentMessage {
+    pub id: Seq,
+    pub kind: String,
+    pub payload: Value,
+    pub created_at: Timestamp,
+}
+
+/// Opens a message read from `client`'s outbox: unseals its body (bound to
+/// the client and its position) and parses the `{type, payload}` inside.
+/// A body that does not open or parse is an internal error (wrong key or
+/// corrupt data), not the reader's fault.
+pub fn open_sent(
+    keys: &ServerKeys,
+    client: ClientId,
+    stored: &StoredMessage,
+) -> Result<SentMessage, ApiError> {
+    let plaintext = keys
+        .open_at_rest(&outbox_context(client, stored.seq), &stored.body)
+        .map_err(|_| {
+            ApiError::internal(&format!(
+                "sent message {} of {client} does not open (wrong MASTER_KEY?)",
+                stored.seq
+            ))
+        })?;
+    let (kind, payload) = parse_plaintext(&plaintext).map_err(|_| {
+        ApiError::internal(&format!(
+            "sent message {} of {client} is not a {{type, payload}} object",
+            stored.seq
+        ))
+    })?;
+    Ok(SentMessage {
+        id: stored.seq,
+        kind,
+        payload,
+        created_at: stored.created_at,
+    })
 }
 
 pub async fn send(app: &App, client: &ClientAuth, input: SendInput) -> Result<Sent, ApiError> {
@@ -116,17 +179,31 @@ pub async fn send(app: &App, client: &ClientAuth, input: SendInput) -> Result<Se
             ));
         }
     }
-    let state = match app.store.touch_client(id, app.clock.now(), None).await? {
+    let charge = app.send_rate_limit.map(|limit| RateCharge {
+        bucket: Bucket::Send,
+        limit,
+    });
+    let touched = app
+        .store
+        .touch_client(id, client.generation(), app.clock.now(), charge)
+        .await?;
+    let state = match touched {
         Touch::Known(state) => state,
-        Touch::UnknownClient | Touch::RateLimited { .. } => return Err(ApiError::unauthorized()),
+        Touch::RateLimited { retry_after } => {
+            return Err(ApiError::too_many(
+                "too many sends; retry later",
+                retry_after,
+            ))
+        }
+        Touch::UnknownClient => return Err(ApiError::unauthorized()),
     };
     let key = app
-        .keys()?
+        .keys()
         .unwrap_personal_key(id, &state.record.wrapped_key)
         .map_err(|_| ApiError::internal(&format!("personal key of {id} does not unwrap")))?;
     let plaintext =
         open(&key, &input.sealed, &input.aad).map_err(|_| ApiError::decryption_failed())?;
-    let kind = check_plaintext(&plaintext)?;
+    parse_plaintext(&plaintext)?;
 
     let mut digest = Sha256::new();
     for part in [&input.sealed.ciphertext[..], &input.sealed.tag, &input.aad] {
@@ -138,15 +215,18 @@ pub async fn send(app: &App, client: &ClientAuth, input: SendInput) -> Result<Se
         digest: digest.finalize().into(),
     };
     let (keys, clock, plaintext) = (
-        Arc::clone(app.keys()?),
+        Arc::clone(app.keys()),
         Arc::clone(&app.clock),
         Arc::new(plaintext),
     );
     let sealer: Sealer = Arc::new(move |seq| {
         Ok(NewMessage {
-            kind: kind.clone(),
-            body: keys.seal_at_rest(&outbox_context(id, seq), &plaintext),
+            kind: OUTBOX_KIND.to_string(),
+            body: keys
+                .seal_at_rest(&outbox_context(id, seq), &plaintext)
+                .map_err(|e| StoreError::Seal(e.to_string()))?,
             created_at: clock.now(),
+            key_generation: 0,
         })
     });
     match app.store.append(Mailbox::Outbox, id, dedup, sealer).await? {
@@ -159,5 +239,138 @@ pub async fn send(app: &App, client: &ClientAuth, input: SendInput) -> Result<Se
             "this nonce was already used for a different message; encrypt every message under a fresh random nonce",
         )),
         Appended::UnknownClient => Err(ApiError::unauthorized()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::{seal, Key};
+    use crate::error::ErrorCode;
+    use serde_json::json;
+
+    fn body_with_aad(aad: Value) -> JsonBody {
+        let sealed = seal(&Key::random(), b"{}", b"");
+        let mut body = json!({
+            "ciphertext": encode_base64(&sealed.ciphertext),
+            "nonce": encode_base64(&sealed.nonce),
+            "tag": encode_base64(&sealed.tag),
+        });
+        body["aad"] = aad;
+        JsonBody(body.as_object().unwrap().clone())
+    }
+
+    #[test]
+    fn aad_with_an_id_key_is_refused() {
+        let client = ClientId::new();
+        for aad in [
+            // Exactly what a poll hands out with a delivered message.
+            Value::Object(crate::envelope::delivered_aad(
+                client,
+                Timestamp(1_700_000_000_000),
+                3,
+            )),
+            json!({"id": 1}),
+            json!({"id": "x", "client_id": client.to_string()}),
+        ] {
+            let err = SendInput::from_body(&body_with_aad(aad.clone())).unwrap_err();
+            assert_eq!(err.code, ErrorCode::ValidationFailed, "{aad}");
+            assert!(
+                err.message.starts_with("aad must not contain an id key"),
+                "{}",
+                err.message
+            );
+            assert!(err.message.contains("delivered message"), "{}", err.message);
+        }
+        // Other keys, including ones that merely contain "id", are fine.
+        for aad in [
+            json!({"client_id": client.to_string(), "seq": 1}),
+            json!({"ids": 2, "message_id": "m", "Id": 3}),
+            json!({}),
+            Value::Null,
+        ] {
+            assert!(
+                SendInput::from_body(&body_with_aad(aad.clone())).is_ok(),
+                "{aad}"
+            );
+        }
+    }
+
+    #[test]
+    fn plaintext_shape_is_checked() {
+        let (kind, payload) = parse_plaintext(br#"{"type":"t","payload":{"a":[1]}}"#).unwrap();
+        assert_eq!((kind.as_str(), payload), ("t", json!({"a": [1]})));
+        assert_eq!(
+            parse_plaintext(br#"{"type":"t","payload":null}"#)
+                .unwrap()
+                .1,
+            Value::Null
+        );
+        for bad in [
+            &b"[1]"[..],
+            b"nope",
+            br#"{"payload":1}"#,
+            br#"{"type":1,"payload":1}"#,
+            br#"{"type":"t"}"#,
+            br#"{"type":"","payload":1}"#,
+        ] {
+            let err = parse_plaintext(bad).unwrap_err();
+            assert_eq!(
+                err.code,
+                ErrorCode::ValidationFailed,
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn open_sent_reads_back_what_send_stores() {
+        let keys = ServerKeys::derive(&Key::random());
+        let client = ClientId::new();
+        let plaintext = crate::envelope::plaintext("battery-report", &json!({"level": 87}));
+        let stored = StoredMessage {
+            seq: 7,
+            kind: OUTBOX_KIND.to_string(),
+            body: keys
+                .seal_at_rest(&outbox_context(client, 7), &plaintext)
+                .unwrap(),
+            created_at: Timestamp(1_700_000_000_123),
+            key_generation: 0,
+        };
+        // The type is in the sealed body only.
+        assert!(!stored
+            .body
+            .ciphertext
+            .windows(b"battery-report".len())
+            .any(|w| w == b"battery-report"));
+        assert_eq!(
+            open_sent(&keys, client, &stored).unwrap(),
+            SentMessage {
+                id: 7,
+                kind: "battery-report".into(),
+                payload: json!({"level": 87}),
+                created_at: Timestamp(1_700_000_000_123),
+            }
+        );
+
+        // Bound to its client and position, and to the server's key.
+        let moved = StoredMessage {
+            seq: 8,
+            ..stored.clone()
+        };
+        assert_eq!(
+            open_sent(&keys, client, &moved).unwrap_err().code,
+            ErrorCode::Internal
+        );
+        assert_eq!(
+            open_sent(&keys, ClientId::new(), &stored).unwrap_err().code,
+            ErrorCode::Internal
+        );
+        let other_keys = ServerKeys::derive(&Key::random());
+        assert_eq!(
+            open_sent(&other_keys, client, &stored).unwrap_err().code,
+            ErrorCode::Internal
+        );
     }
 }

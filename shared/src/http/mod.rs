@@ -17,13 +17,20 @@ use crate::handlers::auth::{
     authenticate_client, authorize_admin, authorize_operator, ClientCredentials,
 };
 use crate::handlers::input::JsonBody;
-use crate::handlers::{ack, list_clients, poll, publish, register, send};
+use crate::handlers::{ack, delete_client, list_clients, poll, publish, register, rotate, send};
 use crate::retry;
 use crate::App;
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response, StatusCode};
 use respond::{json_response, no_content};
+use std::net::IpAddr;
 use std::time::Instant;
+
+/// The address a request came from, as a request extension: the TCP peer
+/// on the local server, API Gateway's `requestContext.http.sourceIp` on
+/// Lambda. Registration is rate limited by it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SourceAddr(pub IpAddr);
 
 /// Answers one request. Never panics on client input and never fails: every
 /// problem becomes an error response.
@@ -80,21 +87,42 @@ async fn dispatch(
         return Err(body_too_large(route.max_body_bytes()));
     }
     let headers = &parts.headers;
+    if !body.is_empty() && !is_json(headers) {
+        return Err(ApiError::unsupported_media_type());
+    }
     let query = parts.uri.query();
+    let path_param = route.matches(parts.uri.path()).unwrap_or_default();
     match route {
         Route::Health | Route::HealthUnversioned => Ok(json_response(
             StatusCode::OK,
             &serde_json::json!({"status": "ok"}),
         )),
         Route::Register => {
+            // A wrong admin token is an error, not an anonymous register:
+            // provisioning scripts learn of their mistake at once.
+            let admin = header(headers, "x-admin-token")
+                .map(|token| authorize_admin(app, Some(token)))
+                .transpose()?;
+            let caller = register::Caller {
+                source: parts.extensions.get::<SourceAddr>().map(|s| s.0),
+                admin,
+            };
             let input = register::RegisterInput::from_body(&JsonBody::parse(&body)?)?;
-            let registered = register::register(app, input).await?;
+            let registered = register::register(app, input, caller).await?;
             let status = if registered.created {
                 StatusCode::CREATED
             } else {
                 StatusCode::OK
             };
             Ok(json_response(status, &registered.credentials))
+        }
+        Route::Rotate => {
+            let client = authenticate_client(app, &client_credentials(headers))?;
+            let input = rotate::RotateInput::from_body(&JsonBody::parse(&body)?)?;
+            Ok(json_response(
+                StatusCode::OK,
+                &rotate::rotate(app, &client, input).await?,
+            ))
         }
         Route::Publish => {
             let admin = authorize_admin(app, header(headers, "x-admin-token"))?;
@@ -144,7 +172,25 @@ async fn dispatch(
                 &list_clients::list_clients(app, &operator, input).await?,
             ))
         }
+        Route::DeleteClient => {
+            let operator = authorize_operator(app, header(headers, "x-operator-token"))?;
+            delete_client::delete_client(app, &operator, path_param).await?;
+            Ok(no_content())
+        }
     }
+}
+
+/// Whether the body is declared JSON (`application/json`, parameters such
+/// as `charset=utf-8` allowed). Requiring it makes every cross-origin POST
+/// a preflighted one, so a web page cannot have visitors' browsers post to
+/// the API.
+fn is_json(headers: &HeaderMap) -> bool {
+    header(headers, "content-type").is_some_and(|value| {
+        value
+            .split(';')
+            .next()
+            .is_some_and(|media| media.trim().eq_ignore_ascii_case("application/json"))
+    })
 }
 
 /// The body limit for a request path (the strictest, 256 KiB, for paths

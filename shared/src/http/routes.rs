@@ -12,45 +12,58 @@ pub enum Route {
     /// `/health` outside the base path, for load balancers and probes.
     HealthUnversioned,
     Register,
+    /// New credentials for the calling client.
+    Rotate,
     Publish,
     Send,
     Poll,
     Ack,
     ListClients,
+    /// `/operators/clients/{client_id}`: the one route with a path
+    /// parameter.
+    DeleteClient,
 }
 
 impl Route {
-    pub const ALL: [Route; 8] = [
+    pub const ALL: [Route; 10] = [
         Route::Health,
         Route::HealthUnversioned,
         Route::Register,
+        Route::Rotate,
         Route::Publish,
         Route::Send,
         Route::Poll,
         Route::Ack,
         Route::ListClients,
+        Route::DeleteClient,
     ];
 
-    /// The full path, base path included.
+    /// The full path, base path included; a parameter is written
+    /// `{name}`, as API Gateway and OpenAPI write it.
     pub fn path(self) -> &'static str {
         match self {
             Route::Health => "/api/v1/health",
             Route::HealthUnversioned => "/health",
             Route::Register => "/api/v1/clients/register",
+            Route::Rotate => "/api/v1/clients/rotate",
             Route::Publish => "/api/v1/messages/publish",
             Route::Send => "/api/v1/messages/send",
             Route::Poll => "/api/v1/messages/poll",
             Route::Ack => "/api/v1/messages/ack",
             Route::ListClients => "/api/v1/operators/clients",
+            Route::DeleteClient => "/api/v1/operators/clients/{client_id}",
         }
     }
 
     pub fn method(self) -> Method {
         match self {
-            Route::Register | Route::Publish | Route::Send | Route::Ack => Method::POST,
+            Route::Register | Route::Rotate | Route::Publish | Route::Send | Route::Ack => {
+                Method::POST
+            }
             Route::Health | Route::HealthUnversioned | Route::Poll | Route::ListClients => {
                 Method::GET
             }
+            Route::DeleteClient => Method::DELETE,
         }
     }
 
@@ -59,9 +72,24 @@ impl Route {
     pub fn secrets(self) -> &'static [Secret] {
         match self {
             Route::Health | Route::HealthUnversioned => &[],
-            Route::Register | Route::Send | Route::Poll | Route::Ack => &[Secret::MasterKey],
-            Route::Publish => &[Secret::AdminToken, Secret::MasterKey],
-            Route::ListClients => &[Secret::OperatorTokens],
+            // The admin token lets fleet provisioning past the limit.
+            Route::Register => &[
+                Secret::AdminToken,
+                Secret::TokenKey,
+                Secret::FingerprintKey,
+                Secret::WrappingKey,
+            ],
+            Route::Rotate => &[
+                Secret::TokenKey,
+                Secret::FingerprintKey,
+                Secret::WrappingKey,
+            ],
+            // Polls re-seal messages sealed before a rotation.
+            Route::Poll => &[Secret::TokenKey, Secret::WrappingKey],
+            Route::Ack => &[Secret::TokenKey],
+            Route::Send => &[Secret::TokenKey, Secret::WrappingKey, Secret::AtRestKey],
+            Route::Publish => &[Secret::AdminToken, Secret::AtRestKey],
+            Route::ListClients | Route::DeleteClient => &[Secret::OperatorTokens],
         }
     }
 
@@ -84,20 +112,32 @@ impl Route {
 
     /// The `Allow` header value for this route.
     pub fn allow(self) -> &'static str {
-        if self.method() == Method::POST {
-            "POST"
-        } else {
-            "GET"
+        match self.method() {
+            Method::POST => "POST",
+            Method::DELETE => "DELETE",
+            _ => "GET",
         }
     }
 
     /// The route for a request path; one trailing slash is forgiven.
     pub fn find(path: &str) -> Option<Route> {
+        Route::ALL.into_iter().find(|r| r.matches(path).is_some())
+    }
+
+    /// Whether `path` is this route, and the value of its parameter if it
+    /// has one ("" when it has none).
+    pub fn matches(self, path: &str) -> Option<&str> {
         let path = match path.strip_suffix('/') {
             Some(p) if !p.is_empty() => p,
             _ => path,
         };
-        Route::ALL.into_iter().find(|r| r.path() == path)
+        let pattern = self.path();
+        match pattern.split_once('{') {
+            None => (pattern == path).then_some(""),
+            Some((prefix, _)) => path
+                .strip_prefix(prefix)
+                .filter(|param| !param.is_empty() && !param.contains('/')),
+        }
     }
 }
 
@@ -111,6 +151,17 @@ mod tests {
         assert_eq!(Route::find("/api/v1/messages/poll/"), Some(Route::Poll));
         assert_eq!(Route::find("/api/v1/messages"), None);
         assert_eq!(Route::find("/"), None);
+        let id = "/api/v1/operators/clients/0b6a3c9e-1f7b-4d7e-9a51-6f7a2b1c9d00";
+        assert_eq!(Route::find(id), Some(Route::DeleteClient));
+        assert_eq!(
+            Route::DeleteClient.matches(&format!("{id}/")),
+            Some("0b6a3c9e-1f7b-4d7e-9a51-6f7a2b1c9d00")
+        );
+        assert_eq!(
+            Route::find("/api/v1/operators/clients/"),
+            Some(Route::ListClients)
+        );
+        assert_eq!(Route::find("/api/v1/operators/clients/a/b"), None);
         assert!(Route::ALL
             .iter()
             .all(|r| r.path().starts_with(BASE_PATH) || *r == Route::HealthUnversioned));

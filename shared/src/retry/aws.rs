@@ -1,7 +1,9 @@
-//! Which DynamoDB and SQS failures are worth another attempt, as data.
+//! Which DynamoDB, SQS and Secrets Manager failures are worth another
+//! attempt, as data.
 //!
-//! The codes come from DynamoDB's "Error handling" guide and SQS's API
-//! reference. One difference from the SDK's own classifier: DynamoDB's
+//! The codes come from DynamoDB's "Error handling" guide and the SQS and
+//! Secrets Manager API references (their operations' errors and the
+//! common errors every AWS query/JSON API can return). One difference from the SDK's own classifier: DynamoDB's
 //! `TransactionConflictException` and transactions cancelled for conflicts
 //! or throttling are retried here; the SDK retries neither.
 
@@ -54,6 +56,26 @@ pub const SQS_ERRORS: &[(&str, Class)] = &[
     ("InvalidParameterValue", Class::Permanent),
     ("BatchRequestTooLong", Class::Permanent),
     ("AccessDenied", Class::Permanent),
+];
+
+/// Secrets Manager error codes (`GetSecretValue` at cold start). A secret
+/// that is missing, scheduled for deletion, not readable by the function's
+/// role, or not decryptable with its KMS key stays so: the cold start fails
+/// at once, naming the variable.
+pub const SECRETS_MANAGER_ERRORS: &[(&str, Class)] = &[
+    ("ThrottlingException", Class::Transient),
+    ("RequestLimitExceeded", Class::Transient),
+    ("InternalServiceError", Class::Transient),
+    ("InternalFailure", Class::Transient),
+    ("ServiceUnavailable", Class::Transient),
+    ("ResourceNotFoundException", Class::Permanent),
+    ("AccessDeniedException", Class::Permanent),
+    ("DecryptionFailure", Class::Permanent),
+    ("InvalidRequestException", Class::Permanent),
+    ("InvalidParameterException", Class::Permanent),
+    ("UnrecognizedClientException", Class::Permanent),
+    ("InvalidClientTokenId", Class::Permanent),
+    ("ExpiredTokenException", Class::Permanent),
 ];
 
 fn lookup(table: &[(&str, Class)], code: &str) -> Option<Class> {
@@ -199,6 +221,29 @@ mod tests {
                 classify_code(SQS_ERRORS, Some(code), status),
                 class,
                 "{code}"
+            );
+        }
+    }
+
+    #[test]
+    fn secrets_manager_codes_are_classified_row_by_row() {
+        let rows = [
+            ("ThrottlingException", 400, Class::Transient),
+            ("InternalServiceError", 500, Class::Transient),
+            ("ServiceUnavailable", 503, Class::Transient),
+            ("ResourceNotFoundException", 400, Class::Permanent),
+            ("AccessDeniedException", 400, Class::Permanent),
+            ("DecryptionFailure", 400, Class::Permanent),
+            // Scheduled for deletion, or disabled.
+            ("InvalidRequestException", 400, Class::Permanent),
+            ("SomethingNew", 502, Class::Transient),
+            ("SomethingNew", 400, Class::Permanent),
+        ];
+        for (code, status, class) in rows {
+            assert_eq!(
+                classify_code(SECRETS_MANAGER_ERRORS, Some(code), status),
+                class,
+                "{code} {status}"
             );
         }
     }

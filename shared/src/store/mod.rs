@@ -22,7 +22,7 @@ pub mod sqlite;
 use crate::clock::Timestamp;
 use crate::crypto::Sealed;
 use crate::domain::{ClientId, Seq};
-use crate::rate_limit::PollRateLimit;
+use crate::rate_limit::{PollRateLimit, WindowLimit};
 use async_trait::async_trait;
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -53,6 +53,97 @@ pub struct ClientRecord {
     /// The personal key, wrapped under the server's key-wrapping key.
     pub wrapped_key: Vec<u8>,
     pub created_at: Timestamp,
+    /// The credential generation: 0 at registration, one more at every
+    /// rotation. Only tokens of this generation are accepted.
+    pub generation: u32,
+    /// Personal keys of earlier generations that unacknowledged messages
+    /// may still be sealed under; polls re-seal those under the current key.
+    pub retired_keys: Vec<RetiredKey>,
+}
+
+/// The most retired keys a client keeps.
+pub const MAX_RETIRED_KEYS: usize = 8;
+
+/// A personal key replaced by a rotation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetiredKey {
+    pub generation: u32,
+    /// Wrapped, like the current key.
+    pub wrapped_key: Vec<u8>,
+    pub retired_at: Timestamp,
+}
+
+impl RetiredKey {
+    /// How adapters keep a record's retired keys: one JSON text, since
+    /// both stores hold them as one opaque value on the client's row.
+    pub fn encode_all(keys: &[RetiredKey]) -> String {
+        let list: Vec<serde_json::Value> = keys
+            .iter()
+            .map(|k| {
+                serde_json::json!({
+                    "generation": k.generation,
+                    "wrapped_key": crate::crypto::encode_base64(&k.wrapped_key),
+                    "retired_at": k.retired_at.millis(),
+                })
+            })
+            .collect();
+        serde_json::Value::Array(list).to_string()
+    }
+
+    pub fn decode_all(text: &str) -> StoreResult<Vec<RetiredKey>> {
+        let corrupt = || StoreError::Corrupt("retired keys".into());
+        let list: Vec<serde_json::Value> = serde_json::from_str(text).map_err(|_| corrupt())?;
+        list.iter()
+            .map(|v| {
+                Some(RetiredKey {
+                    generation: u32::try_from(v.get("generation")?.as_u64()?).ok()?,
+                    wrapped_key: crate::crypto::decode_base64(v.get("wrapped_key")?.as_str()?)?,
+                    retired_at: Timestamp(v.get("retired_at")?.as_i64()?),
+                })
+            })
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(corrupt)
+    }
+
+    /// The retired keys a rotation keeps: the earlier ones still needed
+    /// (`needed` says which generations unacknowledged messages use, or
+    /// were retired too recently to tell) plus the key being retired now.
+    pub fn after_rotation(
+        record: &ClientRecord,
+        now: Timestamp,
+        keep_since: Timestamp,
+        in_use: &HashSet<u32>,
+    ) -> Vec<RetiredKey> {
+        let mut kept: Vec<RetiredKey> = record
+            .retired_keys
+            .iter()
+            .filter(|k| k.retired_at >= keep_since || in_use.contains(&k.generation))
+            .cloned()
+            .collect();
+        kept.push(RetiredKey {
+            generation: record.generation,
+            wrapped_key: record.wrapped_key.clone(),
+            retired_at: now,
+        });
+        // Bounded, so rotating in a loop cannot grow the client's row
+        // towards DynamoDB's item limit; the newest are the likeliest needed.
+        let excess = kept.len().saturating_sub(MAX_RETIRED_KEYS);
+        kept.drain(..excess);
+        kept
+    }
+}
+
+impl ClientRecord {
+    /// The wrapped personal key a message sealed under `generation` needs.
+    pub fn wrapped_key_of(&self, generation: u32) -> Option<&[u8]> {
+        if generation == self.generation {
+            return Some(&self.wrapped_key);
+        }
+        self.retired_keys
+            .iter()
+            .find(|k| k.generation == generation)
+            .map(|k| k.wrapped_key.as_slice())
+    }
 }
 
 /// A client as an authenticated request finds it.
@@ -79,6 +170,61 @@ pub enum Touch {
     Known(ClientState),
     RateLimited { retry_after: Duration },
     UnknownClient,
+}
+
+/// Which of a client's rate limits a contact is charged to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bucket {
+    Poll,
+    Send,
+}
+
+/// One request's charge against a client's rate limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateCharge {
+    pub bucket: Bucket,
+    pub limit: PollRateLimit,
+}
+
+/// A rotation of a client's credentials.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rotation {
+    pub id: ClientId,
+    /// The generation of the token that asked; the rotation happens only
+    /// while it is still the current one.
+    pub from_generation: u32,
+    /// The new personal key, wrapped.
+    pub wrapped_key: Vec<u8>,
+    /// A new fingerprint hash, replacing the old one in the lookup.
+    pub fingerprint: Option<[u8; 32]>,
+    pub now: Timestamp,
+    /// Retired keys retired at or after this are kept even when no
+    /// unacknowledged message is sealed under them, because a fan-out that
+    /// loaded the client before the rotation may still append with them.
+    pub keep_retired_since: Timestamp,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rotated {
+    /// The record as it now is (generation one higher).
+    Rotated(ClientRecord),
+    /// The client is unknown, deleted, or already past that generation.
+    Stale,
+    /// The new fingerprint belongs to another client.
+    FingerprintTaken,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deleted {
+    Deleted,
+    Unknown,
+}
+
+/// The outcome of counting a request in a fixed window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Counted {
+    Allowed,
+    Full { retry_after: Duration },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -126,6 +272,9 @@ pub struct NewMessage {
     pub kind: String,
     pub body: Sealed,
     pub created_at: Timestamp,
+    /// The credential generation whose personal key sealed `body` (0 for
+    /// messages sealed under a server key).
+    pub key_generation: u32,
 }
 
 /// A stored message.
@@ -135,6 +284,7 @@ pub struct StoredMessage {
     pub kind: String,
     pub body: Sealed,
     pub created_at: Timestamp,
+    pub key_generation: u32,
 }
 
 /// How much one read may return: at most `count` messages, and it stops
@@ -233,13 +383,35 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Registration>;
 
     /// Records an authenticated request at `now` (last seen) and, when a
-    /// limit is given, charges it one poll. A refused poll changes nothing.
+    /// charge is given, charges it to that bucket. A refused request
+    /// changes nothing. A client whose credential generation is not
+    /// `generation` (rotated or deleted) is unknown.
     async fn touch_client(
         &self,
         id: ClientId,
+        generation: u32,
         now: Timestamp,
-        limit: Option<PollRateLimit>,
+        charge: Option<RateCharge>,
     ) -> StoreResult<Touch>;
+
+    /// Rotates a client's credentials: one generation up, a new personal
+    /// key (the old one kept as retired while messages may need it), and
+    /// optionally a new fingerprint.
+    async fn rotate_client(&self, rotation: Rotation) -> StoreResult<Rotated>;
+
+    /// Deletes a client: its record, fingerprint entry, inbox and outbox.
+    /// Its tokens stop working before anything else is removed; a deletion
+    /// interrupted part-way is finished by the next [`Store::purge`].
+    async fn delete_client(&self, id: ClientId) -> StoreResult<Deleted>;
+
+    /// Counts one request under `key` in the current fixed window of
+    /// `limit`, unless the window is full. At most one write.
+    async fn count_request(
+        &self,
+        key: &str,
+        limit: WindowLimit,
+        now: Timestamp,
+    ) -> StoreResult<Counted>;
 
     /// Fetches clients by id; unknown ids are left out.
     async fn load_clients(&self, ids: &[ClientId]) -> StoreResult<Vec<ClientRecord>>;
@@ -286,9 +458,15 @@ pub trait Store: Send + Sync + 'static {
     }
 
     /// Moves the acknowledged cursor forward to `upto` (never backwards) and
-    /// records the contact at `now`.
-    async fn acknowledge(&self, id: ClientId, upto: Seq, now: Timestamp)
-        -> StoreResult<AckOutcome>;
+    /// records the contact at `now`; like [`Store::touch_client`], only
+    /// for the client's current credential generation.
+    async fn acknowledge(
+        &self,
+        id: ClientId,
+        generation: u32,
+        upto: Seq,
+        now: Timestamp,
+    ) -> StoreResult<AckOutcome>;
 
     /// Clients `limit` at a time, each exactly once across pages, in the
     /// store's own order.

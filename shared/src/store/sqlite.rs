@@ -19,8 +19,10 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use std::path::Path;
 use std::sync::Mutex;
 
-/// 2 added publish idempotency keys and the age indexes cleanup uses.
-const SCHEMA_VERSION: i64 = 2;
+/// 2 added publish idempotency keys and the age indexes cleanup uses;
+/// 3 credential generations, retired keys, the send limit and request
+/// counters (see [`COLUMNS_ADDED`]).
+const SCHEMA_VERSION: i64 = 3;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS clients (
@@ -32,13 +34,17 @@ CREATE TABLE IF NOT EXISTS clients (
     acked        INTEGER NOT NULL DEFAULT 0,
     inbox_head   INTEGER NOT NULL DEFAULT 0,
     outbox_head  INTEGER NOT NULL DEFAULT 0,
-    poll_tat     INTEGER
+    poll_tat     INTEGER,
+    send_tat     INTEGER,
+    generation   INTEGER NOT NULL DEFAULT 0,
+    retired_keys TEXT
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS clients_by_creation ON clients (created_at, client_id);
 CREATE TABLE IF NOT EXISTS fingerprints (
     fingerprint_hash BLOB PRIMARY KEY,
     client_id        TEXT NOT NULL
 ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS fingerprints_by_client ON fingerprints (client_id);
 CREATE TABLE IF NOT EXISTS inbox (
     client_id    TEXT NOT NULL,
     seq          INTEGER NOT NULL,
@@ -49,6 +55,7 @@ CREATE TABLE IF NOT EXISTS inbox (
     created_at   INTEGER NOT NULL,
     dedup_key    TEXT NOT NULL,
     dedup_digest BLOB NOT NULL,
+    key_generation INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (client_id, seq)
 ) WITHOUT ROWID;
 CREATE UNIQUE INDEX IF NOT EXISTS inbox_dedup ON inbox (client_id, dedup_key);
@@ -62,6 +69,7 @@ CREATE TABLE IF NOT EXISTS outbox (
     created_at   INTEGER NOT NULL,
     dedup_key    TEXT NOT NULL,
     dedup_digest BLOB NOT NULL,
+    key_generation INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (client_id, seq)
 ) WITHOUT ROWID;
 CREATE UNIQUE INDEX IF NOT EXISTS outbox_dedup ON outbox (client_id, dedup_key);
@@ -75,7 +83,26 @@ CREATE TABLE IF NOT EXISTS publish_keys (
     created_at      INTEGER NOT NULL,
     completed       INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS request_counts (
+    counter    TEXT PRIMARY KEY,
+    count      INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL
+) WITHOUT ROWID;
 ";
+
+/// Columns added after a table was first created: `CREATE TABLE IF NOT
+/// EXISTS` leaves an older database's tables as they are, so these are
+/// added to them on open.
+const COLUMNS_ADDED: [(&str, &str, &str); 5] = [
+    ("clients", "send_tat", "INTEGER"),
+    ("clients", "generation", "INTEGER NOT NULL DEFAULT 0"),
+    ("clients", "retired_keys", "TEXT"),
+    ("inbox", "key_generation", "INTEGER NOT NULL DEFAULT 0"),
+    ("outbox", "key_generation", "INTEGER NOT NULL DEFAULT 0"),
+];
+
+/// The client columns [`client_from_row`] reads, in its order.
+const CLIENT_COLUMNS: &str = "client_id, name, wrapped_key, created_at, generation, retired_keys";
 
 /// Rows one cleanup statement deletes: small enough that a request
 /// waiting for the connection waits milliseconds, not seconds.
@@ -140,6 +167,23 @@ impl SqliteStore {
             )));
         }
         conn.execute_batch(SCHEMA).map_err(sql)?;
+        for (table, column, declaration) in COLUMNS_ADDED {
+            let present: bool = conn
+                .query_row(
+                    &format!(
+                        "SELECT COUNT(*) > 0 FROM pragma_table_info('{table}') WHERE name = ?1"
+                    ),
+                    params![column],
+                    |r| r.get(0),
+                )
+                .map_err(sql)?;
+            if !present {
+                conn.execute_batch(&format!(
+                    "ALTER TABLE {table} ADD COLUMN {column} {declaration}"
+                ))
+                .map_err(sql)?;
+            }
+        }
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)
             .map_err(sql)?;
         Ok(SqliteStore {
@@ -184,18 +228,42 @@ impl SqliteStore {
     }
 }
 
-fn client_record(
-    id: &str,
-    name: Option<String>,
-    wrapped_key: Vec<u8>,
-    created_at: i64,
-) -> StoreResult<ClientRecord> {
+/// A client record from a row that starts with [`CLIENT_COLUMNS`].
+fn client_from_row(row: &rusqlite::Row<'_>) -> StoreResult<ClientRecord> {
+    let id: String = row.get(0).map_err(sql)?;
+    let retired: Option<String> = row.get(5).map_err(sql)?;
     Ok(ClientRecord {
-        id: ClientId::parse(id).ok_or_else(|| StoreError::Corrupt(format!("client id {id:?}")))?,
-        name,
-        wrapped_key,
-        created_at: Timestamp(created_at),
+        id: ClientId::parse(&id).ok_or_else(|| StoreError::Corrupt(format!("client id {id:?}")))?,
+        name: row.get(1).map_err(sql)?,
+        wrapped_key: row.get(2).map_err(sql)?,
+        created_at: Timestamp(row.get(3).map_err(sql)?),
+        generation: row.get(4).map_err(sql)?,
+        retired_keys: match retired {
+            Some(text) => RetiredKey::decode_all(&text)?,
+            None => Vec::new(),
+        },
     })
+}
+
+/// The client's current record, within a transaction.
+fn client_in(tx: &rusqlite::Transaction<'_>, id: &str) -> StoreResult<Option<ClientRecord>> {
+    let mut stmt = tx
+        .prepare_cached(&format!(
+            "SELECT {CLIENT_COLUMNS} FROM clients WHERE client_id = ?1"
+        ))
+        .map_err(sql)?;
+    let mut rows = stmt.query(params![id]).map_err(sql)?;
+    match rows.next().map_err(sql)? {
+        Some(row) => Ok(Some(client_from_row(row)?)),
+        None => Ok(None),
+    }
+}
+
+fn tat_column(bucket: Bucket) -> &'static str {
+    match bucket {
+        Bucket::Poll => "poll_tat",
+        Bucket::Send => "send_tat",
+    }
 }
 
 fn encode_page_token(created_at: i64, id: &str) -> String {
@@ -258,8 +326,8 @@ impl Store for SqliteStore {
             let message = seal(seq)?;
             tx.execute(
                 &format!(
-                    "INSERT INTO {} (client_id, seq, kind, nonce, ciphertext, tag, created_at, dedup_key, dedup_digest)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                    "INSERT INTO {} (client_id, seq, kind, nonce, ciphertext, tag, created_at, dedup_key, dedup_digest, key_generation)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
                     table(which)
                 ),
                 params![
@@ -272,6 +340,7 @@ impl Store for SqliteStore {
                     message.created_at.millis(),
                     dedup.key,
                     dedup.digest.as_slice(),
+                    message.key_generation,
                 ],
             )
             .map_err(sql)?;
@@ -299,7 +368,7 @@ impl Store for SqliteStore {
         self.with_conn(move |conn| {
             let mut stmt = conn
                 .prepare_cached(&format!(
-                    "SELECT seq, kind, nonce, ciphertext, tag, created_at FROM {}
+                    "SELECT seq, kind, nonce, ciphertext, tag, created_at, key_generation FROM {}
                      WHERE client_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
                     table(which)
                 ))
@@ -338,6 +407,7 @@ impl Store for SqliteStore {
                             .map_err(|_| corrupt())?,
                     },
                     created_at: Timestamp(row.get(5).map_err(sql)?),
+                    key_generation: row.get(6).map_err(sql)?,
                 });
             }
             Ok(messages)
@@ -383,28 +453,21 @@ impl Store for SqliteStore {
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(sql)?;
-            let existing = tx
+            let owner: Option<String> = tx
                 .query_row(
-                    "SELECT c.client_id, c.name, c.wrapped_key, c.created_at
-                     FROM fingerprints f JOIN clients c ON c.client_id = f.client_id
-                     WHERE f.fingerprint_hash = ?1",
+                    "SELECT client_id FROM fingerprints WHERE fingerprint_hash = ?1",
                     params![fingerprint.as_slice()],
-                    |r| {
-                        Ok((
-                            r.get::<_, String>(0)?,
-                            r.get::<_, Option<String>>(1)?,
-                            r.get::<_, Vec<u8>>(2)?,
-                            r.get::<_, i64>(3)?,
-                        ))
-                    },
+                    |r| r.get(0),
                 )
                 .optional()
                 .map_err(sql)?;
-            if let Some((id, name, key, created_at)) = existing {
-                return Ok(Registration {
-                    client: client_record(&id, name, key, created_at)?,
-                    created: false,
-                });
+            if let Some(owner) = owner {
+                if let Some(client) = client_in(&tx, &owner)? {
+                    return Ok(Registration {
+                        client,
+                        created: false,
+                    });
+                }
             }
             let id = candidate.id.to_string();
             tx.execute(
@@ -413,7 +476,7 @@ impl Store for SqliteStore {
             )
             .map_err(sql)?;
             tx.execute(
-                "INSERT INTO fingerprints (fingerprint_hash, client_id) VALUES (?1, ?2)",
+                "INSERT OR REPLACE INTO fingerprints (fingerprint_hash, client_id) VALUES (?1, ?2)",
                 params![fingerprint.as_slice(), id],
             )
             .map_err(sql)?;
@@ -429,8 +492,9 @@ impl Store for SqliteStore {
     async fn touch_client(
         &self,
         id: ClientId,
+        generation: u32,
         now: Timestamp,
-        limit: Option<PollRateLimit>,
+        charge: Option<RateCharge>,
     ) -> StoreResult<Touch> {
         use crate::rate_limit::Decision;
         self.with_conn(move |conn| {
@@ -438,28 +502,25 @@ impl Store for SqliteStore {
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(sql)?;
             let client = id.to_string();
-            let row = tx
-                .query_row(
-                    "SELECT name, wrapped_key, created_at, acked, inbox_head, poll_tat
-                     FROM clients WHERE client_id = ?1",
-                    params![client],
-                    |r| {
-                        Ok((
-                            r.get::<_, Option<String>>(0)?,
-                            r.get::<_, Vec<u8>>(1)?,
-                            r.get::<_, i64>(2)?,
-                            r.get::<_, i64>(3)?,
-                            r.get::<_, i64>(4)?,
-                            r.get::<_, Option<i64>>(5)?,
-                        ))
-                    },
-                )
-                .optional()
-                .map_err(sql)?;
-            let Some((name, wrapped_key, created_at, acked, head, tat)) = row else {
+            let Some(record) = client_in(&tx, &client)? else {
                 return Ok(Touch::UnknownClient);
             };
-            let new_tat = match limit.map(|l| l.decide(tat.map(Timestamp), now)) {
+            if record.generation != generation {
+                return Ok(Touch::UnknownClient);
+            }
+            let (acked, head, poll_tat, send_tat): (i64, i64, Option<i64>, Option<i64>) = tx
+                .query_row(
+                    "SELECT acked, inbox_head, poll_tat, send_tat FROM clients WHERE client_id = ?1",
+                    params![client],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                )
+                .map_err(sql)?;
+            let bucket = charge.map_or(Bucket::Poll, |c| c.bucket);
+            let tat = match bucket {
+                Bucket::Poll => poll_tat,
+                Bucket::Send => send_tat,
+            };
+            let new_tat = match charge.map(|c| c.limit.decide(tat.map(Timestamp), now)) {
                 Some(Decision::Deny { retry_after }) => {
                     return Ok(Touch::RateLimited { retry_after })
                 }
@@ -467,17 +528,159 @@ impl Store for SqliteStore {
                 None => tat,
             };
             tx.execute(
-                "UPDATE clients SET last_seen_at = MAX(COALESCE(last_seen_at, 0), ?2), poll_tat = ?3
-                 WHERE client_id = ?1",
+                &format!(
+                    "UPDATE clients SET last_seen_at = MAX(COALESCE(last_seen_at, 0), ?2), {} = ?3
+                     WHERE client_id = ?1",
+                    tat_column(bucket)
+                ),
                 params![client, now.millis(), new_tat],
             )
             .map_err(sql)?;
             tx.commit().map_err(sql)?;
             Ok(Touch::Known(ClientState {
-                record: client_record(&client, name, wrapped_key, created_at)?,
+                record,
                 acked: acked as Seq,
                 head: head as Seq,
             }))
+        })
+        .await
+    }
+
+    async fn rotate_client(&self, rotation: Rotation) -> StoreResult<Rotated> {
+        self.with_conn(move |conn| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(sql)?;
+            let client = rotation.id.to_string();
+            let Some(record) = client_in(&tx, &client)? else {
+                return Ok(Rotated::Stale);
+            };
+            if record.generation != rotation.from_generation {
+                return Ok(Rotated::Stale);
+            }
+            if let Some(fingerprint) = rotation.fingerprint {
+                let owner: Option<String> = tx
+                    .query_row(
+                        "SELECT client_id FROM fingerprints WHERE fingerprint_hash = ?1",
+                        params![fingerprint.as_slice()],
+                        |r| r.get(0),
+                    )
+                    .optional()
+                    .map_err(sql)?;
+                match owner {
+                    Some(owner) if owner == client => {}
+                    Some(_) => return Ok(Rotated::FingerprintTaken),
+                    None => {
+                        tx.execute(
+                            "DELETE FROM fingerprints WHERE client_id = ?1",
+                            params![client],
+                        )
+                        .map_err(sql)?;
+                        tx.execute(
+                            "INSERT INTO fingerprints (fingerprint_hash, client_id) VALUES (?1, ?2)",
+                            params![fingerprint.as_slice(), client],
+                        )
+                        .map_err(sql)?;
+                    }
+                }
+            }
+            let in_use: HashSet<u32> = if record.retired_keys.is_empty() {
+                HashSet::new()
+            } else {
+                let mut stmt = tx
+                    .prepare_cached(
+                        "SELECT DISTINCT i.key_generation FROM inbox i
+                         JOIN clients c ON c.client_id = i.client_id
+                         WHERE i.client_id = ?1 AND i.seq > c.acked",
+                    )
+                    .map_err(sql)?;
+                let generations = stmt
+                    .query_map(params![client], |r| r.get::<_, u32>(0))
+                    .map_err(sql)?
+                    .collect::<Result<HashSet<u32>, _>>()
+                    .map_err(sql)?;
+                generations
+            };
+            let retired = RetiredKey::after_rotation(
+                &record,
+                rotation.now,
+                rotation.keep_retired_since,
+                &in_use,
+            );
+            let rotated = ClientRecord {
+                wrapped_key: rotation.wrapped_key.clone(),
+                generation: record.generation + 1,
+                retired_keys: retired,
+                ..record
+            };
+            tx.execute(
+                "UPDATE clients SET wrapped_key = ?2, generation = ?3, retired_keys = ?4,
+                 last_seen_at = MAX(COALESCE(last_seen_at, 0), ?5) WHERE client_id = ?1",
+                params![
+                    client,
+                    rotated.wrapped_key,
+                    rotated.generation,
+                    RetiredKey::encode_all(&rotated.retired_keys),
+                    rotation.now.millis()
+                ],
+            )
+            .map_err(sql)?;
+            tx.commit().map_err(sql)?;
+            Ok(Rotated::Rotated(rotated))
+        })
+        .await
+    }
+
+    async fn delete_client(&self, id: ClientId) -> StoreResult<Deleted> {
+        // One transaction: the token stops working and the data goes at
+        // the same instant. A client's messages are bounded by retention,
+        // so the transaction stays short.
+        self.with_conn(move |conn| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(sql)?;
+            let client = id.to_string();
+            let removed = tx
+                .execute("DELETE FROM clients WHERE client_id = ?1", params![client])
+                .map_err(sql)?;
+            if removed == 0 {
+                return Ok(Deleted::Unknown);
+            }
+            for statement in [
+                "DELETE FROM fingerprints WHERE client_id = ?1",
+                "DELETE FROM inbox WHERE client_id = ?1",
+                "DELETE FROM outbox WHERE client_id = ?1",
+            ] {
+                tx.execute(statement, params![client]).map_err(sql)?;
+            }
+            tx.commit().map_err(sql)?;
+            Ok(Deleted::Deleted)
+        })
+        .await
+    }
+
+    async fn count_request(
+        &self,
+        key: &str,
+        limit: WindowLimit,
+        now: Timestamp,
+    ) -> StoreResult<Counted> {
+        let counter = format!("{key}#{}", limit.window(now));
+        self.with_conn(move |conn| {
+            let counted = conn
+                .execute(
+                    "INSERT INTO request_counts (counter, count, expires_at) VALUES (?1, 1, ?3)
+                     ON CONFLICT (counter) DO UPDATE SET count = count + 1 WHERE count < ?2",
+                    params![counter, limit.limit(), limit.expires_at(now).millis()],
+                )
+                .map_err(sql)?;
+            Ok(if counted == 1 {
+                Counted::Allowed
+            } else {
+                Counted::Full {
+                    retry_after: limit.retry_after(now),
+                }
+            })
         })
         .await
     }
@@ -486,25 +689,20 @@ impl Store for SqliteStore {
         let ids: Vec<String> = ids.iter().map(ClientId::to_string).collect();
         self.with_conn(move |conn| {
             let mut stmt = conn
-                .prepare_cached(
-                    "SELECT client_id, name, wrapped_key, created_at FROM clients WHERE client_id = ?1",
-                )
+                .prepare_cached(&format!(
+                    "SELECT {CLIENT_COLUMNS} FROM clients WHERE client_id = ?1"
+                ))
                 .map_err(sql)?;
             let mut found = Vec::with_capacity(ids.len());
             for id in &ids {
-                let row = stmt
-                    .query_row(params![id], |r| {
-                        Ok((
-                            r.get::<_, String>(0)?,
-                            r.get::<_, Option<String>>(1)?,
-                            r.get::<_, Vec<u8>>(2)?,
-                            r.get::<_, i64>(3)?,
-                        ))
-                    })
-                    .optional()
-                    .map_err(sql)?;
-                if let Some((id, name, key, created_at)) = row {
-                    found.push(client_record(&id, name, key, created_at)?);
+                let mut rows = stmt.query(params![id]).map_err(sql)?;
+                if let Some(row) = rows.next().map_err(sql)? {
+                    match client_from_row(row) {
+                        Ok(record) => found.push(record),
+                        Err(error) => {
+                            tracing::error!(client_id = %id, %error, "skipping an unreadable client record");
+                        }
+                    }
                 }
             }
             Ok(found)
@@ -515,6 +713,7 @@ impl Store for SqliteStore {
     async fn acknowledge(
         &self,
         id: ClientId,
+        generation: u32,
         upto: Seq,
         now: Timestamp,
     ) -> StoreResult<AckOutcome> {
@@ -523,15 +722,15 @@ impl Store for SqliteStore {
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(sql)?;
             let client = id.to_string();
-            let row: Option<(i64, i64)> = tx
+            let row: Option<(i64, i64, u32)> = tx
                 .query_row(
-                    "SELECT acked, inbox_head FROM clients WHERE client_id = ?1",
+                    "SELECT acked, inbox_head, generation FROM clients WHERE client_id = ?1",
                     params![client],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
                 )
                 .optional()
                 .map_err(sql)?;
-            let Some((acked, head)) = row else {
+            let Some((acked, head, _)) = row.filter(|r| r.2 == generation) else {
                 return Ok(AckOutcome::UnknownClient);
             };
             let (acked, head) = (acked as Seq, head as Seq);
@@ -705,6 +904,15 @@ impl Store for SqliteStore {
                 )
             })
             .await?;
+        let now = crate::clock::Clock::now(&crate::clock::SystemClock).millis();
+        self.purge_in_batches(move |conn| {
+            conn.execute(
+                "DELETE FROM request_counts WHERE counter IN (
+                    SELECT counter FROM request_counts WHERE expires_at < ?1 LIMIT ?2)",
+                params![now, PURGE_BATCH],
+            )
+        })
+        .await?;
         let keys_before = cutoffs.keys_before.millis();
         self.purge_in_batches(move |conn| {
             conn.execute(

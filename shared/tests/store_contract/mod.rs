@@ -6,7 +6,7 @@
 use pigeonhole::clock::Timestamp;
 use pigeonhole::crypto::{seal, Key, Sealed};
 use pigeonhole::domain::{ClientId, Seq};
-use pigeonhole::rate_limit::PollRateLimit;
+use pigeonhole::rate_limit::{PollRateLimit, WindowLimit};
 use pigeonhole::store::*;
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -41,7 +41,16 @@ macro_rules! store_contract_tests {
             reads_stop_at_the_byte_limit_but_return_at_least_one,
             already_appended_names_the_recipients_holding_a_key,
             publish_keys_are_claimed_once_until_they_expire,
-            data_is_not_shared_between_clients
+            data_is_not_shared_between_clients,
+            touch_and_ack_refuse_another_generation,
+            send_and_poll_buckets_are_independent,
+            rotation_moves_the_client_one_generation_up,
+            rotation_to_a_new_fingerprint_moves_the_lookup,
+            retired_keys_are_kept_while_unacknowledged_messages_use_them,
+            deletion_revokes_and_removes_everything,
+            deletion_frees_the_fingerprint_and_is_reported_once,
+            request_counts_allow_the_limit_per_key_and_window,
+            concurrent_request_counts_allow_exactly_the_limit
         );
     };
     (@each $make:expr; $($name:ident),*) => {
@@ -55,7 +64,11 @@ macro_rules! store_contract_tests {
     };
 }
 
-const T0: Timestamp = Timestamp(1_764_000_000_000);
+/// In the future: the DynamoDB adapter stamps idempotency markers and
+/// publish keys with a TTL counted from the message's time, and DynamoDB
+/// (Local, too) deletes items whose TTL has passed, so a past T0 made
+/// markers vanish in the middle of a test.
+const T0: Timestamp = Timestamp(4_102_444_800_000);
 
 pub fn client(name: &str, created_at: Timestamp) -> ClientRecord {
     ClientRecord {
@@ -63,6 +76,8 @@ pub fn client(name: &str, created_at: Timestamp) -> ClientRecord {
         name: Some(name.to_string()),
         wrapped_key: vec![7; 60],
         created_at,
+        generation: 0,
+        retired_keys: vec![],
     }
 }
 
@@ -88,6 +103,12 @@ fn dedup(key: &str) -> Dedup {
 /// A sealer whose message body is the sequence number, so tests can check
 /// that the stored message was built for the position it sits at.
 fn sealer(kind: &str) -> Sealer {
+    sealer_under(kind, 0)
+}
+
+/// [`sealer`], saying its messages are sealed under the personal key of
+/// credential generation `key_generation`.
+fn sealer_under(kind: &str, key_generation: u32) -> Sealer {
     let kind = kind.to_string();
     let key = Key::from_bytes([3; 32]);
     Arc::new(move |seq: Seq| {
@@ -95,7 +116,24 @@ fn sealer(kind: &str) -> Sealer {
             kind: kind.clone(),
             body: seal(&key, &seq.to_be_bytes(), b""),
             created_at: T0.plus_millis(seq as i64),
+            key_generation,
         })
+    })
+}
+
+/// A charge to the poll bucket at `per_minute`.
+fn polls(per_minute: u32) -> Option<RateCharge> {
+    Some(RateCharge {
+        bucket: Bucket::Poll,
+        limit: PollRateLimit::per_minute(per_minute).unwrap(),
+    })
+}
+
+/// A charge to the send bucket at `per_minute`.
+fn sends(per_minute: u32) -> Option<RateCharge> {
+    Some(RateCharge {
+        bucket: Bucket::Send,
+        limit: PollRateLimit::per_minute(per_minute).unwrap(),
     })
 }
 
@@ -164,7 +202,7 @@ pub async fn touch_reports_state_and_records_contact(store: &dyn Store) {
     let id = registered(store, "a", T0).await;
     let state = known(
         store
-            .touch_client(id, T0.plus_millis(5), None)
+            .touch_client(id, 0, T0.plus_millis(5), None)
             .await
             .unwrap(),
     );
@@ -176,7 +214,7 @@ pub async fn touch_reports_state_and_records_contact(store: &dyn Store) {
     append(store, id, "m1").await;
     let state = known(
         store
-            .touch_client(id, T0.plus_millis(9), None)
+            .touch_client(id, 0, T0.plus_millis(9), None)
             .await
             .unwrap(),
     );
@@ -189,7 +227,7 @@ pub async fn touch_reports_state_and_records_contact(store: &dyn Store) {
 pub async fn unknown_clients_are_reported(store: &dyn Store) {
     let stranger = ClientId::new();
     assert_eq!(
-        store.touch_client(stranger, T0, None).await.unwrap(),
+        store.touch_client(stranger, 0, T0, None).await.unwrap(),
         Touch::UnknownClient
     );
     assert_eq!(append(store, stranger, "k").await, Appended::UnknownClient);
@@ -201,7 +239,7 @@ pub async fn unknown_clients_are_reported(store: &dyn Store) {
         Appended::UnknownClient
     );
     assert_eq!(
-        store.acknowledge(stranger, 0, T0).await.unwrap(),
+        store.acknowledge(stranger, 0, 0, T0).await.unwrap(),
         AckOutcome::UnknownClient
     );
     assert!(store
@@ -213,10 +251,10 @@ pub async fn unknown_clients_are_reported(store: &dyn Store) {
 
 pub async fn rate_limit_refuses_without_changing_state(store: &dyn Store) {
     let id = registered(store, "a", T0).await;
-    let limit = PollRateLimit::per_minute(2);
+    let limit = polls(2);
     for i in 0..2 {
         let touch = store
-            .touch_client(id, T0.plus_millis(i), limit)
+            .touch_client(id, 0, T0.plus_millis(i), limit)
             .await
             .unwrap();
         assert!(
@@ -225,7 +263,7 @@ pub async fn rate_limit_refuses_without_changing_state(store: &dyn Store) {
         );
     }
     match store
-        .touch_client(id, T0.plus_millis(2), limit)
+        .touch_client(id, 0, T0.plus_millis(2), limit)
         .await
         .unwrap()
     {
@@ -240,14 +278,14 @@ pub async fn rate_limit_refuses_without_changing_state(store: &dyn Store) {
     );
     // Half a minute later one slot has refilled.
     let later = store
-        .touch_client(id, T0.plus_millis(30_002), limit)
+        .touch_client(id, 0, T0.plus_millis(30_002), limit)
         .await
         .unwrap();
     assert!(matches!(later, Touch::Known(_)));
     // Contacts without a limit (sends, acks) are never refused.
     assert!(matches!(
         store
-            .touch_client(id, T0.plus_millis(30_003), None)
+            .touch_client(id, 0, T0.plus_millis(30_003), None)
             .await
             .unwrap(),
         Touch::Known(_)
@@ -268,7 +306,7 @@ pub async fn appends_number_from_one_without_gaps(store: &dyn Store) {
         vec![1, 2, 3, 4, 5]
     );
     assert_eq!(
-        known(store.touch_client(id, T0, None).await.unwrap()).head,
+        known(store.touch_client(id, 0, T0, None).await.unwrap()).head,
         5
     );
 }
@@ -342,7 +380,7 @@ pub async fn duplicate_appends_store_nothing(store: &dyn Store) {
         2
     );
     assert_eq!(
-        known(store.touch_client(id, T0, None).await.unwrap()).head,
+        known(store.touch_client(id, 0, T0, None).await.unwrap()).head,
         2
     );
 }
@@ -368,7 +406,7 @@ pub async fn inbox_and_outbox_are_separate_sequences(store: &dyn Store) {
         2
     );
     assert_eq!(
-        known(store.touch_client(id, T0, None).await.unwrap()).head,
+        known(store.touch_client(id, 0, T0, None).await.unwrap()).head,
         2,
         "head counts the inbox only"
     );
@@ -380,27 +418,30 @@ pub async fn acknowledge_moves_forward_only(store: &dyn Store) {
         append(store, id, &format!("m{i}")).await;
     }
     assert_eq!(
-        store.acknowledge(id, 2, T0).await.unwrap(),
+        store.acknowledge(id, 0, 2, T0).await.unwrap(),
         AckOutcome::Acked { cursor: 2 }
     );
     assert_eq!(
-        store.acknowledge(id, 1, T0).await.unwrap(),
+        store.acknowledge(id, 0, 1, T0).await.unwrap(),
         AckOutcome::Acked { cursor: 2 }
     );
     assert_eq!(
-        store.acknowledge(id, 0, T0).await.unwrap(),
+        store.acknowledge(id, 0, 0, T0).await.unwrap(),
         AckOutcome::Acked { cursor: 2 }
     );
     assert_eq!(
-        store.acknowledge(id, 4, T0).await.unwrap(),
+        store.acknowledge(id, 0, 4, T0).await.unwrap(),
         AckOutcome::BeyondHead { head: 3 }
     );
     assert_eq!(
-        known(store.touch_client(id, T0, None).await.unwrap()).acked,
+        known(store.touch_client(id, 0, T0, None).await.unwrap()).acked,
         2
     );
     assert_eq!(
-        store.acknowledge(id, 3, T0.plus_millis(50)).await.unwrap(),
+        store
+            .acknowledge(id, 0, 3, T0.plus_millis(50))
+            .await
+            .unwrap(),
         AckOutcome::Acked { cursor: 3 }
     );
     let page = store.list_clients(10, None).await.unwrap().unwrap();
@@ -525,7 +566,7 @@ pub async fn purge_removes_only_old_acknowledged_messages(store: &dyn Store) {
     for i in 0..4 {
         append(store, id, &format!("m{i}")).await; // created at T0+1 .. T0+4
     }
-    store.acknowledge(id, 3, T0).await.unwrap();
+    store.acknowledge(id, 0, 3, T0).await.unwrap();
     // Messages 1 and 2 are acknowledged and older than the cutoff; 3 is
     // acknowledged but newer; 4 is not acknowledged.
     let purged = store.purge(inbox_cutoffs(T0.plus_millis(3))).await.unwrap();
@@ -548,7 +589,7 @@ pub async fn purge_removes_only_old_acknowledged_messages(store: &dyn Store) {
         Appended::Stored { seq: 5 },
         "numbering continues after a purge"
     );
-    store.acknowledge(id, 5, T0).await.unwrap();
+    store.acknowledge(id, 0, 5, T0).await.unwrap();
     let purged = store
         .purge(inbox_cutoffs(T0.plus_millis(1_000)))
         .await
@@ -603,7 +644,7 @@ pub async fn purge_of_many_clients_and_messages_is_complete(store: &dyn Store) {
         for i in 0..60 {
             append(store, *id, &format!("m{i}")).await;
         }
-        store.acknowledge(*id, 55, T0).await.unwrap();
+        store.acknowledge(*id, 0, 55, T0).await.unwrap();
     }
     let purged = store
         .purge(inbox_cutoffs(T0.plus_millis(1_000)))
@@ -724,12 +765,578 @@ pub async fn data_is_not_shared_between_clients(store: &dyn Store) {
         append(store, b, "same-key").await,
         Appended::Stored { seq: 1 }
     );
-    store.acknowledge(a, 1, T0).await.unwrap();
+    store.acknowledge(a, 0, 1, T0).await.unwrap();
     assert_eq!(
-        known(store.touch_client(b, T0, None).await.unwrap()).acked,
+        known(store.touch_client(b, 0, T0, None).await.unwrap()).acked,
         0
     );
     assert_eq!(store.read(Mailbox::Inbox, b, 0, 10).await.unwrap().len(), 1);
+}
+
+fn fingerprint(byte: u8) -> [u8; 32] {
+    let mut fp = *ClientId::new().as_uuid().as_bytes();
+    fp[0] = byte;
+    let mut out = [byte; 32];
+    out[..16].copy_from_slice(&fp);
+    out
+}
+
+fn rotation(id: ClientId, from: u32, key: u8, now: Timestamp) -> Rotation {
+    Rotation {
+        id,
+        from_generation: from,
+        wrapped_key: vec![key; 60],
+        fingerprint: None,
+        now,
+        keep_retired_since: now,
+    }
+}
+
+fn rotated(outcome: Rotated) -> ClientRecord {
+    match outcome {
+        Rotated::Rotated(record) => record,
+        other => panic!("expected a rotation, got {other:?}"),
+    }
+}
+
+fn retired_generations(record: &ClientRecord) -> Vec<u32> {
+    let mut generations: Vec<u32> = record.retired_keys.iter().map(|k| k.generation).collect();
+    generations.sort();
+    generations
+}
+
+pub async fn touch_and_ack_refuse_another_generation(store: &dyn Store) {
+    let id = registered(store, "a", T0).await;
+    append(store, id, "m1").await;
+    for generation in [1, 2, u32::MAX] {
+        assert_eq!(
+            store.touch_client(id, generation, T0, None).await.unwrap(),
+            Touch::UnknownClient,
+            "generation {generation}"
+        );
+        assert_eq!(
+            store
+                .touch_client(id, generation, T0, polls(60))
+                .await
+                .unwrap(),
+            Touch::UnknownClient,
+            "generation {generation}, charged"
+        );
+        assert_eq!(
+            store.acknowledge(id, generation, 1, T0).await.unwrap(),
+            AckOutcome::UnknownClient,
+            "generation {generation}"
+        );
+    }
+    let state = known(store.touch_client(id, 0, T0, polls(60)).await.unwrap());
+    assert_eq!(
+        (state.acked, state.record.generation),
+        (0, 0),
+        "refused acks moved nothing"
+    );
+    let page = store.list_clients(10, None).await.unwrap().unwrap();
+    assert_eq!(page.clients[0].last_seen_at, Some(T0));
+}
+
+pub async fn send_and_poll_buckets_are_independent(store: &dyn Store) {
+    let id = registered(store, "a", T0).await;
+    for i in 0..2 {
+        let touch = store.touch_client(id, 0, T0, polls(2)).await.unwrap();
+        assert!(matches!(touch, Touch::Known(_)), "poll {i}");
+    }
+    assert!(matches!(
+        store.touch_client(id, 0, T0, polls(2)).await.unwrap(),
+        Touch::RateLimited { .. }
+    ));
+    for i in 0..3 {
+        let touch = store.touch_client(id, 0, T0, sends(3)).await.unwrap();
+        assert!(
+            matches!(touch, Touch::Known(_)),
+            "send {i}: polls do not drain the send bucket"
+        );
+    }
+    match store.touch_client(id, 0, T0, sends(3)).await.unwrap() {
+        Touch::RateLimited { retry_after } => assert_eq!(retry_after.as_secs(), 20),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    // Half a minute on, one poll slot has refilled, whatever sends did.
+    assert!(matches!(
+        store
+            .touch_client(id, 0, T0.plus_millis(30_000), polls(2))
+            .await
+            .unwrap(),
+        Touch::Known(_)
+    ));
+}
+
+pub async fn rotation_moves_the_client_one_generation_up(store: &dyn Store) {
+    let fp = fingerprint(1);
+    let original = client("a", T0);
+    let id = original.id;
+    store.register_client(fp, original.clone()).await.unwrap();
+    append(store, id, "m1").await;
+
+    let now = T0.plus_millis(100);
+    let record = rotated(store.rotate_client(rotation(id, 0, 8, now)).await.unwrap());
+    assert_eq!(
+        record,
+        ClientRecord {
+            wrapped_key: vec![8; 60],
+            generation: 1,
+            retired_keys: vec![RetiredKey {
+                generation: 0,
+                wrapped_key: vec![7; 60],
+                retired_at: now,
+            }],
+            ..original
+        }
+    );
+    assert_eq!(record.wrapped_key_of(0), Some(&[7u8; 60][..]));
+
+    // The old generation's tokens are refused; the new one's accepted.
+    assert_eq!(
+        store.touch_client(id, 0, now, None).await.unwrap(),
+        Touch::UnknownClient
+    );
+    assert_eq!(
+        store.acknowledge(id, 0, 1, now).await.unwrap(),
+        AckOutcome::UnknownClient
+    );
+    let state = known(store.touch_client(id, 1, now, polls(60)).await.unwrap());
+    assert_eq!(state.record, record);
+    assert_eq!(state.head, 1, "messages stay");
+    assert_eq!(
+        store.acknowledge(id, 1, 1, now).await.unwrap(),
+        AckOutcome::Acked { cursor: 1 }
+    );
+
+    // A second rotation from the old generation (a replay, or a race lost
+    // to another rotation) changes nothing.
+    assert_eq!(
+        store.rotate_client(rotation(id, 0, 9, now)).await.unwrap(),
+        Rotated::Stale
+    );
+    assert_eq!(
+        store.rotate_client(rotation(id, 5, 9, now)).await.unwrap(),
+        Rotated::Stale
+    );
+    assert_eq!(
+        store
+            .rotate_client(rotation(ClientId::new(), 0, 9, now))
+            .await
+            .unwrap(),
+        Rotated::Stale,
+        "an unknown client"
+    );
+
+    // Re-registering with the fingerprint returns the rotated record.
+    let again = store.register_client(fp, client("b", now)).await.unwrap();
+    assert_eq!(
+        again,
+        Registration {
+            client: record.clone(),
+            created: false
+        }
+    );
+    assert_eq!(store.load_clients(&[id]).await.unwrap(), vec![record]);
+}
+
+pub async fn rotation_to_a_new_fingerprint_moves_the_lookup(store: &dyn Store) {
+    let (old_fp, new_fp) = (fingerprint(2), fingerprint(3));
+    let first = client("a", T0);
+    let id = first.id;
+    store.register_client(old_fp, first).await.unwrap();
+    let now = T0.plus_millis(100);
+    let moved = rotated(
+        store
+            .rotate_client(Rotation {
+                fingerprint: Some(new_fp),
+                ..rotation(id, 0, 8, now)
+            })
+            .await
+            .unwrap(),
+    );
+    assert_eq!((moved.id, moved.generation), (id, 1));
+
+    let found = store
+        .register_client(new_fp, client("x", now))
+        .await
+        .unwrap();
+    assert_eq!(
+        found,
+        Registration {
+            client: moved.clone(),
+            created: false
+        },
+        "the new fingerprint finds the client"
+    );
+    let fresh = client("y", now);
+    let again = store.register_client(old_fp, fresh.clone()).await.unwrap();
+    assert_eq!(
+        again,
+        Registration {
+            client: fresh.clone(),
+            created: true
+        },
+        "the old fingerprint registers a new client"
+    );
+
+    // Another client's fingerprint cannot be taken, and nothing changes.
+    assert_eq!(
+        store
+            .rotate_client(Rotation {
+                fingerprint: Some(old_fp),
+                ..rotation(id, 1, 9, now)
+            })
+            .await
+            .unwrap(),
+        Rotated::FingerprintTaken
+    );
+    let state = known(store.touch_client(id, 1, now, None).await.unwrap());
+    assert_eq!(state.record, moved);
+    assert_eq!(
+        store
+            .register_client(new_fp, client("z", now))
+            .await
+            .unwrap()
+            .client
+            .id,
+        id
+    );
+    // Rotating to the fingerprint a client already has is a plain rotation.
+    let same = rotated(
+        store
+            .rotate_client(Rotation {
+                fingerprint: Some(new_fp),
+                ..rotation(id, 1, 10, now)
+            })
+            .await
+            .unwrap(),
+    );
+    assert_eq!(same.generation, 2);
+    let found = store
+        .register_client(new_fp, client("v", now))
+        .await
+        .unwrap();
+    assert_eq!((found.client.id, found.created), (id, false));
+    assert_eq!(found.client.generation, 2);
+    assert_eq!(
+        store
+            .register_client(old_fp, client("u", now))
+            .await
+            .unwrap()
+            .client
+            .id,
+        fresh.id
+    );
+}
+
+pub async fn retired_keys_are_kept_while_unacknowledged_messages_use_them(store: &dyn Store) {
+    let id = registered(store, "a", T0).await;
+    let at = |ms: i64| T0.plus_millis(ms);
+    let append_under = |key: &str, generation: u32| {
+        store.append(
+            Mailbox::Inbox,
+            id,
+            dedup(key),
+            sealer_under("event", generation),
+        )
+    };
+    append_under("m1", 0).await.unwrap();
+    append_under("m2", 0).await.unwrap();
+    // A rotation always keeps the key it retires.
+    let r1 = rotated(
+        store
+            .rotate_client(rotation(id, 0, 11, at(100)))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(retired_generations(&r1), vec![0]);
+    append_under("m3", 1).await.unwrap();
+    let stored = store.read(Mailbox::Inbox, id, 0, 10).await.unwrap();
+    assert_eq!(
+        stored.iter().map(|m| m.key_generation).collect::<Vec<_>>(),
+        vec![0, 0, 1],
+        "reads say which key sealed each message"
+    );
+
+    // Generation 0's key is past the grace period, but messages 1 and 2
+    // (unacknowledged) are sealed under it.
+    let r2 = rotated(
+        store
+            .rotate_client(Rotation {
+                keep_retired_since: at(150),
+                ..rotation(id, 1, 12, at(200))
+            })
+            .await
+            .unwrap(),
+    );
+    assert_eq!(retired_generations(&r2), vec![0, 1]);
+    assert_eq!(r2.wrapped_key_of(0), Some(&[7u8; 60][..]));
+    assert_eq!(r2.wrapped_key_of(1), Some(&[11u8; 60][..]));
+
+    // Once they are acknowledged, generation 0's key goes; generation 1's
+    // stays for message 3.
+    store.acknowledge(id, 2, 2, at(250)).await.unwrap();
+    let r3 = rotated(
+        store
+            .rotate_client(Rotation {
+                keep_retired_since: at(250),
+                ..rotation(id, 2, 13, at(300))
+            })
+            .await
+            .unwrap(),
+    );
+    assert_eq!(retired_generations(&r3), vec![1, 2]);
+    assert_eq!(r3.wrapped_key_of(0), None);
+
+    // Everything acknowledged and old: only the key retired now is kept.
+    store.acknowledge(id, 3, 3, at(350)).await.unwrap();
+    let r4 = rotated(
+        store
+            .rotate_client(Rotation {
+                keep_retired_since: at(350),
+                ..rotation(id, 3, 14, at(400))
+            })
+            .await
+            .unwrap(),
+    );
+    assert_eq!(retired_generations(&r4), vec![3]);
+
+    // A key retired at or after `keep_retired_since` is kept regardless.
+    let r5 = rotated(
+        store
+            .rotate_client(Rotation {
+                keep_retired_since: at(400),
+                ..rotation(id, 4, 15, at(500))
+            })
+            .await
+            .unwrap(),
+    );
+    assert_eq!(retired_generations(&r5), vec![3, 4]);
+    let state = known(store.touch_client(id, 5, at(500), None).await.unwrap());
+    assert_eq!(state.record, r5, "the store keeps what it reported");
+}
+
+pub async fn deletion_revokes_and_removes_everything(store: &dyn Store) {
+    let fp = fingerprint(5);
+    let doomed = client("doomed", T0);
+    let id = doomed.id;
+    store.register_client(fp, doomed).await.unwrap();
+    let kept = registered(store, "kept", T0).await;
+    // More than a few delete batches' worth.
+    for i in 0..60 {
+        append(store, id, &format!("in{i}")).await;
+    }
+    for i in 0..30 {
+        store
+            .append(
+                Mailbox::Outbox,
+                id,
+                dedup(&format!("out{i}")),
+                sealer("note"),
+            )
+            .await
+            .unwrap();
+    }
+    append(store, kept, "in0").await;
+    store.acknowledge(id, 0, 10, T0).await.unwrap();
+
+    assert_eq!(store.delete_client(id).await.unwrap(), Deleted::Deleted);
+
+    assert_eq!(
+        store.touch_client(id, 0, T0, None).await.unwrap(),
+        Touch::UnknownClient
+    );
+    assert_eq!(
+        store.touch_client(id, 0, T0, polls(60)).await.unwrap(),
+        Touch::UnknownClient
+    );
+    assert_eq!(
+        store.acknowledge(id, 0, 20, T0).await.unwrap(),
+        AckOutcome::UnknownClient
+    );
+    assert_eq!(
+        store.rotate_client(rotation(id, 0, 8, T0)).await.unwrap(),
+        Rotated::Stale
+    );
+    assert_eq!(append(store, id, "late").await, Appended::UnknownClient);
+    for mailbox in [Mailbox::Inbox, Mailbox::Outbox] {
+        assert!(
+            store.read(mailbox, id, 0, 100).await.unwrap().is_empty(),
+            "{mailbox:?} is emptied"
+        );
+    }
+    let listed: Vec<ClientId> = store
+        .list_clients(100, None)
+        .await
+        .unwrap()
+        .unwrap()
+        .clients
+        .iter()
+        .map(|c| c.id)
+        .collect();
+    assert_eq!(listed, vec![kept]);
+    assert_eq!(
+        store
+            .load_clients(&[id, kept])
+            .await
+            .unwrap()
+            .iter()
+            .map(|c| c.id)
+            .collect::<Vec<_>>(),
+        vec![kept]
+    );
+    // Nobody else's data went with it, and a purge finds nothing to do.
+    assert_eq!(
+        store.read(Mailbox::Inbox, kept, 0, 10).await.unwrap().len(),
+        1
+    );
+    let purged = store
+        .purge(inbox_cutoffs(T0.plus_millis(1_000)))
+        .await
+        .unwrap();
+    assert_eq!((purged.inbox, purged.finished), (0, true));
+    assert!(store
+        .read(Mailbox::Inbox, id, 0, 100)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+pub async fn deletion_frees_the_fingerprint_and_is_reported_once(store: &dyn Store) {
+    let fp = fingerprint(6);
+    let first = client("first", T0);
+    store.register_client(fp, first.clone()).await.unwrap();
+    assert_eq!(
+        store.delete_client(first.id).await.unwrap(),
+        Deleted::Deleted
+    );
+    assert_eq!(
+        store.delete_client(first.id).await.unwrap(),
+        Deleted::Unknown,
+        "a second delete"
+    );
+    assert_eq!(
+        store.delete_client(ClientId::new()).await.unwrap(),
+        Deleted::Unknown,
+        "an id never registered"
+    );
+    let second = client("second", T0.plus_millis(1));
+    assert_eq!(
+        store.register_client(fp, second.clone()).await.unwrap(),
+        Registration {
+            client: second.clone(),
+            created: true
+        },
+        "the fingerprint registers a new client"
+    );
+    assert_eq!(
+        store
+            .register_client(fp, client("third", T0))
+            .await
+            .unwrap()
+            .client,
+        second
+    );
+    assert!(matches!(
+        store.touch_client(second.id, 0, T0, None).await.unwrap(),
+        Touch::Known(_)
+    ));
+    // A client moved to a new fingerprint frees that one when deleted.
+    let moved_fp = fingerprint(7);
+    rotated(
+        store
+            .rotate_client(Rotation {
+                fingerprint: Some(moved_fp),
+                ..rotation(second.id, 0, 8, T0)
+            })
+            .await
+            .unwrap(),
+    );
+    assert_eq!(
+        store.delete_client(second.id).await.unwrap(),
+        Deleted::Deleted
+    );
+    for fp in [fp, moved_fp] {
+        let fresh = client("fresh", T0);
+        assert_eq!(
+            store.register_client(fp, fresh.clone()).await.unwrap(),
+            Registration {
+                client: fresh,
+                created: true
+            }
+        );
+    }
+}
+
+pub async fn request_counts_allow_the_limit_per_key_and_window(store: &dyn Store) {
+    let limit = WindowLimit::per_minute(3).unwrap();
+    let now = T0.plus_millis(1_500);
+    for i in 0..3 {
+        assert_eq!(
+            store
+                .count_request("203.0.113.7", limit, now.plus_millis(i))
+                .await
+                .unwrap(),
+            Counted::Allowed,
+            "request {i}"
+        );
+    }
+    for i in 3..5 {
+        let counted = store
+            .count_request("203.0.113.7", limit, now.plus_millis(i))
+            .await
+            .unwrap();
+        let Counted::Full { retry_after } = counted else {
+            panic!("request {i} is over the limit: {counted:?}")
+        };
+        assert_eq!(retry_after, limit.retry_after(now.plus_millis(i)));
+        assert!(retry_after.as_secs() >= 1 && retry_after.as_secs() <= 60);
+    }
+    assert_eq!(
+        store
+            .count_request("2001:db8::1", limit, now)
+            .await
+            .unwrap(),
+        Counted::Allowed,
+        "keys are counted apart"
+    );
+    // The next window starts afresh.
+    let next = now.plus_millis(60_000);
+    assert_eq!(limit.window(next), limit.window(now) + 1);
+    for i in 0..3 {
+        assert_eq!(
+            store
+                .count_request("203.0.113.7", limit, next)
+                .await
+                .unwrap(),
+            Counted::Allowed,
+            "request {i} of the next window"
+        );
+    }
+    assert!(matches!(
+        store
+            .count_request("203.0.113.7", limit, next)
+            .await
+            .unwrap(),
+        Counted::Full { .. }
+    ));
+}
+
+pub async fn concurrent_request_counts_allow_exactly_the_limit(store: &dyn Store) {
+    let limit = WindowLimit::per_minute(5).unwrap();
+    let counts = (0..20).map(|_| store.count_request("198.51.100.1", limit, T0));
+    let results: Vec<Counted> = futures_join_all(counts)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap())
+        .collect();
+    assert_eq!(
+        results.iter().filter(|c| **c == Counted::Allowed).count(),
+        5,
+        "{results:?}"
+    );
 }
 
 /// Runs futures concurrently on this task (no extra dependency needed).

@@ -221,6 +221,13 @@ impl Config {
             ..Config::default()
         }
     }
+
+    /// This configuration plus the environment variable `name=value` (in
+    /// `extra_env`), e.g. `Config::default().with_env("SEND_RATE_LIMIT", "2")`.
+    pub fn with_env(mut self, name: &str, value: &str) -> Self {
+        self.extra_env.push((name.into(), value.into()));
+        self
+    }
 }
 
 pub struct Server {
@@ -422,6 +429,10 @@ impl Server {
             "MASTER_KEY",
             "POLL_RATE_LIMIT",
             "ACKED_RETENTION_SECS",
+            // Set only through `extra_env`: never inherited from the shell.
+            "SEND_RATE_LIMIT",
+            "REGISTER_RATE_LIMIT",
+            "REGISTER_RATE_LIMIT_EXEMPT",
         ] {
             cmd.env_remove(var);
         }
@@ -895,6 +906,64 @@ impl Server {
             .send()
             .await
             .expect("send request")
+    }
+
+    /// `POST /clients/rotate` with the client's credentials and `body`.
+    pub async fn rotate_raw(&self, c: &Creds, body: &Value) -> Response {
+        c.auth(self.request(Method::POST, &format!("{API}/clients/rotate")))
+            .json(body)
+            .send()
+            .await
+            .expect("rotate request")
+    }
+
+    /// Rotate (to `fingerprint` when given) and assert 200 with the same
+    /// client id and a new token and key; returns the new credentials.
+    pub async fn rotate(&self, c: &Creds, fingerprint: Option<&str>) -> Creds {
+        let body = match fingerprint {
+            Some(fp) => json!({ "fingerprint": fp }),
+            None => json!({}),
+        };
+        let resp = self.rotate_raw(c, &body).await;
+        let status = resp.status();
+        let v = json_body(resp).await;
+        assert_eq!(status, StatusCode::OK, "rotate: {v}");
+        let new = Creds::from_json(&v);
+        assert_eq!(new.client_id, c.client_id, "rotate keeps the client id");
+        assert_ne!(new.api_token, c.api_token, "rotate gives a new api_token");
+        assert_ne!(
+            new.personal_token, c.personal_token,
+            "rotate gives a new personal key"
+        );
+        new
+    }
+
+    /// `DELETE /operators/clients/{client_id}` with `token` as `X-Operator-Token`.
+    pub async fn delete_client_raw(&self, token: &str, client_id: &str) -> Response {
+        self.request(
+            Method::DELETE,
+            &format!("{API}/operators/clients/{}", urlencode(client_id)),
+        )
+        .header("X-Operator-Token", token)
+        .send()
+        .await
+        .expect("delete client request")
+    }
+
+    /// Delete a client with the first operator token; asserts 204 and an empty body.
+    pub async fn delete_client(&self, client_id: &str) {
+        let resp = self
+            .delete_client_raw(self.operator_token(), client_id)
+            .await;
+        let status = resp.status();
+        let body = resp.bytes().await.expect("delete body");
+        assert_eq!(
+            status,
+            StatusCode::NO_CONTENT,
+            "delete {client_id}: {}",
+            String::from_utf8_lossy(&body)
+        );
+        assert!(body.is_empty(), "204 with a body: {body:?}");
     }
 
     pub async fn list_clients_raw(&self, token: &str, query: &str) -> Response {

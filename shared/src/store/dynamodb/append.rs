@@ -3,6 +3,7 @@
 //! idempotency marker if it does not exist yet.
 
 use super::call::{backend, built, reason_code, send, Transaction};
+use super::clients::{is_deleted, DELETED};
 use super::item::*;
 use super::{head_attribute, marker_id, DynamoStore};
 use crate::domain::{ClientId, Seq};
@@ -30,14 +31,16 @@ impl DynamoStore {
                 .get_item()
                 .table_name(&self.tables.clients)
                 .key("client_id", s(id.to_string()))
-                .projection_expression("#h")
+                .projection_expression("#h, #deleted")
                 .expression_attribute_names("#h", head_attribute(mailbox))
+                .expression_attribute_names("#deleted", DELETED)
                 .consistent_read(true)
                 .send()
         })
         .await?;
         match out.item {
             None => Ok(None),
+            Some(item) if is_deleted(&item) => Ok(None),
             Some(item) => Ok(Some(get_n(&item, head_attribute(mailbox))?)),
         }
     }
@@ -77,8 +80,11 @@ impl DynamoStore {
                     .table_name(&self.tables.clients)
                     .key("client_id", s(&client_key))
                     .update_expression("SET #h = :next")
-                    .condition_expression("#h = :head")
+                    // A client marked deleted takes no more messages: its
+                    // deletion is removing them.
+                    .condition_expression("#h = :head AND attribute_not_exists(#deleted)")
                     .expression_attribute_names("#h", head_name)
+                    .expression_attribute_names("#deleted", DELETED)
                     .expression_attribute_values(":head", n(head))
                     .expression_attribute_values(":next", n(seq))
                     .build(),
@@ -93,6 +99,7 @@ impl DynamoStore {
                     .item("ciphertext", b(message.body.ciphertext.clone()))
                     .item("tag", b(message.body.tag.to_vec()))
                     .item("created_at", n(message.created_at.millis()))
+                    .item("key_generation", n(message.key_generation))
                     .item("dedup_key", s(&dedup.key))
                     .condition_expression("attribute_not_exists(seq)")
                     .build(),

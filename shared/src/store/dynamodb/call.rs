@@ -10,6 +10,8 @@ use crate::retry::{self, Class, Failed, GaveUp};
 use crate::store::{StoreError, StoreResult};
 use aws_sdk_dynamodb::config::http::HttpResponse;
 use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_dynamodb::operation::delete_item::builders::DeleteItemFluentBuilder;
+use aws_sdk_dynamodb::operation::delete_item::DeleteItemError;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder;
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
@@ -123,6 +125,30 @@ impl DynamoStore {
                             UpdateItemError::ConditionalCheckFailedException(f) => Ok(Err(f.item)),
                             other => Err(Failed::permanent(backend(other))),
                         }
+                    }
+                    Err(e) => Err(failed(e)),
+                }
+            }
+        })
+        .await
+    }
+
+    /// Runs a conditional `DeleteItem`: false when the condition failed.
+    pub(super) async fn conditional_delete(
+        &self,
+        delete: DeleteItemFluentBuilder,
+    ) -> StoreResult<bool> {
+        attempts("DeleteItem", |_| {
+            let sent = delete.clone().send();
+            async move {
+                match sent.await {
+                    Ok(_) => Ok(true),
+                    Err(e)
+                        if e.as_service_error().is_some_and(
+                            DeleteItemError::is_conditional_check_failed_exception,
+                        ) =>
+                    {
+                        Ok(false)
                     }
                     Err(e) => Err(failed(e)),
                 }

@@ -9,9 +9,11 @@
 //! `seq BETWEEN mark + 1 AND limit` (the cursor for the inbox, so an
 //! unacknowledged message is never even read; the head for the outbox),
 //! stopping at the first message too young to delete. Expired idempotency
-//! keys and markers go by the dedup table's TTL.
+//! keys and markers go by the dedup table's TTL. A client marked deleted
+//! whose deletion was interrupted is finished here (see `lifecycle.rs`).
 
 use super::call::{built, send};
+use super::clients::is_deleted;
 use super::item::*;
 use super::DynamoStore;
 use crate::clock::Timestamp;
@@ -71,7 +73,8 @@ impl DynamoStore {
                     .scan()
                     .table_name(&self.tables.clients)
                     .projection_expression(
-                        "client_id, acked, outbox_head, inbox_purged, outbox_purged",
+                        "client_id, acked, outbox_head, inbox_purged, outbox_purged, \
+                         deleted_at, fingerprint_hash",
                     )
                     .segment(segment)
                     .total_segments(SEGMENTS)
@@ -84,6 +87,13 @@ impl DynamoStore {
                 let Some(id) = ClientId::parse(&get_s(&client, "client_id")?) else {
                     continue;
                 };
+                if is_deleted(&client) {
+                    // A deletion that was interrupted: finish it.
+                    if self.finish_deletion(id, &client).await? {
+                        tracing::info!(client_id = %id, "finished deleting a client");
+                    }
+                    continue;
+                }
                 let inbox_mark = opt_n(&client, "inbox_purged")?.unwrap_or(0);
                 let outbox_mark = opt_n(&client, "outbox_purged")?.unwrap_or(0);
                 let acked: Seq = get_n(&client, "acked")?;
@@ -172,7 +182,7 @@ impl DynamoStore {
         Ok(deleted)
     }
 
-    async fn delete_messages(
+    pub(super) async fn delete_messages(
         &self,
         mailbox: Mailbox,
         client_key: &str,

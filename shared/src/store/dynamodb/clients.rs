@@ -1,13 +1,21 @@
-//! Client items: registration, the per-request touch (contact, rate limit,
-//! heads and cursor in one `UpdateItem`), acknowledgements, batch loads
-//! for the fan-out, and the operators' listing.
+//! Client items: registration, the per-request touch (credential
+//! generation, contact, rate limit, heads and cursor in one `UpdateItem`),
+//! acknowledgements, batch loads for the fan-out, and the operators'
+//! listing.
+//!
+//! A client item carries its credential `generation` (absent on items
+//! written before rotation existed: generation 0) and the condition of
+//! every authenticated write names it, so a rotated or deleted client's
+//! old tokens fail in the same request that would have served them. A
+//! deleted client keeps its item, marked `deleted_at` and with generation
+//! `u32::MAX`, until its messages are gone (see `lifecycle.rs`).
 
 use super::call::{attempts, built, failed, reason_code, send, Transaction};
 use super::item::*;
 use super::DynamoStore;
 use crate::clock::Timestamp;
 use crate::domain::{ClientId, Seq};
-use crate::rate_limit::{Decision, PollRateLimit};
+use crate::rate_limit::Decision;
 use crate::retry;
 use crate::store::*;
 use aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder;
@@ -20,14 +28,57 @@ use base64::Engine;
 /// BatchGetItem takes at most 100 keys.
 pub(super) const BATCH_GET_MAX: usize = 100;
 
+/// The attribute that marks a client deleted (its tokens already refused,
+/// its data maybe not all removed yet).
+pub(super) const DELETED: &str = "deleted_at";
+
 pub(super) fn client_record(item: &Item) -> StoreResult<ClientRecord> {
     let id = get_s(item, "client_id")?;
+    let retired_keys = match opt_s(item, "retired_keys")? {
+        Some(text) => RetiredKey::decode_all(&text)?,
+        None => Vec::new(),
+    };
     Ok(ClientRecord {
         id: ClientId::parse(&id).ok_or_else(|| StoreError::Corrupt(format!("client id {id:?}")))?,
         name: opt_s(item, "name")?,
         wrapped_key: get_b(item, "wrapped_key")?,
         created_at: Timestamp(get_n(item, "created_at")?),
+        generation: generation_of(item)?,
+        retired_keys,
     })
+}
+
+/// A client item's credential generation; 0 when it has none.
+pub(super) fn generation_of(item: &Item) -> StoreResult<u32> {
+    Ok(opt_n(item, "generation")?.unwrap_or(0))
+}
+
+pub(super) fn is_deleted(item: &Item) -> bool {
+    item.contains_key(DELETED)
+}
+
+/// Whether a client item is a live client whose tokens of `generation`
+/// are accepted.
+pub(super) fn is_current(item: &Item, generation: u32) -> StoreResult<bool> {
+    Ok(!is_deleted(item) && generation_of(item)? == generation)
+}
+
+/// The condition that the item is a live client of the generation in
+/// `:gen` (`#gen` names the attribute): items lacking it are generation 0.
+pub(super) fn current_condition(generation: u32) -> &'static str {
+    if generation == 0 {
+        "attribute_exists(client_id) AND attribute_not_exists(deleted_at) \
+         AND (attribute_not_exists(#gen) OR #gen = :gen)"
+    } else {
+        "attribute_exists(client_id) AND attribute_not_exists(deleted_at) AND #gen = :gen"
+    }
+}
+
+fn tat_attribute(bucket: Bucket) -> &'static str {
+    match bucket {
+        Bucket::Poll => "poll_tat",
+        Bucket::Send => "send_tat",
+    }
 }
 
 fn client_state(item: &Item) -> StoreResult<ClientState> {
@@ -55,42 +106,129 @@ impl DynamoStore {
             .key("client_id", s(id.to_string()))
     }
 
-    /// Records a contact without a rate limit.
-    async fn record_contact(&self, id: ClientId, now: Timestamp) -> StoreResult<Option<Item>> {
+    /// An update of a live client of credential generation `generation`,
+    /// under `condition` (which must include [`current_condition`]).
+    fn update_current(
+        &self,
+        id: ClientId,
+        generation: u32,
+        condition: String,
+    ) -> UpdateItemFluentBuilder {
+        self.update_client(id)
+            .condition_expression(condition)
+            .expression_attribute_names("#gen", "generation")
+            .expression_attribute_values(":gen", n(generation))
+    }
+
+    /// Records a contact without a rate limit: the item as it now is, or
+    /// `None` when the client is unknown, deleted or of another generation.
+    async fn record_contact(
+        &self,
+        id: ClientId,
+        generation: u32,
+        now: Timestamp,
+    ) -> StoreResult<Option<Item>> {
         let update = self
-            .update_client(id)
+            .update_current(id, generation, current_condition(generation).to_string())
             .update_expression("SET last_seen_at = :now")
-            .condition_expression("attribute_exists(client_id)")
             .expression_attribute_values(":now", n(now.millis()));
         Ok(self.conditional_update(update).await?.ok())
     }
 
-    pub(super) async fn register(
+    /// A client item, read strongly consistent.
+    pub(super) async fn client_item(&self, id: &str) -> StoreResult<Option<Item>> {
+        let out = send("GetItem", || {
+            self.client
+                .get_item()
+                .table_name(&self.tables.clients)
+                .key("client_id", s(id))
+                .consistent_read(true)
+                .send()
+        })
+        .await?;
+        Ok(out.item)
+    }
+
+    /// The client a fingerprint entry names, read strongly consistent.
+    pub(super) async fn fingerprint_holder(
+        &self,
+        fingerprint: &[u8],
+    ) -> StoreResult<Option<String>> {
+        let out = send("GetItem", || {
+            self.client
+                .get_item()
+                .table_name(&self.tables.fingerprints)
+                .key("fingerprint_hash", b(fingerprint.to_vec()))
+                .consistent_read(true)
+                .send()
+        })
+        .await?;
+        out.item.map(|item| get_s(&item, "client_id")).transpose()
+    }
+
+    /// The record of the client a fingerprint entry names, when that entry
+    /// still stands for it: `None` when the client is gone, deleted, or has
+    /// since moved to another fingerprint (a client registered before
+    /// items kept their fingerprint leaves its old entry behind when it
+    /// is deleted or changes fingerprint).
+    pub(super) async fn live_holder(
+        &self,
+        holder: &str,
+        fingerprint: &[u8],
+    ) -> StoreResult<Option<ClientRecord>> {
+        let Some(item) = self.client_item(holder).await? else {
+            return Ok(None);
+        };
+        if is_deleted(&item) {
+            return Ok(None);
+        }
+        match opt_b(&item, "fingerprint_hash")? {
+            Some(current) if current != fingerprint => Ok(None),
+            _ => Ok(Some(client_record(&item)?)),
+        }
+    }
+
+    /// One registration attempt: the fingerprint entry (new, or replacing
+    /// the entry of the dead client `replacing`) and the client item in one
+    /// transaction. On a taken fingerprint, the client its entry names
+    /// (`None` when the entry turns out not to exist).
+    async fn put_registration(
         &self,
         fingerprint: [u8; 32],
-        candidate: ClientRecord,
-    ) -> StoreResult<Registration> {
+        candidate: &ClientRecord,
+        replacing: Option<&str>,
+    ) -> StoreResult<Result<(), Option<String>>> {
         let id = candidate.id.to_string();
-        let mut lookup = Put::builder()
+        let lookup = Put::builder()
             .table_name(&self.tables.fingerprints)
             .item("fingerprint_hash", b(fingerprint.to_vec()))
             .item("client_id", s(&id))
-            .item("wrapped_key", b(candidate.wrapped_key.clone()))
-            .item("created_at", n(candidate.created_at.millis()))
-            .condition_expression("attribute_not_exists(fingerprint_hash)")
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
+        let lookup = match replacing {
+            None => lookup.condition_expression("attribute_not_exists(fingerprint_hash)"),
+            Some(dead) => lookup
+                .condition_expression("client_id = :dead")
+                .expression_attribute_values(":dead", s(dead)),
+        };
         let mut client = Put::builder()
             .table_name(&self.tables.clients)
             .item("client_id", s(&id))
             .item("wrapped_key", b(candidate.wrapped_key.clone()))
             .item("created_at", n(candidate.created_at.millis()))
+            .item("generation", n(candidate.generation))
+            .item("fingerprint_hash", b(fingerprint.to_vec()))
             .item("acked", n(0))
             .item("inbox_head", n(0))
             .item("outbox_head", n(0))
             .condition_expression("attribute_not_exists(client_id)");
         if let Some(name) = &candidate.name {
-            lookup = lookup.item("name", s(name));
             client = client.item("name", s(name));
+        }
+        if !candidate.retired_keys.is_empty() {
+            client = client.item(
+                "retired_keys",
+                s(RetiredKey::encode_all(&candidate.retired_keys)),
+            );
         }
         let items = vec![
             TransactWriteItem::builder()
@@ -101,12 +239,7 @@ impl DynamoStore {
                 .build(),
         ];
         let reasons = match self.transact(items).await? {
-            Transaction::Committed => {
-                return Ok(Registration {
-                    client: candidate,
-                    created: true,
-                })
-            }
+            Transaction::Committed => return Ok(Ok(())),
             Transaction::Cancelled(reasons) => reasons,
         };
         if reason_code(&reasons, 0) != "ConditionalCheckFailed" {
@@ -114,39 +247,75 @@ impl DynamoStore {
                 "registration cancelled: {reasons:?}"
             )));
         }
-        // The fingerprint is taken: its entry carries the client.
-        let existing = match reasons[0].item.clone() {
-            Some(item) => item,
-            None => send("GetItem", || {
-                self.client
-                    .get_item()
-                    .table_name(&self.tables.fingerprints)
-                    .key("fingerprint_hash", b(fingerprint.to_vec()))
-                    .consistent_read(true)
-                    .send()
-            })
-            .await?
-            .item
-            .ok_or_else(|| StoreError::Backend("fingerprint entry vanished".into()))?,
+        let holder = match &reasons[0].item {
+            Some(item) => opt_s(item, "client_id")?,
+            None => self.fingerprint_holder(&fingerprint).await?,
         };
-        Ok(Registration {
-            client: client_record(&existing)?,
-            created: false,
-        })
+        Ok(Err(holder))
+    }
+
+    pub(super) async fn register(
+        &self,
+        fingerprint: [u8; 32],
+        candidate: ClientRecord,
+    ) -> StoreResult<Registration> {
+        let mut replacing: Option<String> = None;
+        let mut round = 0;
+        loop {
+            let holder = match self
+                .put_registration(fingerprint, &candidate, replacing.as_deref())
+                .await?
+            {
+                Ok(()) => {
+                    return Ok(Registration {
+                        client: candidate,
+                        created: true,
+                    })
+                }
+                Err(holder) => holder,
+            };
+            // The fingerprint is taken. Its entry names the client; the
+            // client item holds the record as it is now (rotations change
+            // it), so that is what a re-registration returns.
+            replacing = match holder {
+                Some(holder) => match self.live_holder(&holder, &fingerprint).await? {
+                    Some(record) => {
+                        return Ok(Registration {
+                            client: record,
+                            created: false,
+                        })
+                    }
+                    // A dead client's entry: take it over.
+                    None => Some(holder),
+                },
+                // The entry went away in between: try afresh.
+                None => None,
+            };
+            // Taking over an entry races other registrations and the
+            // deletion that removes it; past the first round, back off.
+            if round > 0 && !retry::pause(round - 1).await {
+                return Err(StoreError::Unavailable(
+                    "registration kept racing for the fingerprint".into(),
+                ));
+            }
+            round += 1;
+        }
     }
 
     pub(super) async fn touch(
         &self,
         id: ClientId,
+        generation: u32,
         now: Timestamp,
-        limit: Option<PollRateLimit>,
+        charge: Option<RateCharge>,
     ) -> StoreResult<Touch> {
-        let Some(limit) = limit else {
-            return Ok(match self.record_contact(id, now).await? {
+        let Some(RateCharge { bucket, limit }) = charge else {
+            return Ok(match self.record_contact(id, generation, now).await? {
                 Some(item) => Touch::Known(client_state(&item)?),
                 None => Touch::UnknownClient,
             });
         };
+        let tat = tat_attribute(bucket);
         // First guess the common case, a client whose bucket has refilled
         // (its TAT is in the past): one request. Otherwise the failed
         // condition hands back the stored TAT, and a compare-and-set applies
@@ -154,38 +323,40 @@ impl DynamoStore {
         let mut expected: Option<i64> = None;
         let mut round = 0;
         loop {
-            let (new_tat, update) = match expected {
+            let (new_tat, rate_condition) = match expected {
                 None => {
                     let Decision::Allow { new_tat } = limit.decide(None, now) else {
                         unreachable!("a full bucket always allows")
                     };
-                    let update = self.update_client(id).condition_expression(
-                        "attribute_exists(client_id) AND (attribute_not_exists(poll_tat) OR poll_tat <= :now)",
-                    );
-                    (new_tat, update)
+                    (new_tat, "(attribute_not_exists(#tat) OR #tat <= :now)")
                 }
                 Some(old) => match limit.decide(Some(Timestamp(old)), now) {
                     Decision::Deny { retry_after } => {
                         return Ok(Touch::RateLimited { retry_after })
                     }
-                    Decision::Allow { new_tat } => {
-                        let update = self
-                            .update_client(id)
-                            .condition_expression("attribute_exists(client_id) AND poll_tat = :old")
-                            .expression_attribute_values(":old", n(old));
-                        (new_tat, update)
-                    }
+                    Decision::Allow { new_tat } => (new_tat, "#tat = :old"),
                 },
             };
-            let update = update
-                .update_expression("SET last_seen_at = :now, poll_tat = :tat")
+            let condition = format!("{} AND {rate_condition}", current_condition(generation));
+            let mut update = self
+                .update_current(id, generation, condition)
+                .update_expression("SET last_seen_at = :now, #tat = :tat")
+                .expression_attribute_names("#tat", tat)
                 .expression_attribute_values(":now", n(now.millis()))
                 .expression_attribute_values(":tat", n(new_tat.millis()));
+            if let Some(old) = expected {
+                update = update.expression_attribute_values(":old", n(old));
+            }
             match self.conditional_update(update).await? {
                 Ok(item) => return Ok(Touch::Known(client_state(&item)?)),
                 Err(None) => return Ok(Touch::UnknownClient),
+                // The failed condition may be the generation's (a rotated
+                // or deleted client), not the rate limit's.
+                Err(Some(old)) if !is_current(&old, generation)? => {
+                    return Ok(Touch::UnknownClient)
+                }
                 Err(Some(old)) => {
-                    expected = opt_n::<i64>(&old, "poll_tat")?;
+                    expected = opt_n::<i64>(&old, tat)?;
                     // The first refusal just hands over the stored TAT.
                     // After that, a refusal means another request of this
                     // client won a race: pause, then decide on what it wrote.
@@ -202,7 +373,7 @@ impl DynamoStore {
 
     /// Loads client records by id. A record that cannot be read is logged
     /// by id and left out, like an unknown id: one damaged item must not
-    /// stop a fan-out to thousands.
+    /// stop a fan-out to thousands. Deleted clients are left out too.
     pub(super) async fn load(&self, ids: &[ClientId]) -> StoreResult<Vec<ClientRecord>> {
         let mut found = Vec::with_capacity(ids.len());
         let mut unique: Vec<ClientId> = ids.to_vec();
@@ -216,6 +387,9 @@ impl DynamoStore {
             .batch_get(&self.tables.clients, keys, None, true)
             .await?
         {
+            if is_deleted(&item) {
+                continue;
+            }
             match client_record(&item) {
                 Ok(record) => found.push(record),
                 Err(error) => {
@@ -283,13 +457,17 @@ impl DynamoStore {
     pub(super) async fn ack(
         &self,
         id: ClientId,
+        generation: u32,
         upto: Seq,
         now: Timestamp,
     ) -> StoreResult<AckOutcome> {
+        let condition = format!(
+            "{} AND inbox_head >= :n AND acked < :n",
+            current_condition(generation)
+        );
         let update = self
-            .update_client(id)
+            .update_current(id, generation, condition)
             .update_expression("SET acked = :n, last_seen_at = :now")
-            .condition_expression("attribute_exists(client_id) AND inbox_head >= :n AND acked < :n")
             .expression_attribute_values(":n", n(upto))
             .expression_attribute_values(":now", n(now.millis()));
         let old = match self.conditional_update(update).await? {
@@ -297,13 +475,16 @@ impl DynamoStore {
             Err(None) => return Ok(AckOutcome::UnknownClient),
             Err(Some(old)) => old,
         };
+        if !is_current(&old, generation)? {
+            return Ok(AckOutcome::UnknownClient);
+        }
         let head: Seq = get_n(&old, "inbox_head")?;
         if upto > head {
             return Ok(AckOutcome::BeyondHead { head });
         }
         // An ack at or below the cursor moves nothing but is still a
         // contact. (So is a retried ack whose first attempt did move it.)
-        match self.record_contact(id, now).await? {
+        match self.record_contact(id, generation, now).await? {
             Some(item) => Ok(AckOutcome::Acked {
                 cursor: get_n(&item, "acked")?,
             }),
@@ -328,6 +509,8 @@ impl DynamoStore {
                 .table_name(&self.tables.clients)
                 .projection_expression("client_id, #name, created_at, last_seen_at")
                 .expression_attribute_names("#name", "name")
+                // Deleted clients wait here only until their data is gone.
+                .filter_expression("attribute_not_exists(deleted_at)")
                 // One more than asked: DynamoDB hands back a continuation
                 // key whenever a scan stops at its limit, even with nothing
                 // after it; the extra item tells whether more follow.
@@ -352,7 +535,8 @@ impl DynamoStore {
             clients.truncate(limit as usize);
             clients.last().map(|c| encode_page_token(&c.id.to_string()))
         } else {
-            // Fewer than asked with a key: the scan stopped at 1 MB.
+            // Fewer than asked with a key: the scan stopped at 1 MB, or
+            // it filtered deleted clients out.
             match out.last_evaluated_key {
                 Some(key) if !key.is_empty() => Some(encode_page_token(&get_s(&key, "client_id")?)),
                 _ => None,

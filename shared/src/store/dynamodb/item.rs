@@ -69,3 +69,11 @@ pub fn opt_bool(item: &Item, name: &str) -> StoreResult<Option<bool>> {
         Some(_) => Err(corrupt(item, name, "a boolean")),
     }
 }
+
+pub fn opt_b(item: &Item, name: &str) -> StoreResult<Option<Vec<u8>>> {
+    match item.get(name) {
+        None | Some(AttributeValue::Null(_)) => Ok(None),
+        Some(AttributeValue::B(v)) => Ok(Some(v.as_ref().to_vec())),
+        Some(_) => Err(corrupt(item, name, "binary")),
+    }
+}

@@ -12,6 +12,13 @@
 //!   not exist yet ([`append`]). Message `n + 1` therefore exists only once
 //!   `n` does, and a lost race is retried under the next number.
 //!
+//! - a rotation or deletion conditions its write on the client's credential
+//!   generation, and a deletion first marks the client (so its tokens fail
+//!   at once) and then removes its data, a step `purge` finishes when the
+//!   deletion was interrupted ([`lifecycle`]);
+//! - a fixed-window request count is one conditional `UpdateItem` on a
+//!   counter in the dedup table that expires by TTL ([`windows`]).
+//!
 //! Every request goes through [`call`], which applies the shared retry
 //! policy ([`crate::retry`]). Reads that decide correctness (heads,
 //! cursors, message queries) are strongly consistent.
@@ -21,9 +28,11 @@ mod call;
 mod cleanup;
 mod clients;
 mod item;
+mod lifecycle;
 mod publish_keys;
 mod read;
 mod tables;
+mod windows;
 
 pub use tables::TableNames;
 
@@ -77,10 +86,28 @@ impl Store for DynamoStore {
     async fn touch_client(
         &self,
         id: ClientId,
+        generation: u32,
         now: Timestamp,
-        limit: Option<PollRateLimit>,
+        charge: Option<RateCharge>,
     ) -> StoreResult<Touch> {
-        self.touch(id, now, limit).await
+        self.touch(id, generation, now, charge).await
+    }
+
+    async fn rotate_client(&self, rotation: Rotation) -> StoreResult<Rotated> {
+        self.rotate(rotation).await
+    }
+
+    async fn delete_client(&self, id: ClientId) -> StoreResult<Deleted> {
+        self.delete(id).await
+    }
+
+    async fn count_request(
+        &self,
+        key: &str,
+        limit: WindowLimit,
+        now: Timestamp,
+    ) -> StoreResult<Counted> {
+        self.count(key, limit, now).await
     }
 
     async fn load_clients(&self, ids: &[ClientId]) -> StoreResult<Vec<ClientRecord>> {
@@ -119,10 +146,11 @@ impl Store for DynamoStore {
     async fn acknowledge(
         &self,
         id: ClientId,
+        generation: u32,
         upto: Seq,
         now: Timestamp,
     ) -> StoreResult<AckOutcome> {
-        self.ack(id, upto, now).await
+        self.ack(id, generation, upto, now).await
     }
 
     async fn list_clients(

@@ -47,6 +47,8 @@ impl DynamoStore {
                         tag: get_b(&item, "tag")?.try_into().map_err(|_| corrupt())?,
                     },
                     created_at: Timestamp(get_n(&item, "created_at")?),
+                    // Items from before rotation existed lack it.
+                    key_generation: opt_n(&item, "key_generation")?.unwrap_or(0),
                 };
                 bytes += message.body.ciphertext.len();
                 if !messages.is_empty() && bytes > limit.bytes {

@@ -1,0 +1,8 @@
+//! Lambda function for `POST /api/v1/clients/rotate`.
+
+use pigeonhole::http::Route;
+
+#[tokio::main]
+async fn main() -> Result<(), pigeonhole_functions::Error> {
+    pigeonhole_functions::serve_route(Route::Rotate).await
+}
