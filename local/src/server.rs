@@ -9,13 +9,14 @@
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, CACHE_CONTROL, CONNECTION, CONTENT_TYPE};
+use hyper::header::{HeaderValue, CONNECTION};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper::{Request, Response, StatusCode};
+use hyper::{Request, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use pigeonhole::http::{body_limit, body_too_large, error_response, handle, SourceAddr};
+use pigeonhole::error::ApiError;
 use pigeonhole::App;
 use std::convert::Infallible;
 use std::io::Write;
@@ -197,16 +198,12 @@ async fn respond(
 /// shape. `Connection: close`: the rest of the body may still come, and
 /// nothing after it could be told apart from it.
 fn request_timeout(after: Duration) -> Response<Bytes> {
-    let body = serde_json::json!({"error": {
-        "code": "request_timeout",
-        "message": format!("the request body did not arrive within {} s", after.as_secs()),
-    }});
-    let mut response = Response::new(Bytes::from(body.to_string()));
-    *response.status_mut() = StatusCode::REQUEST_TIMEOUT;
-    let headers = response.headers_mut();
-    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    headers.insert(CONNECTION, HeaderValue::from_static("close"));
+    let mut response = error_response(&ApiError::request_timeout(after));
+    // The rest of the body may still be on its way: this connection cannot
+    // carry another request.
+    response
+        .headers_mut()
+        .insert(CONNECTION, HeaderValue::from_static("close"));
     response
 }
 

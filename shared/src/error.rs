@@ -20,6 +20,7 @@ pub enum ErrorCode {
     RateLimited,
     IdempotencyKeyReused,
     UnsupportedMediaType,
+    RequestTimeout,
     Unavailable,
     Internal,
 }
@@ -37,6 +38,7 @@ impl ErrorCode {
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::IdempotencyKeyReused => "idempotency_key_reused",
             ErrorCode::UnsupportedMediaType => "unsupported_media_type",
+            ErrorCode::RequestTimeout => "request_timeout",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",
         }
@@ -54,6 +56,7 @@ impl ErrorCode {
             | ErrorCode::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ErrorCode::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -128,6 +131,15 @@ impl ApiError {
         Self::new(
             ErrorCode::UnsupportedMediaType,
             "request bodies must be JSON, sent with Content-Type: application/json",
+        )
+    }
+
+    /// A request body that did not arrive in time (servers that read
+    /// bodies from the network).
+    pub fn request_timeout(after: Duration) -> Self {
+        Self::new(
+            ErrorCode::RequestTimeout,
+            format!("the request body did not arrive within {} s", after.as_secs()),
         )
     }
 
