@@ -7,6 +7,7 @@
 //! [`ApiError::is_retryable`] and how long to wait with
 //! [`ApiError::retry_after`].
 
+use std::net::IpAddr;
 use std::time::Duration;
 
 use reqwest::{RequestBuilder, Response, StatusCode};
@@ -65,6 +66,25 @@ impl ApiError {
                 ..
             } => Some(Duration::from_secs(retry_after.unwrap_or(1).max(1))),
             _ => None,
+        }
+    }
+
+    /// The HTTP status of a server error.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ApiError::Server { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    /// For a request that changes state on the server: true when the answer
+    /// does not say whether the change happened (no answer, a 5xx, or a
+    /// success the client could not read).
+    pub fn outcome_unknown(&self) -> bool {
+        match self {
+            ApiError::Network(_) | ApiError::Protocol(_) => true,
+            ApiError::Server { status, .. } => *status >= 500,
+            ApiError::BadUrl { .. } => false,
         }
     }
 
@@ -212,6 +232,37 @@ pub fn normalize_url(url: &str) -> Result<String, ApiError> {
     Ok(base)
 }
 
+/// True for the hosts plain `http://` may go to: `localhost`, 127.0.0.0/8
+/// and `::1` (brackets allowed), whose traffic never leaves the machine.
+pub fn is_loopback_host(host: &str) -> bool {
+    let host = host.strip_suffix('.').unwrap_or(host);
+    if host.eq_ignore_ascii_case("localhost") {
+        return true;
+    }
+    let bare = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    match bare.parse::<IpAddr>() {
+        Ok(IpAddr::V4(v4)) => v4.is_loopback(),
+        Ok(IpAddr::V6(v6)) => v6.is_loopback(),
+        Err(_) => false,
+    }
+}
+
+/// The host of `url` when it is plain `http://` to a host that is not
+/// loopback (see [`is_loopback_host`]): the API token and, in the register
+/// and rotate answers, the personal key would cross the network in clear.
+/// `None` for `https://` and for loopback.
+pub fn insecure_http_host(url: &str) -> Option<String> {
+    let parsed = reqwest::Url::parse(url.trim()).ok()?;
+    if parsed.scheme() != "http" {
+        return None;
+    }
+    let host = parsed.host_str().unwrap_or_default();
+    (!is_loopback_host(host)).then(|| host.to_string())
+}
+
 fn describe(err: &reqwest::Error) -> String {
     let what = if err.is_timeout() {
         "request timed out"
@@ -325,20 +376,56 @@ impl Api {
     }
 
     /// `POST /clients/register`. The flag is true for a new client (201),
-    /// false when the fingerprint was already registered (200).
+    /// false when the fingerprint was already registered (200). With the
+    /// admin token the server does not rate limit the request (provisioning
+    /// many clients at once).
     pub async fn register(
         &self,
         fingerprint: &str,
         name: Option<&str>,
+        admin_token: Option<&str>,
     ) -> Result<(Credentials, bool), ApiError> {
         let body = serde_json::json!({ "fingerprint": fingerprint, "name": name });
-        let rb = self
-            .http
-            .post(self.endpoint("/clients/register"))
-            .json(&body);
+        let mut rb = self.http.post(self.endpoint("/clients/register"));
+        if let Some(token) = admin_token {
+            rb = rb.header("X-Admin-Token", token);
+        }
+        let rb = rb.json(&body);
         let resp = Self::expect(rb, &[StatusCode::CREATED, StatusCode::OK]).await?;
         let created = resp.status() == StatusCode::CREATED;
         Ok((Self::json(resp).await?, created))
+    }
+
+    /// `POST /clients/rotate`: a new `api_token` and personal key for this
+    /// client (and, with `fingerprint`, a new fingerprint). From the answer
+    /// on the old token is refused; messages not yet acknowledged are
+    /// delivered under the new key.
+    pub async fn rotate(
+        &self,
+        creds: &Credentials,
+        fingerprint: Option<&str>,
+    ) -> Result<Credentials, ApiError> {
+        let body = match fingerprint {
+            Some(fp) => serde_json::json!({ "fingerprint": fp }),
+            None => serde_json::json!({}),
+        };
+        let rb = self.authed(self.http.post(self.endpoint("/clients/rotate")), creds);
+        Self::json(Self::expect(rb.json(&body), &[StatusCode::OK]).await?).await
+    }
+
+    /// `DELETE /operators/clients/{id}` (operator): the client, its
+    /// messages and its fingerprint are deleted and its token stops working.
+    /// An unknown (or already deleted) id is a 404 `not_found`.
+    pub async fn delete_client(
+        &self,
+        operator_token: &str,
+        client_id: &str,
+    ) -> Result<(), ApiError> {
+        let rb = self
+            .http
+            .delete(self.endpoint(&format!("/operators/clients/{client_id}")))
+            .header("X-Operator-Token", operator_token);
+        Self::expect(rb, &[StatusCode::NO_CONTENT]).await.map(drop)
     }
 
     /// `POST /messages/publish` with the admin token. With an
@@ -476,6 +563,58 @@ mod tests {
         ] {
             assert!(normalize_url(bad).is_err(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn plain_http_is_only_for_loopback() {
+        for url in [
+            "http://127.0.0.1:8080",
+            "http://127.1.2.3",
+            "http://localhost:8080/api/v1",
+            "http://LOCALHOST.",
+            "http://[::1]:8080",
+            "https://pigeonhole.example.com",
+            "https://192.168.1.10:8443",
+            "https://[2001:db8::1]",
+        ] {
+            assert_eq!(insecure_http_host(url), None, "{url}");
+        }
+        for (url, host) in [
+            ("http://192.168.1.10:8080", "192.168.1.10"),
+            ("http://pigeonhole.example.com", "pigeonhole.example.com"),
+            ("http://10.0.0.1", "10.0.0.1"),
+            ("http://128.0.0.1", "128.0.0.1"),
+            ("http://[2001:db8::1]:8080", "[2001:db8::1]"),
+            ("http://[::ffff:127.0.0.1]", "[::ffff:7f00:1]"),
+            ("http://0.0.0.0:8080", "0.0.0.0"),
+            ("http://localhost.example.com", "localhost.example.com"),
+            ("http://my-localhost", "my-localhost"),
+        ] {
+            assert_eq!(insecure_http_host(url).as_deref(), Some(host), "{url}");
+        }
+        assert!(is_loopback_host("127.255.255.254"));
+        assert!(!is_loopback_host("::"));
+        assert!(!is_loopback_host(""));
+    }
+
+    #[test]
+    fn which_failures_leave_a_change_unknown() {
+        let server = |status| ApiError::Server {
+            status,
+            code: "x".into(),
+            message: "x".into(),
+            retry_after: None,
+        };
+        assert!(ApiError::Network("reset".into()).outcome_unknown());
+        assert!(ApiError::Protocol("garbage".into()).outcome_unknown());
+        for status in [500, 502, 503, 504] {
+            assert!(server(status).outcome_unknown(), "{status}");
+        }
+        for status in [400, 401, 404, 415, 422, 429] {
+            assert!(!server(status).outcome_unknown(), "{status}");
+        }
+        assert_eq!(server(401).status(), Some(401));
+        assert_eq!(ApiError::Network("x".into()).status(), None);
     }
 
     #[test]

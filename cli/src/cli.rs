@@ -5,7 +5,9 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-use crate::commands::{clients, completions, listen, profiles, publish, register, send, simulate};
+use crate::commands::{
+    clients, completions, listen, profiles, publish, register, rotate, send, simulate,
+};
 
 const ABOUT: &str = "Client, admin, operator and load-test tool for Pigeonhole, the \
 end-to-end-encrypted short-poll messaging service.";
@@ -15,6 +17,12 @@ Examples:
   pigeonhole register --url http://127.0.0.1:8080 --name laptop
   pigeonhole listen
   pigeonhole send --type reply --payload '{\"text\": \"hi\"}'
+  pigeonhole rotate
+
+Plain http:// is only used for loopback (localhost, 127.0.0.0/8, ::1): tokens
+and keys would otherwise cross the network unencrypted. --insecure-http (or
+PIGEONHOLE_INSECURE_HTTP=1) allows it; a profile registered with it remembers
+that for its own URL.
 
 Exit codes:
   0  success (listen --once: messages came)
@@ -46,6 +54,16 @@ pub struct Cli {
     #[arg(long, global = true, env = "PIGEONHOLE_CONFIG")]
     pub config: Option<PathBuf>,
 
+    /// Allow plain http:// to a host that is not loopback (the API token and
+    /// personal key then cross the network unencrypted)
+    #[arg(
+        long,
+        global = true,
+        env = "PIGEONHOLE_INSECURE_HTTP",
+        value_parser = clap::builder::FalseyValueParser::new()
+    )]
+    pub insecure_http: bool,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -58,9 +76,11 @@ pub enum Command {
     Listen(listen::ListenArgs),
     /// Encrypt a message and send it to the server
     Send(send::SendArgs),
+    /// Get a new api_token and personal key (and optionally fingerprint) for this profile
+    Rotate(rotate::RotateArgs),
     /// Publish a message to clients (admin)
     Publish(publish::PublishArgs),
-    /// List the registered clients with their status (operator)
+    /// List the registered clients with their status, or delete one (operator)
     Clients(clients::ClientsArgs),
     /// Register N clients and poll with all of them at once (load test)
     Simulate(simulate::SimulateArgs),
@@ -82,7 +102,9 @@ mod tests {
 
     #[test]
     fn every_subcommand_has_an_example() {
-        for sub in Cli::command().get_subcommands() {
+        let cmd = Cli::command();
+        let nested = cmd.get_subcommands().flat_map(|s| s.get_subcommands());
+        for sub in cmd.get_subcommands().chain(nested) {
             let help = sub
                 .get_after_help()
                 .map(|h| h.to_string())
@@ -93,5 +115,53 @@ mod tests {
                 sub.get_name()
             );
         }
+    }
+
+    #[test]
+    fn insecure_http_is_a_global_flag_and_an_environment_variable() {
+        let parse = |args: &[&str]| Cli::try_parse_from(args).map(|c| c.insecure_http);
+        assert!(!parse(&["pigeonhole", "profiles"]).unwrap());
+        assert!(parse(&["pigeonhole", "--insecure-http", "profiles"]).unwrap());
+        assert!(parse(&["pigeonhole", "register", "--insecure-http"]).unwrap());
+        assert!(parse(&["pigeonhole", "rotate", "--insecure-http"]).unwrap());
+    }
+
+    #[test]
+    fn clients_lists_or_deletes() {
+        let parse = |args: &[&str]| Cli::try_parse_from(args);
+        let cli = parse(&["pigeonhole", "clients", "--operator-token", "t", "--json"]).unwrap();
+        assert!(
+            matches!(cli.command, Command::Clients(ref c) if c.action.is_none() && c.list.json)
+        );
+        let cli = parse(&[
+            "pigeonhole",
+            "clients",
+            "delete",
+            "3f2b8c1e-5d4a-4e7b-9c61-0a8d2f7e4b13",
+            "--operator-token",
+            "t",
+            "--yes",
+        ])
+        .unwrap();
+        match cli.command {
+            Command::Clients(c) => match c.action {
+                Some(clients::ClientsAction::Delete(d)) => {
+                    assert!(d.yes);
+                    assert_eq!(d.id, "3f2b8c1e-5d4a-4e7b-9c61-0a8d2f7e4b13");
+                }
+                other => panic!("{other:?}"),
+            },
+            other => panic!("{other:?}"),
+        }
+        let cli = parse(&["pigeonhole", "rotate", "--new-fingerprint"]).unwrap();
+        assert!(matches!(cli.command, Command::Rotate(ref r) if r.new_fingerprint));
+        assert!(parse(&[
+            "pigeonhole",
+            "rotate",
+            "--new-fingerprint",
+            "--fingerprint",
+            "abcdefgh"
+        ])
+        .is_err());
     }
 }

@@ -98,6 +98,17 @@ pub struct Profile {
     /// The last acknowledged message id (0: nothing yet).
     #[serde(default)]
     pub cursor: u64,
+    /// Registered with `--insecure-http`: plain `http://` to this profile's
+    /// own `url` is allowed although its host is not loopback.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub insecure_http: bool,
+    /// The fingerprint a `rotate` in progress registers the client under
+    /// (the current one when it keeps it), saved before the request so that
+    /// a rotation whose answer was lost can be completed: the next `rotate`
+    /// finds it, checks whether the old token still works, and if not gets
+    /// the new credentials by registering with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_fingerprint: Option<String>,
 }
 
 /// Where the config file lives, from the given environment lookup.
@@ -236,6 +247,8 @@ mod tests {
             fingerprint: "a".repeat(64),
             name: Some("laptop".into()),
             cursor,
+            insecure_http: false,
+            pending_fingerprint: None,
         }
     }
 
@@ -293,6 +306,28 @@ mod tests {
         update(&path, |c| c.profiles.get_mut("a").unwrap().cursor = 9).unwrap();
         let c = load(&path).unwrap();
         assert_eq!((c.profiles["a"].cursor, c.profiles["b"].cursor), (9, 2));
+    }
+
+    #[test]
+    fn optional_fields_are_left_out_until_set() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.json");
+        update(&path, |c| c.profiles.insert("default".into(), profile(2))).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(!text.contains("insecure_http"), "{text}");
+        assert!(!text.contains("pending_fingerprint"), "{text}");
+        update(&path, |c| {
+            let p = c.profiles.get_mut("default").unwrap();
+            p.insecure_http = true;
+            p.pending_fingerprint = Some("b".repeat(64));
+        })
+        .unwrap();
+        let p = &load(&path).unwrap().profiles["default"];
+        assert!(p.insecure_http);
+        assert_eq!(
+            p.pending_fingerprint.as_deref(),
+            Some("b".repeat(64).as_str())
+        );
     }
 
     #[test]

@@ -71,6 +71,12 @@ pub fn can_derive() -> bool {
     machine_identity().is_some()
 }
 
+/// A new secret fingerprint (`rotate --new-fingerprint`): 32 random bytes,
+/// hex, kept in the profile from then on.
+pub fn random_secret() -> String {
+    hex(&pigeonhole::crypto::random_bytes::<32>())
+}
+
 /// A random fingerprint, for simulated clients.
 pub fn random() -> String {
     format!("sim-{}", hex(&pigeonhole::crypto::random_bytes::<16>()))
@@ -171,5 +177,9 @@ mod tests {
         let (a, b) = (random(), random());
         assert_ne!(a, b);
         assert!(FINGERPRINT_CHARS.contains(&a.chars().count()));
+        let (a, b) = (random_secret(), random_secret());
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 64);
+        assert!(a.chars().all(|c| c.is_ascii_hexdigit()));
     }
 }

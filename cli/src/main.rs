@@ -23,7 +23,7 @@ use error::{CliError, EXIT_FAILURE};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let ctx = Ctx::new(cli.profile, cli.url, cli.config);
+    let ctx = Ctx::new(cli.profile, cli.url, cli.config, cli.insecure_http);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -39,6 +39,7 @@ fn main() -> ExitCode {
             Command::Register(args) => commands::register::run(&ctx, args).await,
             Command::Listen(args) => commands::listen::run(&ctx, args).await,
             Command::Send(args) => commands::send::run(&ctx, args).await,
+            Command::Rotate(args) => commands::rotate::run(&ctx, args).await,
             Command::Publish(args) => commands::publish::run(&ctx, args).await,
             Command::Clients(args) => commands::clients::run(&ctx, args).await,
             Command::Simulate(args) => commands::simulate::run(&ctx, args).await,

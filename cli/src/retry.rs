@@ -24,6 +24,10 @@ pub struct Retry {
     /// The longest `Retry-After` honoured. A server that asks for more ends
     /// the retries: the error (which shows the Retry-After) is returned.
     pub max_retry_after: Duration,
+    /// Retry only errors that carry a `Retry-After` (429, 503 `unavailable`):
+    /// the server said the request will work later and when. Network errors
+    /// and other 5xx are returned at once.
+    pub only_when_asked: bool,
 }
 
 impl Retry {
@@ -34,6 +38,15 @@ impl Retry {
             base: Duration::from_secs(1),
             max_backoff: Duration::from_secs(10),
             max_retry_after: Duration::from_secs(60),
+            only_when_asked: false,
+        }
+    }
+
+    /// The same, retrying only errors that carry a `Retry-After`.
+    pub fn only_when_asked(self) -> Retry {
+        Retry {
+            only_when_asked: true,
+            ..self
         }
     }
 
@@ -58,6 +71,7 @@ impl Retry {
         match err.retry_after() {
             Some(wait) if wait > self.max_retry_after => None,
             Some(wait) => Some(wait + (wait / 4).min(Duration::from_secs(1)).mul_f64(unit)),
+            None if self.only_when_asked => None,
             None => {
                 let backoff = self.backoff(attempt);
                 Some(backoff / 2 + (backoff / 2).mul_f64(unit))
@@ -170,6 +184,32 @@ mod tests {
         assert_eq!(
             r.delay(1, &server(503, Some(60)), 0.0),
             Some(Duration::from_secs(60))
+        );
+    }
+
+    #[test]
+    fn only_when_asked_retries_just_what_carries_retry_after() {
+        let r = Retry::new(3).only_when_asked();
+        assert_eq!(
+            r.delay(1, &server(429, Some(2)), 0.0),
+            Some(Duration::from_secs(2))
+        );
+        // A 429 without the header still says "later": 1 s.
+        assert_eq!(
+            r.delay(1, &server(429, None), 0.0),
+            Some(Duration::from_secs(1))
+        );
+        assert_eq!(
+            r.delay(1, &server(503, Some(3)), 0.0),
+            Some(Duration::from_secs(3))
+        );
+        assert_eq!(r.delay(1, &server(503, None), 0.0), None);
+        assert_eq!(r.delay(1, &server(502, None), 0.0), None);
+        assert_eq!(r.delay(1, &ApiError::Network("refused".into()), 0.0), None);
+        assert_eq!(
+            r.delay(4, &server(429, Some(2)), 0.0),
+            None,
+            "out of retries"
         );
     }
 

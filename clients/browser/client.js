@@ -5,14 +5,17 @@
 import {
   ApiError,
   Backoff,
+  InsecureUrlError,
   POLL_LIMIT,
   apiRequest,
+  checkTransport,
   decryptDelivered,
   encryptOutgoing,
   importKey,
   intervalFromQuery,
   normaliseBaseUrl,
   randomFingerprint,
+  rotate,
 } from './pigeonhole.js';
 
 // ----------------------------------------------------------------- storage
@@ -21,6 +24,7 @@ const KEYS = {
   baseUrl: 'pigeonhole.baseUrl',
   credentials: 'pigeonhole.credentials',
   fingerprint: 'pigeonhole.fingerprint',
+  allowInsecureHttp: 'pigeonhole.allowInsecureHttp',
 };
 const memoryStore = new Map();
 let storageWorks = true;
@@ -69,6 +73,7 @@ const ui = {
   baseForm: $('base-form'),
   baseUrl: $('base-url'),
   baseUrlError: $('base-url-error'),
+  allowInsecureHttp: $('allow-insecure-http'),
   account: $('account'),
   clientId: $('client-id'),
   ackedCursor: $('acked-cursor'),
@@ -76,6 +81,8 @@ const ui = {
   secretApiToken: $('secret-api-token'),
   secretPersonalToken: $('secret-personal-token'),
   forget: $('forget'),
+  rotate: $('rotate'),
+  rotateFingerprint: $('rotate-fingerprint'),
   registerPanel: $('register-panel'),
   registerForm: $('register-form'),
   regName: $('reg-name'),
@@ -154,6 +161,7 @@ function seconds(value) {
 
 /** A readable sentence for a failed call, by status. */
 function describe(error, action) {
+  if (error instanceof InsecureUrlError) return `Not sent (${action}): ${error.message}.`;
   if (!(error instanceof ApiError)) return `${action} failed: ${error.message || error}`;
   if (error.kind === 'network') return `Network error while trying to ${action}: ${error.message}.`;
   const code = error.code ? ` ${error.code}` : '';
@@ -163,7 +171,7 @@ function describe(error, action) {
     case 404:
       return `Not found (404) while trying to ${action}: ${error.message}. Check that the base URL ends in /api/v1.`;
     case 429:
-      return `Rate limited (429): too many requests; waiting ${error.retryAfter || 'a few'} s as the server asked.`;
+      return `Rate limited (429): too many requests; the server asks to wait ${error.retryAfter || 'a few'} s before trying to ${action} again.`;
     default:
       if (error.status >= 500) return `Server error (${error.status}${code}) while trying to ${action}: ${error.message}.`;
       return `The server refused to ${action} (${error.status}${code}): ${error.message}`;
@@ -175,6 +183,7 @@ function describe(error, action) {
 const step = intervalFromQuery(location.search);
 const state = {
   baseUrl: null,
+  allowInsecureHttp: false,
   credentials: null,
   session: null, // {key, abort, backoff}; replaced whenever credentials change
   paused: false,
@@ -342,6 +351,7 @@ async function ackPending(session) {
     body: { last_received_id: id },
     credentials: state.credentials,
     signal: session.abort.signal,
+    allowInsecureHttp: state.allowInsecureHttp,
   });
   if (state.session !== session) return;
   if (state.pendingAck === id) state.pendingAck = null;
@@ -361,6 +371,7 @@ async function pollOnce(session) {
     const response = await apiRequest(state.baseUrl, 'GET', `/messages/poll${query}`, {
       credentials: creds,
       signal: session.abort.signal,
+      allowInsecureHttp: state.allowInsecureHttp,
     });
     if (state.session !== session) return;
     const now = new Date().toLocaleTimeString();
@@ -430,6 +441,16 @@ async function pollOnce(session) {
 
 function pollFailed(session, error) {
   const action = state.pendingAck !== null ? 'poll and acknowledge' : 'poll';
+  if (error instanceof InsecureUrlError) {
+    // Nothing was sent; retrying cannot help until the URL or the setting changes.
+    stopTimer();
+    setConnState('error', 'Insecure URL');
+    ui.interval.textContent = 'stopped';
+    ui.countdown.textContent = 'stopped (plain http)';
+    ui.countdownBar.style.width = '0%';
+    showError('poll', describe(error, action));
+    return;
+  }
   if (error instanceof ApiError && error.status === 401) {
     state.unauthorized = true;
     stopTimer();
@@ -499,6 +520,7 @@ async function register(event) {
   try {
     const { status, body } = await apiRequest(state.baseUrl, 'POST', '/clients/register', {
       body: { name: name || null, fingerprint },
+      allowInsecureHttp: state.allowInsecureHttp,
     });
     save(KEYS.fingerprint, fingerprint);
     setCredentials({ client_id: body.client_id, api_token: body.api_token, personal_token: body.personal_token });
@@ -562,6 +584,7 @@ function saveBaseUrl(event) {
   let url;
   try {
     url = normaliseBaseUrl(ui.baseUrl.value);
+    checkTransport(url, state.allowInsecureHttp);
   } catch (e) {
     fieldError(ui.baseUrlError, ui.baseUrl, `${e.message[0].toUpperCase()}${e.message.slice(1)}.`);
     return;
@@ -612,14 +635,19 @@ async function send(event) {
           body,
           credentials: state.credentials,
           signal: session.abort.signal,
+          allowInsecureHttp: state.allowInsecureHttp,
         });
         break;
       } catch (e) {
-        const retryable = e instanceof ApiError && (e.kind === 'network' || e.status >= 500);
+        const retryable =
+          e instanceof ApiError &&
+          (e.kind === 'network' || e.status >= 500 || (e.status === 429 && (e.retryAfter || 1) <= 30));
         if (!retryable || attempt >= 3) throw e;
         result('pending', `${describe(e, 'send')} Retrying (attempt ${attempt + 1} of 3)…`);
-        // A 503 says when to come back (Retry-After); otherwise 1 s, then 2 s.
-        const wait = e.status === 503 && e.retryAfter ? Math.min(e.retryAfter, 30) : attempt;
+        // A 429 (sends are limited per client) or a 503 says when to come
+        // back (Retry-After); otherwise 1 s, then 2 s.
+        const asked = (e.status === 503 || e.status === 429) && e.retryAfter;
+        const wait = asked ? Math.min(e.retryAfter, 30) : attempt;
         await new Promise((resolve) => setTimeout(resolve, 1000 * wait));
       }
     }
@@ -638,6 +666,83 @@ async function send(event) {
   } finally {
     ui.composeSubmit.disabled = false;
   }
+}
+
+/**
+ * Trades the credentials for new ones (a new api_token and personal key, and
+ * with the box ticked a new fingerprint) and keeps them where the page keeps
+ * its credentials. Polling goes on from the same cursor: messages not yet
+ * acknowledged are delivered under the new key.
+ */
+async function rotateCredentials() {
+  const creds = state.credentials;
+  if (!creds) return;
+  const replaceFingerprint = ui.rotateFingerprint.checked;
+  if (
+    !confirm(
+      'Rotate the credentials? This browser gets a new api_token and personal key' +
+        (replaceFingerprint ? ' and fingerprint' : '') +
+        '; anything else still using the current ones is refused from now on.',
+    )
+  ) {
+    return;
+  }
+  const fingerprint = replaceFingerprint ? randomFingerprint() : null;
+  ui.rotate.disabled = true;
+  stopTimer(); // no poll with a token that is about to stop working
+  const session = state.session;
+  try {
+    const fresh = await rotate(state.baseUrl, creds, {
+      fingerprint,
+      allowInsecureHttp: state.allowInsecureHttp,
+    });
+    await importKey(fresh.personal_token);
+    if (fingerprint) {
+      save(KEYS.fingerprint, fingerprint);
+      ui.regFingerprint.value = fingerprint;
+    }
+    state.credentials = fresh;
+    save(KEYS.credentials, JSON.stringify(fresh));
+    clearError();
+    startSession({ clear: false });
+    showNotice(
+      'Credentials rotated: this browser now uses a new api_token and personal key' +
+        (fingerprint ? ' and fingerprint' : '') +
+        '. The old ones no longer work; messages not yet acknowledged arrive under the new key.',
+    );
+  } catch (e) {
+    const lost = e instanceof ApiError && (e.kind === 'network' || e.status >= 500);
+    if (lost && fingerprint) ui.regFingerprint.value = fingerprint;
+    showError(
+      'rotate',
+      lost
+        ? `${describe(e, 'rotate the credentials')} The server may have rotated anyway: if polling now reports 401, ` +
+            `register again with ${fingerprint ? 'the new fingerprint, filled in below,' : "this browser's fingerprint"} ` +
+            'to get the current credentials.'
+        : describe(e, 'rotate the credentials'),
+    );
+    // Go on with the credentials we have.
+    if (state.session === session && session && session.key && !state.paused && !state.unauthorized) {
+      schedule(session, 0);
+    } else if (state.credentials === creds) {
+      startSession({ clear: false });
+    }
+  } finally {
+    ui.rotate.disabled = false;
+  }
+}
+
+function setAllowInsecureHttp() {
+  state.allowInsecureHttp = ui.allowInsecureHttp.checked;
+  save(KEYS.allowInsecureHttp, state.allowInsecureHttp ? 'true' : null);
+  try {
+    checkTransport(state.baseUrl, state.allowInsecureHttp);
+    fieldError(ui.baseUrlError, ui.baseUrl, '');
+    clearError('poll');
+  } catch (e) {
+    fieldError(ui.baseUrlError, ui.baseUrl, `${e.message[0].toUpperCase()}${e.message.slice(1)}.`);
+  }
+  if (state.credentials) startSession({ clear: false });
 }
 
 function result(kind, text) {
@@ -683,6 +788,14 @@ function init() {
   }
   ui.baseUrl.value = state.baseUrl;
   ui.baseUrl.placeholder = defaultBaseUrl();
+  state.allowInsecureHttp = load(KEYS.allowInsecureHttp) === 'true';
+  ui.allowInsecureHttp.checked = state.allowInsecureHttp;
+  try {
+    checkTransport(state.baseUrl, state.allowInsecureHttp);
+  } catch (e) {
+    // E.g. this page was opened over plain http from another machine.
+    fieldError(ui.baseUrlError, ui.baseUrl, `${e.message[0].toUpperCase()}${e.message.slice(1)}.`);
+  }
   state.credentials = loadCredentials();
   if (!storageWorks) {
     showNotice('This browser blocks localStorage: credentials last only until the page is closed.', { sticky: true });
@@ -693,6 +806,8 @@ function init() {
   ui.registerForm.addEventListener('submit', register);
   ui.pasteForm.addEventListener('submit', usePasted);
   ui.forget.addEventListener('click', forget);
+  ui.rotate.addEventListener('click', rotateCredentials);
+  ui.allowInsecureHttp.addEventListener('change', setAllowInsecureHttp);
   ui.composeForm.addEventListener('submit', send);
   ui.composePayload.addEventListener('input', () => fieldError(ui.composePayloadError, ui.composePayload, ''));
   ui.pollNow.addEventListener('click', pollNow);

@@ -198,6 +198,53 @@ export class ApiError extends Error {
   }
 }
 
+/**
+ * A plain http:// URL to a host that is not loopback, refused because the
+ * api_token (and, in the register and rotate answers, the personal key)
+ * would cross the network unencrypted. Nothing was sent.
+ */
+export class InsecureUrlError extends Error {
+  constructor(url, host) {
+    super(
+      `refusing plain http:// to ${host}: the api_token, and when registering or rotating the personal key, ` +
+        'would cross the network unencrypted. Use https://, or tick "Allow plain http://" if you trust every ' +
+        `network between this browser and ${host}. localhost, 127.0.0.0/8 and ::1 are always allowed`,
+    );
+    this.name = 'InsecureUrlError';
+    this.url = url;
+    this.host = host;
+  }
+}
+
+/** True for `localhost`, 127.0.0.0/8 and `::1` (brackets allowed): traffic that stays on this machine. */
+export function isLoopbackHost(hostname) {
+  let host = String(hostname).toLowerCase();
+  if (host.endsWith('.')) host = host.slice(0, -1);
+  if (host === 'localhost') return true;
+  if (host.startsWith('[') && host.endsWith(']')) host = host.slice(1, -1);
+  if (host === '::1') return true;
+  const octets = /^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})$/.exec(host);
+  return Boolean(octets) && octets.slice(1).every((o) => Number(o) <= 255) && Number(octets[1]) === 127;
+}
+
+/** The host of `url` when it is plain http:// to a host that is not loopback, else null. */
+export function insecureHttpHost(url) {
+  let parsed;
+  try {
+    parsed = new URL(String(url).trim());
+  } catch {
+    return null;
+  }
+  if (parsed.protocol !== 'http:') return null;
+  return isLoopbackHost(parsed.hostname) ? null : parsed.hostname;
+}
+
+/** Throws InsecureUrlError for plain http:// to a host that is not loopback, unless allowed. */
+export function checkTransport(url, allowInsecureHttp = false) {
+  const host = insecureHttpHost(url);
+  if (host !== null && !allowInsecureHttp) throw new InsecureUrlError(String(url).trim(), host);
+}
+
 /** Normalises a base URL: trimmed, no trailing slash; throws unless http(s). */
 export function normaliseBaseUrl(text) {
   const trimmed = String(text).trim().replace(/\/+$/, '');
@@ -224,8 +271,18 @@ function parseRetryAfter(value) {
 /**
  * One API call. Resolves to `{status, body}` for 2xx (body null for 204);
  * rejects with ApiError otherwise, or with an AbortError when `signal` fires.
+ * A body is always sent as `Content-Type: application/json` (the server
+ * answers 415 otherwise). Plain http:// to a host that is not loopback
+ * rejects with InsecureUrlError, before anything is sent, unless
+ * `allowInsecureHttp`.
  */
-export async function apiRequest(baseUrl, method, path, { body, credentials, signal, timeoutMs = 15000 } = {}) {
+export async function apiRequest(
+  baseUrl,
+  method,
+  path,
+  { body, credentials, signal, timeoutMs = 15000, allowInsecureHttp = false } = {},
+) {
+  checkTransport(baseUrl, allowInsecureHttp);
   const headers = { Accept: 'application/json' };
   if (body !== undefined) headers['Content-Type'] = 'application/json';
   if (credentials) {
@@ -289,6 +346,36 @@ export async function apiRequest(baseUrl, method, path, { body, credentials, sig
     clearTimeout(timer);
     if (signal) signal.removeEventListener('abort', onAbort);
   }
+}
+
+/**
+ * `POST /clients/rotate`: trades `credentials` for a new api_token and
+ * personal key (and, with `fingerprint`, a new fingerprint). Resolves to the
+ * new `{client_id, api_token, personal_token}`; from the server's answer on
+ * the old token is refused, and messages not yet acknowledged are delivered
+ * under the new key. Rejects like apiRequest, or with an Error when the
+ * answer is not credentials of the same client.
+ */
+export async function rotate(baseUrl, credentials, { fingerprint = null, signal, allowInsecureHttp = false } = {}) {
+  const { body } = await apiRequest(baseUrl, 'POST', '/clients/rotate', {
+    body: fingerprint === null || fingerprint === undefined ? {} : { fingerprint },
+    credentials,
+    signal,
+    allowInsecureHttp,
+  });
+  const fresh = {};
+  for (const key of ['client_id', 'api_token', 'personal_token']) {
+    if (!body || typeof body[key] !== 'string' || !body[key]) {
+      throw new Error(`the rotate answer has no ${key}`);
+    }
+    fresh[key] = body[key];
+  }
+  if (fresh.client_id !== credentials.client_id) {
+    throw new Error(`the rotate answer is for client ${fresh.client_id}, not ${credentials.client_id}`);
+  }
+  const raw = b64decode(fresh.personal_token, 'personal_token');
+  if (raw.length !== KEY_BYTES) throw new Error(`the new personal_token is not ${KEY_BYTES} bytes`);
+  return fresh;
 }
 
 // ---------------------------------------------------------------- backoff

@@ -22,12 +22,19 @@ Library use::
     client.send("status", {"ok": True})      # fresh nonce, safe retries
     client.listen(lambda m: print(m.payload))  # the 3 s -> 30 s backoff loop
     publish(URL, ADMIN_TOKEN, [client.client_id], "greeting", {"text": "hi"})  # Idempotency-Key, safe retries
+    client.rotate()                          # new api_token and personal key; the old token is dead
+
+Plain ``http://`` is refused (``InsecureTransportError``) unless the host is
+loopback (localhost, 127.0.0.0/8, ::1): the API token, and in the register
+and rotate answers the personal key, would cross the network unencrypted.
+Pass ``insecure_http=True`` to allow it anyway.
 
 Command line (``python pigeonhole_client.py --help``)::
 
     python pigeonhole_client.py register --url http://127.0.0.1:8080 --name laptop
     python pigeonhole_client.py listen [--once] [--json]
     python pigeonhole_client.py send --type status --payload '{"ok": true}'
+    python pigeonhole_client.py rotate [--new-fingerprint]
     python pigeonhole_client.py publish --to CLIENT_ID --type greeting --payload '{"text": "hi"}'
 """
 from __future__ import annotations
@@ -35,6 +42,7 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
+import ipaddress
 import json
 import logging
 import os
@@ -44,9 +52,10 @@ import sys
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple, Union
+from urllib.parse import urlsplit
 
 import requests
 from cryptography.exceptions import InvalidTag
@@ -67,6 +76,7 @@ __all__ = [
     "Unavailable",
     "NetworkError",
     "DecryptionError",
+    "InsecureTransportError",
     "register",
     "publish",
     "canonical_aad",
@@ -76,6 +86,8 @@ __all__ = [
     "backoff_schedule",
     "save_credentials",
     "load_credentials",
+    "is_loopback_host",
+    "check_transport",
     "INITIAL_INTERVAL",
     "INTERVAL_STEP",
     "MAX_INTERVAL",
@@ -166,6 +178,49 @@ class DecryptionError(PigeonholeError):
         self.message_id = message_id
 
 
+class InsecureTransportError(PigeonholeError):
+    """A plain ``http://`` URL whose host is not loopback, without ``insecure_http=True``.
+
+    Nothing was sent. ``url`` is the refused URL and ``host`` its host.
+    """
+
+    def __init__(self, url: str, host: str) -> None:
+        super().__init__(
+            f"refusing plain http:// to {host} ({url}): the API token, and in the register and rotate "
+            "answers the personal key, would cross the network unencrypted. Use https://, or pass "
+            f"insecure_http=True (--insecure-http) if you trust every network between here and {host}. "
+            "Loopback (localhost, 127.0.0.0/8, ::1) is always allowed.")
+        self.url = url
+        self.host = host
+
+
+def is_loopback_host(host: str) -> bool:
+    """True for ``localhost``, 127.0.0.0/8 and ``::1`` (brackets allowed): traffic that never leaves the machine."""
+    host = host[:-1] if host.endswith(".") else host
+    if host.lower() == "localhost":
+        return True
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address):
+        return address == ipaddress.IPv6Address("::1")
+    return address.is_loopback
+
+
+def check_transport(url: str, insecure_http: bool = False) -> None:
+    """Raise ``InsecureTransportError`` for plain ``http://`` to a host that is not loopback,
+    unless ``insecure_http``; ``https://`` and loopback always pass."""
+    parts = urlsplit(url.strip())
+    if parts.scheme.lower() != "http" or insecure_http:
+        return
+    host = parts.hostname or ""
+    if not is_loopback_host(host):
+        raise InsecureTransportError(url.strip(), host)
+
+
 # ---------------------------------------------------------------------------
 # Data types
 # ---------------------------------------------------------------------------
@@ -187,10 +242,15 @@ class Credentials:
     name: Optional[str] = None
     #: True when this registration created the client (201), False for a known fingerprint (200).
     created: bool = field(default=False, compare=False)
+    #: Plain ``http://`` to a host that is not loopback is allowed for ``base_url`` (registered with it).
+    insecure_http: bool = False
+    #: Set by the command line's ``rotate`` while a rotation's outcome is unknown: the fingerprint
+    #: the client has if the server did rotate (the next ``rotate`` completes it).
+    pending_fingerprint: Optional[str] = None
 
     def to_dict(self) -> Dict[str, Any]:
         """The JSON-serialisable form stored by ``save_credentials`` (without ``created``)."""
-        return {
+        data: Dict[str, Any] = {
             "base_url": self.base_url,
             "client_id": self.client_id,
             "api_token": self.api_token,
@@ -198,6 +258,11 @@ class Credentials:
             "fingerprint": self.fingerprint,
             "name": self.name,
         }
+        if self.insecure_http:
+            data["insecure_http"] = True
+        if self.pending_fingerprint:
+            data["pending_fingerprint"] = self.pending_fingerprint
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "Credentials":
@@ -212,6 +277,8 @@ class Credentials:
             personal_token=str(data["personal_token"]),
             fingerprint=data.get("fingerprint"),
             name=data.get("name"),
+            insecure_http=bool(data.get("insecure_http", False)),
+            pending_fingerprint=data.get("pending_fingerprint") or None,
         )
 
     def __repr__(self) -> str:  # never show the secrets by accident
@@ -460,9 +527,36 @@ def _json_body(resp: requests.Response) -> Dict[str, Any]:
     return body
 
 
+def _insecure_host(url: str) -> bool:
+    """True when ``url`` is plain http:// to a host that is not loopback."""
+    try:
+        check_transport(url)
+    except InsecureTransportError:
+        return True
+    return False
+
+
+def _credentials_body(resp: requests.Response, what: str) -> Dict[str, Any]:
+    """``{"client_id", "api_token", "personal_token"}`` of a register or rotate answer, checked."""
+    data = _json_body(resp)
+    for k in ("client_id", "api_token", "personal_token"):
+        if not isinstance(data.get(k), str) or not data[k]:
+            raise ApiError(resp.status_code, "invalid_response", f"{what} response has no {k}")
+    try:
+        key_from_token(data["personal_token"])
+    except ValueError as e:
+        raise ApiError(resp.status_code, "invalid_response", f"{what} response: {e}") from None
+    return data
+
+
 def _request(session: requests.Session, method: str, url: str, timeout: float, **kwargs: Any) -> requests.Response:
-    """One HTTP request; ``NetworkError`` if there is no response, ``ApiError`` for a status >= 400."""
+    """One HTTP request; ``NetworkError`` if there is no response, ``ApiError`` for a status >= 400.
+
+    A JSON body always goes with ``Content-Type: application/json`` (the server answers 415 otherwise).
+    """
     headers = {"User-Agent": USER_AGENT, **kwargs.pop("headers", {})}
+    if "json" in kwargs:
+        headers["Content-Type"] = "application/json"
     try:
         resp = session.request(method, url, headers=headers, timeout=timeout, **kwargs)
     except requests.RequestException as e:
@@ -539,7 +633,7 @@ def valid_idempotency_key(key: Any) -> bool:
 def publish(base_url: str, admin_token: str, to_client_ids: Iterable[str], type: str, payload: Any, *,
             idempotency_key: Optional[str] = None, attempts: int = 5, retry_delay: float = 1.0,
             timeout: float = 30.0, session: Optional[requests.Session] = None,
-            sleep: Callable[[float], Any] = time.sleep) -> PublishResult:
+            sleep: Callable[[float], Any] = time.sleep, insecure_http: bool = False) -> PublishResult:
     """Publish one message to each client (admin; ``X-Admin-Token``).
 
     The server encrypts it for each recipient. At most 10000 ids per request;
@@ -556,7 +650,11 @@ def publish(base_url: str, admin_token: str, to_client_ids: Iterable[str], type:
     server remembers it for 24 hours); the key is also on the result and on a
     raised error (``e.idempotency_key``). Reusing a key with a different body
     raises ``ApiError`` with code ``idempotency_key_reused``.
+
+    Plain ``http://`` to a host that is not loopback raises ``InsecureTransportError``
+    unless ``insecure_http``.
     """
+    check_transport(base_url, insecure_http)
     key = str(uuid.uuid4()) if idempotency_key is None else idempotency_key
     if not valid_idempotency_key(key):
         raise ValueError(f"idempotency_key must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} visible ASCII characters "
@@ -596,12 +694,16 @@ class PigeonholeClient:
     Build it from ``register``'s result (``PigeonholeClient.from_credentials``)
     or from the four values directly. ``timeout`` applies to every request.
     ``sleep`` is used between send retries (inject a fake one in tests).
+    Plain ``http://`` to a host that is not loopback raises
+    ``InsecureTransportError`` unless ``insecure_http=True``.
     """
 
     def __init__(self, base_url: str, client_id: str, api_token: str, personal_token: str, *,
                  timeout: float = 10.0, session: Optional[requests.Session] = None,
                  send_attempts: int = 4, retry_delay: float = 1.0,
-                 sleep: Callable[[float], Any] = time.sleep) -> None:
+                 sleep: Callable[[float], Any] = time.sleep, insecure_http: bool = False) -> None:
+        check_transport(base_url, insecure_http)
+        self.insecure_http = insecure_http
         self.base_url = _origin(base_url)
         self.client_id = client_id
         self.api_token = api_token
@@ -621,36 +723,75 @@ class PigeonholeClient:
 
     @classmethod
     def register(cls, base_url: str, fingerprint: str, name: Optional[str] = None, *,
-                 timeout: float = 10.0, session: Optional[requests.Session] = None) -> Credentials:
+                 timeout: float = 10.0, session: Optional[requests.Session] = None,
+                 insecure_http: bool = False, admin_token: Optional[str] = None) -> Credentials:
         """Register (``POST /clients/register``) and return the credentials.
 
         Idempotent per fingerprint: a known fingerprint returns the same
-        credentials again (``created`` is False; ``name`` is not updated).
+        credentials again (``created`` is False; ``name`` is not updated), or
+        the current ones after a ``rotate``.
         Use a secret, high-entropy fingerprint, e.g. ``secrets.token_urlsafe(32)``.
+        The server limits registrations per address (``RateLimited``); with
+        ``admin_token`` (fleet provisioning) the limit does not apply.
         """
+        check_transport(base_url, insecure_http)
         body: Dict[str, Any] = {"fingerprint": fingerprint}
         if name is not None:
             body["name"] = name
+        headers = {"X-Admin-Token": admin_token} if admin_token else {}
         resp = _request(session or requests.Session(), "POST", api_base(base_url) + "/clients/register",
-                        timeout, json=body)
-        data = _json_body(resp)
-        for k in ("client_id", "api_token", "personal_token"):
-            if not isinstance(data.get(k), str):
-                raise ApiError(resp.status_code, "invalid_response", f"register response has no {k}")
+                        timeout, json=body, headers=headers)
+        data = _credentials_body(resp, "register")
         return Credentials(base_url=_origin(base_url), client_id=data["client_id"], api_token=data["api_token"],
                            personal_token=data["personal_token"], fingerprint=fingerprint, name=name,
-                           created=resp.status_code == 201)
+                           created=resp.status_code == 201,
+                           insecure_http=insecure_http and _insecure_host(base_url))
 
     @classmethod
     def from_credentials(cls, credentials: Credentials, **kwargs: Any) -> "PigeonholeClient":
-        """A client for ``credentials`` (keyword arguments go to the constructor)."""
+        """A client for ``credentials`` (keyword arguments go to the constructor).
+
+        ``insecure_http`` defaults to the credentials' own (set when they were registered with it).
+        """
+        kwargs.setdefault("insecure_http", credentials.insecure_http)
         return cls(credentials.base_url, credentials.client_id, credentials.api_token,
                    credentials.personal_token, **kwargs)
 
     @property
     def credentials(self) -> Credentials:
         """This client's credentials (without fingerprint and name)."""
-        return Credentials(self.base_url, self.client_id, self.api_token, self._personal_token)
+        return Credentials(self.base_url, self.client_id, self.api_token, self._personal_token,
+                           insecure_http=self.insecure_http and _insecure_host(self.base_url))
+
+    # -- credentials -----------------------------------------------------------
+
+    def rotate(self, fingerprint: Optional[str] = None) -> Credentials:
+        """Get a new ``api_token`` and personal key (``POST /clients/rotate``) and use them from now on.
+
+        The old token is refused from the server's answer on. Messages not yet
+        acknowledged are delivered readable with the new key, so nothing is
+        lost. With ``fingerprint`` (8-256 characters) the fingerprint is
+        replaced too: the old one no longer finds this client. Returns the new
+        credentials (``fingerprint`` set only when it was replaced); save them,
+        e.g. with ``save_credentials``.
+
+        If the answer is lost (``NetworkError``, 5xx) the server may have
+        rotated: if ``poll`` then raises 401, ``register`` with the (new)
+        fingerprint returns the current credentials. Raises ``ApiError``
+        (401, 422 ...), ``NetworkError``.
+        """
+        body: Dict[str, Any] = {} if fingerprint is None else {"fingerprint": fingerprint}
+        resp = self._call("POST", "/clients/rotate", json=body)
+        data = _credentials_body(resp, "rotate")
+        if data["client_id"] != self.client_id:
+            raise ApiError(resp.status_code, "invalid_response",
+                           f"rotate answered for client {data['client_id']}, not {self.client_id}")
+        self.api_token = data["api_token"]
+        self._key = key_from_token(data["personal_token"])
+        self._personal_token = data["personal_token"]
+        return Credentials(self.base_url, self.client_id, self.api_token, self._personal_token,
+                           fingerprint=fingerprint,
+                           insecure_http=self.insecure_http and _insecure_host(self.base_url))
 
     # -- HTTP --------------------------------------------------------------
 
@@ -957,6 +1098,24 @@ class _UsageError(Exception):
     pass
 
 
+class _Failed(Exception):
+    """A command-line failure that is not a plain API error (exit 1)."""
+
+
+def _random_fingerprint() -> str:
+    """32 random bytes, base64url: a secret fingerprint."""
+    return base64.urlsafe_b64encode(os.urandom(32)).decode("ascii").rstrip("=")
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no", "off")
+
+
+def _client_for(creds: Credentials, args: argparse.Namespace) -> "PigeonholeClient":
+    return PigeonholeClient.from_credentials(creds, timeout=args.timeout,
+                                             insecure_http=args.insecure_http or creds.insecure_http)
+
+
 def _json_arg(text: str, what: str) -> Any:
     if text == "-":
         text = sys.stdin.read()
@@ -985,9 +1144,15 @@ def _cmd_register(args: argparse.Namespace) -> int:
             fingerprint != existing.fingerprint or _origin(args.url) != existing.base_url):
         raise _UsageError(f"{path} already holds the credentials of client {existing.client_id}; "
                           "pass --force to replace them, or --credentials for another file")
+    if existing is not None and existing.pending_fingerprint and not args.force:
+        raise _UsageError(f"an earlier `rotate` of client {existing.client_id} got no answer; run `rotate` "
+                          "first: it checks whether the server rotated and saves the credentials either way")
     if not fingerprint:
-        fingerprint = base64.urlsafe_b64encode(os.urandom(32)).decode("ascii").rstrip("=")
-    creds = PigeonholeClient.register(args.url, fingerprint, args.name, timeout=args.timeout)
+        fingerprint = _random_fingerprint()
+    allowed = args.insecure_http or (existing is not None and existing.insecure_http
+                                     and _origin(args.url) == existing.base_url)
+    creds = PigeonholeClient.register(args.url, fingerprint, args.name, timeout=args.timeout,
+                                      insecure_http=allowed)
     save_credentials(creds, path)
     state = "registered new client" if creds.created else "fingerprint already registered; same client"
     print(f"{state} {creds.client_id}", file=sys.stderr)
@@ -999,6 +1164,90 @@ def _cmd_register(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _outcome_unknown(exc: Exception) -> bool:
+    """After a request that changes state: no answer, a 5xx, or an unreadable success."""
+    if isinstance(exc, NetworkError):
+        return True
+    return isinstance(exc, ApiError) and (exc.status >= 500 or exc.code == "invalid_response")
+
+
+def _settle(client: "PigeonholeClient", creds: Credentials, fingerprint: str,
+            args: argparse.Namespace) -> Optional[Credentials]:
+    """After a rotate whose answer was lost: ``None`` if the old token still works (nothing
+    changed); else the new credentials, fetched by registering with ``fingerprint``."""
+    try:
+        client.poll_raw(limit=1)
+        return None
+    except ApiError as e:
+        if e.status != 401:
+            raise
+    got = PigeonholeClient.register(creds.base_url, fingerprint, creds.name, timeout=args.timeout,
+                                    insecure_http=client.insecure_http)
+    if got.created or got.client_id != creds.client_id:
+        raise _Failed(f"the old token is refused, but the fingerprint no longer finds client {creds.client_id} "
+                      f"(it registered client {got.client_id} instead, not saved): was it deleted by an operator?")
+    return got
+
+
+def _cmd_rotate(args: argparse.Namespace) -> int:
+    path = args.credentials
+    creds = _load_cli_credentials(path)
+    if args.fingerprint is not None and not 8 <= len(args.fingerprint) <= 256:
+        raise _UsageError(f"--fingerprint must be 8 to 256 characters (got {len(args.fingerprint)})")
+    client = _client_for(creds, args)
+
+    def finish(fresh: Credentials, fingerprint: Optional[str], earlier: bool) -> int:
+        final = replace(creds, api_token=fresh.api_token, personal_token=fresh.personal_token,
+                        fingerprint=fingerprint, pending_fingerprint=None)
+        try:
+            save_credentials(final, path)
+        except OSError as e:
+            raise _Failed(f"the server rotated the credentials, but they cannot be saved ({e}); once {path} can "
+                          "be written, run `rotate` again to fetch them") from None
+        what = "completed an earlier rotation of" if earlier else "rotated the credentials of"
+        print(f"{what} client {creds.client_id}: new api_token and personal key saved to "
+              f"{os.path.abspath(path)} (mode 0600); the old token no longer works", file=sys.stderr)
+        if fingerprint != creds.fingerprint:
+            print("the fingerprint was replaced too; the old one no longer finds this client", file=sys.stderr)
+        print(json.dumps(final.to_dict(), indent=2) if args.print_credentials else creds.client_id)
+        return EXIT_OK
+
+    # An earlier rotation that got no answer is finished first.
+    if creds.pending_fingerprint:
+        try:
+            settled = _settle(client, creds, creds.pending_fingerprint, args)
+        except (NetworkError, ApiError) as e:
+            raise _Failed(f"an earlier rotate got no answer, and whether the server rotated cannot be checked "
+                          f"now ({e}); run `rotate` again later") from None
+        if settled is not None:
+            return finish(settled, creds.pending_fingerprint, earlier=True)
+        creds = replace(creds, pending_fingerprint=None)
+        save_credentials(creds, path)
+
+    new_fingerprint = args.fingerprint or (_random_fingerprint() if args.new_fingerprint else None)
+    target = new_fingerprint or creds.fingerprint
+    if target:
+        # Saved before the request: a lost answer can then be recovered.
+        save_credentials(replace(creds, pending_fingerprint=target), path)
+    try:
+        fresh = client.rotate(new_fingerprint)
+    except (NetworkError, ApiError) as e:
+        if not (_outcome_unknown(e) and target):
+            save_credentials(creds, path)
+            raise
+        print(f"warning: rotate: {e}; checking whether the server rotated", file=sys.stderr)
+        try:
+            settled = _settle(client, creds, target, args)
+        except (NetworkError, ApiError) as check:
+            raise _Failed(f"rotate: {e}; whether the server rotated cannot be checked ({check}). The "
+                          f"credentials file remembers this rotation: run `rotate` again to complete it") from None
+        if settled is None:
+            save_credentials(creds, path)
+            raise _Failed(f"rotate: {e}; nothing was changed (the old credentials still work)") from None
+        fresh = settled
+    return finish(fresh, target, earlier=False)
+
+
 def _print_message(m: Message, as_json: bool) -> None:
     if as_json:
         print(json.dumps(m.to_dict(), ensure_ascii=False), flush=True)
@@ -1008,7 +1257,7 @@ def _print_message(m: Message, as_json: bool) -> None:
 
 
 def _cmd_listen(args: argparse.Namespace) -> int:
-    client = PigeonholeClient.from_credentials(_load_cli_credentials(args.credentials), timeout=args.timeout)
+    client = _client_for(_load_cli_credentials(args.credentials), args)
     tty = sys.stderr.isatty() and not args.quiet
     invalid: List[DecryptionError] = []
 
@@ -1053,7 +1302,7 @@ def _cmd_listen(args: argparse.Namespace) -> int:
 
 
 def _cmd_send(args: argparse.Namespace) -> int:
-    client = PigeonholeClient.from_credentials(_load_cli_credentials(args.credentials), timeout=args.timeout)
+    client = _client_for(_load_cli_credentials(args.credentials), args)
     payload = _json_arg(args.payload, "--payload")
     if args.no_aad:
         aad: Any = None
@@ -1108,7 +1357,8 @@ def _cmd_publish(args: argparse.Namespace) -> int:
     for n, (batch, key) in enumerate(zip(batches, keys)):
         try:
             result = publish(args.url, token, batch, args.type, payload, idempotency_key=key,
-                             attempts=args.retries + 1, timeout=args.timeout, session=session)
+                             attempts=args.retries + 1, timeout=args.timeout, session=session,
+                             insecure_http=args.insecure_http)
         except (NetworkError, ApiError) as e:
             if n:
                 print(f"note: {n} of {len(batches)} batches were published before this error", file=sys.stderr)
@@ -1130,11 +1380,16 @@ def build_parser() -> argparse.ArgumentParser:
                         help="credentials file (default: $PIGEONHOLE_CREDENTIALS or %(default)s)")
     common.add_argument("--timeout", type=float, default=10.0, help="seconds per HTTP request (default 10)")
     common.add_argument("-v", "--verbose", action="store_true", help="log retries and backoff to stderr")
+    common.add_argument("--insecure-http", action="store_true", default=_env_flag("PIGEONHOLE_INSECURE_HTTP"),
+                        help="allow plain http:// to a host that is not loopback (tokens and keys then cross "
+                             "the network unencrypted; default: $PIGEONHOLE_INSECURE_HTTP). A credentials file "
+                             "registered with it remembers it for its URL")
 
     parser = argparse.ArgumentParser(
         prog="pigeonhole_client.py",
-        description="Pigeonhole reference client: register, listen, send, publish.",
-        epilog="exit codes: 0 ok, 1 the server refused the request, 2 usage error, "
+        description="Pigeonhole reference client: register, listen, send, rotate, publish.",
+        epilog="plain http:// is refused unless the host is loopback (localhost, 127.0.0.0/8, ::1) or "
+               "--insecure-http is given. exit codes: 0 ok, 1 the server refused the request, 2 usage error, "
                "3 listen --once got no messages, 4 server unreachable, 5 a message failed verification",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -1173,6 +1428,21 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--no-aad", action="store_true", help="send without aad")
     p.set_defaults(func=_cmd_send)
 
+    p = sub.add_parser("rotate", parents=[common], help="new api_token and personal key (old token dies)",
+                       description="Trade the credentials for new ones: a new api_token and personal key "
+                                   "(optionally a new fingerprint), saved to the credentials file. The old "
+                                   "token is refused from then on; messages not yet acknowledged are delivered "
+                                   "under the new key. If the answer is lost, rotate checks whether the server "
+                                   "rotated and completes it (now, or on the next run).",
+                       epilog="example: pigeonhole_client.py rotate --new-fingerprint")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--fingerprint", help="also replace the fingerprint with this one (8-256 characters)")
+    group.add_argument("--new-fingerprint", action="store_true",
+                       help="also replace the fingerprint with 32 new random bytes")
+    p.add_argument("--print-credentials", action="store_true",
+                   help="print the new credentials (secrets!) as JSON instead of only the client id")
+    p.set_defaults(func=_cmd_rotate)
+
     p = sub.add_parser("publish", parents=[common], help="admin: publish a message to clients",
                        description="Admin: publish one message to each listed client.",
                        epilog="""example: PIGEONHOLE_ADMIN_TOKEN=... pigeonhole_client.py publish """
@@ -1200,9 +1470,12 @@ def main(argv: Optional[List[str]] = None) -> int:
                         format="%(levelname)s: %(message)s", stream=sys.stderr)
     try:
         return int(args.func(args))
-    except _UsageError as e:
+    except (_UsageError, InsecureTransportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except _Failed as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_ERROR
     except DecryptionError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_TAMPERED

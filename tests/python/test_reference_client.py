@@ -8,6 +8,10 @@
   delivery, publish retries under one Idempotency-Key.
 - pigeonhole_operator.py and the pigeonhole_client.py command line, run as
   scripts from their own directory.
+- Issue 8: rotate (library and command line, including a rotation whose
+  answer was lost), operator delete, the registration limit, plain http
+  refused for hosts that are not loopback, Content-Type on every POST, and
+  names with terminal escapes shown escaped.
 """
 from __future__ import annotations
 
@@ -50,6 +54,15 @@ def phc():
     spec.loader.exec_module(module)
     yield module
     sys.modules.pop("pigeonhole_client", None)
+
+
+@pytest.fixture(scope="module")
+def opt():
+    """clients/python/pigeonhole_operator.py, loaded from its path."""
+    spec = importlib.util.spec_from_file_location("pigeonhole_operator", OPERATOR_PY)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="module")
@@ -104,14 +117,18 @@ def _free_port() -> int:
 
 
 class Stub:
-    """A scripted HTTP server: each poll/send/publish answers with the next scripted
-    reply (default: 204 for polls). Records every request, and the headers of each
-    in ``headers`` (same order)."""
+    """A scripted HTTP server: each poll/send/publish/register/rotate/list/delete answers with
+    the next scripted reply (default: 204 for polls). Records every request, and the headers
+    of each in ``headers`` (same order)."""
 
-    def __init__(self, poll=(), send=(), publish=()):
+    def __init__(self, poll=(), send=(), publish=(), register=(), rotate=(), listing=(), delete=()):
         self.poll_script = list(poll)
         self.send_script = list(send)
         self.publish_script = list(publish)
+        self.register_script = list(register)
+        self.rotate_script = list(rotate)
+        self.listing_script = list(listing)
+        self.delete_script = list(delete)
         self.requests = []  # (method, path, json body or None)
         self.headers = []  # the request headers, a dict per request
         stub = self
@@ -136,6 +153,15 @@ class Stub:
                 stub.headers.append(dict(self.headers))
                 if self.path.startswith("/api/v1/messages/poll"):
                     return self._reply(*(stub.poll_script.pop(0) if stub.poll_script else (204,)))
+                if self.path.startswith("/api/v1/operators/clients") and stub.listing_script:
+                    return self._reply(*stub.listing_script.pop(0))
+                self._reply(404, None, {"error": {"code": "not_found", "message": "no"}})
+
+            def do_DELETE(self):
+                stub.requests.append(("DELETE", self.path, None))
+                stub.headers.append(dict(self.headers))
+                if self.path.startswith("/api/v1/operators/clients/") and stub.delete_script:
+                    return self._reply(*stub.delete_script.pop(0))
                 self._reply(404, None, {"error": {"code": "not_found", "message": "no"}})
 
             def do_POST(self):
@@ -148,6 +174,10 @@ class Stub:
                     return self._reply(200, None, {"cursor": body["last_received_id"]})
                 if self.path == "/api/v1/messages/send":
                     return self._reply(*stub.send_script.pop(0))
+                if self.path == "/api/v1/clients/register" and stub.register_script:
+                    return self._reply(*stub.register_script.pop(0))
+                if self.path == "/api/v1/clients/rotate" and stub.rotate_script:
+                    return self._reply(*stub.rotate_script.pop(0))
                 self._reply(404, None, {"error": {"code": "not_found", "message": "no"}})
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
@@ -193,10 +223,11 @@ def _run(script: Path, *args, env=None, timeout=30):
     """Run a client script from its own directory, as a user would."""
     full_env = {k: v for k, v in os.environ.items()
                 if k not in ("PIGEONHOLE_OPERATOR_TOKEN", "PIGEONHOLE_ADMIN_TOKEN", "PIGEONHOLE_URL",
-                             "PIGEONHOLE_CREDENTIALS")}
+                             "PIGEONHOLE_CREDENTIALS", "PIGEONHOLE_INSECURE_HTTP")}
     full_env.update(env or {})
+    # stdin is never a terminal here, whatever runs pytest.
     return subprocess.run([sys.executable, script.name, *map(str, args)], cwd=script.parent, env=full_env,
-                          capture_output=True, text=True, timeout=timeout)
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout)
 
 
 # ---------------------------------------------------------------------------
@@ -774,3 +805,295 @@ def test_cli_exit_codes_for_rate_limit_and_unreachable(phc, limited_server, tmp_
     down = _run(CLIENT_PY, "listen", "--once", "--timeout", "2", "--credentials", down_path)
     assert down.returncode == 4, down.stderr
 
+
+
+# ---------------------------------------------------------------------------
+# Issue 8: plain http, Content-Type, rotate, delete, limits, escapes
+# ---------------------------------------------------------------------------
+
+NOT_LOOPBACK = "http://192.0.2.10:8080"  # TEST-NET-1: nothing answers, and nothing is tried
+
+
+def _creds_body(client_id=STUB_CLIENT_ID, key_byte=1, token="A"):
+    return {"client_id": client_id, "api_token": "pht_" + token * 43,
+            "personal_token": base64.b64encode(bytes([key_byte]) * 32).decode()}
+
+
+def test_plain_http_is_refused_unless_loopback_or_allowed(phc, opt):
+    for mod in (phc, opt):
+        for host in ("localhost", "LOCALHOST.", "127.0.0.1", "127.9.9.9", "::1", "[::1]"):
+            assert mod.is_loopback_host(host), host
+        for host in ("10.0.0.1", "192.168.1.10", "0.0.0.0", "::", "::ffff:127.0.0.1", "example.com",
+                     "localhost.example.com", ""):
+            assert not mod.is_loopback_host(host), host
+        for url in ("http://127.0.0.1:8080", "http://localhost/api/v1", "http://[::1]:1", "https://192.0.2.10"):
+            mod.check_transport(url)
+        with pytest.raises(mod.InsecureTransportError) as e:
+            mod.check_transport(NOT_LOOPBACK + "/api/v1")
+        assert e.value.host == "192.0.2.10"
+        mod.check_transport(NOT_LOOPBACK, insecure_http=True)
+    assert "--insecure-http" in str(e.value) and "192.0.2.10" in str(e.value)
+
+    # Refused before anything is sent: no connection to TEST-NET-1 is tried.
+    with pytest.raises(phc.InsecureTransportError) as e:
+        phc.PigeonholeClient(NOT_LOOPBACK, STUB_CLIENT_ID, "pht_x", STUB_TOKEN)
+    assert "personal key" in str(e.value)
+    with pytest.raises(phc.InsecureTransportError):
+        phc.register(NOT_LOOPBACK, "fingerprint-123456")
+    with pytest.raises(phc.InsecureTransportError):
+        phc.publish(NOT_LOOPBACK, "admin", [STUB_CLIENT_ID], "t", 1)
+    with pytest.raises(opt.InsecureTransportError):
+        opt.list_clients(NOT_LOOPBACK, "op")
+    with pytest.raises(opt.InsecureTransportError):
+        opt.delete_client(NOT_LOOPBACK, "op", STUB_CLIENT_ID)
+    assert issubclass(phc.InsecureTransportError, phc.PigeonholeError)
+
+    # Allowed: the client is built; credentials registered with it remember it.
+    client = phc.PigeonholeClient(NOT_LOOPBACK, STUB_CLIENT_ID, "pht_x", STUB_TOKEN, insecure_http=True)
+    assert client.credentials.insecure_http is True
+    creds = phc.Credentials(NOT_LOOPBACK, STUB_CLIENT_ID, "pht_x", STUB_TOKEN, insecure_http=True)
+    assert phc.Credentials.from_dict(creds.to_dict()) == creds
+    assert phc.PigeonholeClient.from_credentials(creds).insecure_http is True
+    plain = phc.Credentials("http://127.0.0.1:1", STUB_CLIENT_ID, "pht_x", STUB_TOKEN)
+    assert "insecure_http" not in plain.to_dict() and "pending_fingerprint" not in plain.to_dict()
+
+
+def test_command_lines_refuse_plain_http_to_other_hosts(tmp_path):
+    reg = _run(CLIENT_PY, "register", "--url", NOT_LOOPBACK, "--credentials", tmp_path / "c.json")
+    assert reg.returncode == 2, reg.stderr
+    assert "--insecure-http" in reg.stderr and "192.0.2.10" in reg.stderr
+    assert not (tmp_path / "c.json").exists()
+    pub = _run(CLIENT_PY, "publish", "--url", NOT_LOOPBACK, "--to", STUB_CLIENT_ID, "--type", "t",
+               "--payload", "1", env={"PIGEONHOLE_ADMIN_TOKEN": "x"})
+    assert pub.returncode == 2 and "--insecure-http" in pub.stderr, pub.stderr
+    for args in ((), ("--json",), ("delete", STUB_CLIENT_ID, "--yes")):
+        out = _run(OPERATOR_PY, "--url", NOT_LOOPBACK, *args, "--operator-token", "x")
+        assert out.returncode == 2, (args, out.stderr)
+        assert "--insecure-http" in out.stderr, out.stderr
+
+
+def test_every_post_says_content_type_json(phc, opt):
+    page = {"messages": [_delivered(phc, 1, "t", 1)], "next_cursor": 1}
+    with Stub(register=[(201, None, _creds_body(key_byte=0))], poll=[(200, None, page)],
+              send=[(201, None, {"id": 1})], publish=[PUBLISHED],
+              rotate=[(200, None, _creds_body(key_byte=2, token="B"))]) as stub:
+        creds = phc.register(stub.origin, "fingerprint-123456", name="n")
+        client = phc.PigeonholeClient.from_credentials(creds)
+        client.listen(lambda m: None, max_polls=1, sleep=Recorder())  # poll, then ack
+        client.send("t", 1)
+        phc.publish(stub.origin, "admin", [STUB_CLIENT_ID], "t", 1)
+        client.rotate()
+        posts = [(p, h) for (m, p, _), h in zip(stub.requests, stub.headers) if m == "POST"]
+        assert [p for p, _ in posts] == ["/api/v1/clients/register", "/api/v1/messages/ack",
+                                         "/api/v1/messages/send", "/api/v1/messages/publish",
+                                         "/api/v1/clients/rotate"]
+        for path, headers in posts:
+            assert headers.get("Content-Type", "").split(";")[0] == "application/json", (path, headers)
+
+
+def test_rotate_replaces_the_clients_credentials(phc):
+    new = _creds_body(key_byte=9, token="B")
+    with Stub(rotate=[(200, None, new), (200, None, _creds_body(key_byte=8, token="C")),
+                      (200, None, _creds_body(client_id=str(uuid.uuid4())))]) as stub:
+        client = _stub_client(phc, stub)
+        got = client.rotate()
+        assert (got.client_id, got.api_token, got.personal_token, got.fingerprint) == \
+            (STUB_CLIENT_ID, new["api_token"], new["personal_token"], None)
+        assert got.base_url == stub.origin and got.api_token not in repr(got)
+        assert client.api_token == new["api_token"] and client.credentials == got
+        headers = stub.headers_of("POST", "/api/v1/clients/rotate")
+        assert headers[0]["Authorization"] == "Bearer pht_stub" and headers[0]["X-Client-Id"] == STUB_CLIENT_ID
+        client.poll()  # the next request carries the new token
+        assert stub.headers_of("GET", "/api/v1/messages/poll")[0]["Authorization"] == "Bearer " + new["api_token"]
+        # Messages are now opened with the new key.
+        key = base64.b64decode(new["personal_token"])
+        aad = {"client_id": STUB_CLIENT_ID, "created_at": "2026-11-25T12:00:01.000Z", "id": 1}
+        sealed = dict(phc.encrypt(key, "t", {"after": True}, aad), id=1, type="t", created_at=aad["created_at"])
+        assert client.decrypt(sealed).payload == {"after": True}
+
+        assert client.rotate(fingerprint="a-new-fingerprint-0001").fingerprint == "a-new-fingerprint-0001"
+        assert stub.calls("POST", "/api/v1/clients/rotate") == [{}, {"fingerprint": "a-new-fingerprint-0001"}]
+        before = client.api_token
+        with pytest.raises(phc.ApiError) as e:  # an answer for another client is not taken
+            client.rotate()
+        assert e.value.code == "invalid_response" and client.api_token == before
+
+
+def test_cli_rotate_completes_a_rotation_whose_answer_was_lost(phc, tmp_path):
+    path = tmp_path / "client.json"
+    fp = "the-original-fingerprint"
+    lost = _error(502, "http_502", "bad gateway")
+    with Stub(register=[(201, None, _creds_body(key_byte=1)), (200, None, _creds_body(key_byte=2, token="B"))],
+              rotate=[lost], poll=[_error(401, "unauthorized")]) as stub:
+        assert _run(CLIENT_PY, "register", "--url", stub.origin, "--fingerprint", fp,
+                    "--credentials", path).returncode == 0
+        out = _run(CLIENT_PY, "rotate", "--credentials", path)
+        assert out.returncode == 0, out.stderr
+        assert "checking whether the server rotated" in out.stderr and out.stdout.strip() == STUB_CLIENT_ID
+        saved = json.loads(path.read_text())
+        assert saved["api_token"] == "pht_" + "B" * 43 and "pending_fingerprint" not in saved
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+        assert stub.calls("POST", "/api/v1/clients/register")[-1]["fingerprint"] == fp
+
+    # Neither the answer nor the check: the file remembers the rotation and its new
+    # fingerprint, register refuses to guess, and the next rotate completes it.
+    with Stub(rotate=[lost], poll=[_error(503, "http_503"), _error(401, "unauthorized")],
+              register=[(200, None, _creds_body(key_byte=3, token="C"))]) as stub:
+        phc.save_credentials(phc.Credentials(stub.origin, STUB_CLIENT_ID, "pht_" + "B" * 43,
+                                             _creds_body(key_byte=2)["personal_token"], fingerprint=fp), str(path))
+        out = _run(CLIENT_PY, "rotate", "--new-fingerprint", "--credentials", path)
+        assert out.returncode == 1 and "run `rotate` again" in out.stderr, out.stderr
+        pending = json.loads(path.read_text())["pending_fingerprint"]
+        assert pending != fp and stub.calls("POST", "/api/v1/clients/rotate") == [{"fingerprint": pending}]
+        refused = _run(CLIENT_PY, "register", "--url", stub.origin, "--credentials", path)
+        assert refused.returncode == 2 and "rotate" in refused.stderr
+        done = _run(CLIENT_PY, "rotate", "--credentials", path)
+        assert done.returncode == 0, done.stderr
+        assert "completed an earlier rotation" in done.stderr
+        saved = json.loads(path.read_text())
+        assert saved["fingerprint"] == pending and saved["api_token"] == "pht_" + "C" * 43
+        assert "pending_fingerprint" not in saved
+        assert len(stub.calls("POST", "/api/v1/clients/rotate")) == 1
+
+    # The old token still works: nothing changed, nothing pending.
+    with Stub(rotate=[lost]) as stub:
+        phc.save_credentials(phc.Credentials(stub.origin, STUB_CLIENT_ID, "pht_" + "C" * 43,
+                                             _creds_body(key_byte=3)["personal_token"], fingerprint=fp), str(path))
+        out = _run(CLIENT_PY, "rotate", "--credentials", path)
+        assert out.returncode == 1 and "nothing was changed" in out.stderr, out.stderr
+        saved = json.loads(path.read_text())
+        assert saved["api_token"] == "pht_" + "C" * 43 and "pending_fingerprint" not in saved
+        bad = _run(CLIENT_PY, "rotate", "--fingerprint", "short", "--credentials", path)
+        assert bad.returncode == 2 and "--fingerprint" in bad.stderr
+
+
+def test_operator_table_and_json_escape_control_and_format_characters(opt):
+    evil = "evil\x1b[2J\x1b]0;pwned\x07\x9b31m\u202egpj.exe\u200b\U000e0041"
+    row = {"id": STUB_CLIENT_ID, "name": evil, "created_at": "2026-11-25T12:00:00.000Z",
+           "last_seen_at": None, "status": "offline"}
+    raw = {"\x1b", "\x07", "\x9b", "\u202e", "\u200b", "\U000e0041"}
+    table = opt.format_table([row])
+    assert not raw & set(table), repr(table)
+    assert "evil\\x1b[2J" in table and "\\u202egpj.exe" in table
+    assert opt.printable("café ✓ 日本 \u00a0") == "café ✓ 日本 \u00a0"
+    listing = (200, None, {"clients": [row]})
+    with Stub(listing=[listing, listing]) as stub:
+        out = _run(OPERATOR_PY, "--url", stub.origin, "--operator-token", "op")
+        assert out.returncode == 0, out.stderr
+        assert not raw & set(out.stdout) and "\\u202egpj.exe" in out.stdout
+        out = _run(OPERATOR_PY, "--url", stub.origin, "--operator-token", "op", "--json")
+        assert out.returncode == 0, out.stderr
+        assert not raw & set(out.stdout), repr(out.stdout)
+        assert json.loads(out.stdout)[0]["name"] == evil  # the same value, escaped as JSON
+
+
+def test_operator_delete_against_a_stub(opt):
+    with Stub(delete=[(204,), _error(404, "not_found", "no such client")]) as stub:
+        out = _run(OPERATOR_PY, "--url", stub.origin, "--operator-token", "op", "delete", STUB_CLIENT_ID)
+        assert out.returncode == 2 and "--yes" in out.stderr, out.stderr  # no terminal, no --yes
+        out = _run(OPERATOR_PY, "delete", "laptop", "--yes", "--url", stub.origin, "--operator-token", "op")
+        assert out.returncode == 2 and "not a client id" in out.stderr
+        assert stub.requests == []
+        out = _run(OPERATOR_PY, "delete", STUB_CLIENT_ID.upper(), "--yes", "--url", stub.origin,
+                   env={"PIGEONHOLE_OPERATOR_TOKEN": "op"})
+        assert out.returncode == 0 and out.stdout.strip() == f"deleted client {STUB_CLIENT_ID}", out.stderr
+        with pytest.raises(opt.OperatorError) as e:
+            opt.delete_client(stub.origin, "op", STUB_CLIENT_ID)
+        assert (e.value.status, e.value.code) == (404, "not_found")
+        assert [(m, p) for m, p, _ in stub.requests] == [("DELETE", f"/api/v1/operators/clients/{STUB_CLIENT_ID}")] * 2
+        assert all(h["X-Operator-Token"] == "op" for h in stub.headers)
+    assert opt.delete_question(STUB_CLIENT_ID, {"name": "lap\x1btop", "status": "online",
+                                                "last_seen_at": None}).startswith(
+        f'Delete client {STUB_CLIENT_ID} "lap\\x1btop" (online, last seen never)?')
+
+
+# -- against the real server (needs POST /clients/rotate and DELETE /operators/clients/{id}) --
+
+def test_rotate_keeps_unacknowledged_messages_readable(phc, server):
+    fp = f"pytest-ref-rotate-{uuid.uuid4()}"
+    creds = phc.register(server.origin, fp, name="rotate")
+    client = phc.PigeonholeClient.from_credentials(creds)
+    stale = phc.PigeonholeClient.from_credentials(creds)
+    _publish(phc, server, [creds.client_id], "before", {"n": 1})
+
+    new = client.rotate()
+    assert new.client_id == creds.client_id
+    assert (new.api_token, new.personal_token) != (creds.api_token, creds.personal_token)
+    with pytest.raises(phc.ApiError) as e:
+        stale.poll()
+    assert (e.value.status, e.value.code) == (401, "unauthorized")
+    messages = client.poll()  # delivered before the rotation, opened with the new key
+    assert [(m.id, m.type, m.payload) for m in messages] == [(1, "before", {"n": 1})]
+    assert client.ack(1) == 1
+    assert client.send("after", {"ok": True}).status == 201
+
+    again = phc.register(server.origin, fp)  # the fingerprint returns the new credentials
+    assert (again.created, again.api_token, again.personal_token) == (False, new.api_token, new.personal_token)
+
+    new_fp = f"pytest-ref-rotate-new-{uuid.uuid4()}"
+    newer = client.rotate(fingerprint=new_fp)
+    assert newer.fingerprint == new_fp
+    assert phc.register(server.origin, new_fp).api_token == newer.api_token
+    stranger = phc.register(server.origin, fp)  # the old fingerprint no longer finds it
+    assert stranger.created and stranger.client_id != creds.client_id
+
+
+def test_cli_rotate_against_the_server(phc, server, tmp_path):
+    path = tmp_path / "rot.json"
+    assert _run(CLIENT_PY, "register", "--url", server.origin, "--credentials", path).returncode == 0
+    before = json.loads(path.read_text())
+    _publish(phc, server, [before["client_id"]], "pending", {"k": "v"})
+    out = _run(CLIENT_PY, "rotate", "--credentials", path)
+    assert out.returncode == 0, out.stderr
+    after = json.loads(path.read_text())
+    assert after["client_id"] == before["client_id"] and after["fingerprint"] == before["fingerprint"]
+    assert after["api_token"] != before["api_token"] and after["personal_token"] != before["personal_token"]
+    assert after["api_token"] not in out.stdout + out.stderr
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    got = _run(CLIENT_PY, "listen", "--once", "--json", "--credentials", path)
+    assert got.returncode == 0, got.stderr
+    assert [json.loads(line)["payload"] for line in got.stdout.splitlines()] == [{"k": "v"}]
+
+    out = _run(CLIENT_PY, "rotate", "--new-fingerprint", "--credentials", path)
+    assert out.returncode == 0, out.stderr
+    latest = json.loads(path.read_text())
+    assert latest["fingerprint"] != before["fingerprint"] and latest["fingerprint"] not in out.stdout + out.stderr
+    again = _run(CLIENT_PY, "register", "--url", server.origin, "--credentials", path)
+    assert again.returncode == 0 and "already registered" in again.stderr, again.stderr
+    assert json.loads(path.read_text())["api_token"] == latest["api_token"]
+
+
+def test_operator_delete_revokes_a_client(phc, opt, server):
+    keep, _ = _new_client(phc, server, "op-keep")
+    gone_creds, gone = _new_client(phc, server, "op-gone")
+    env = {"PIGEONHOLE_OPERATOR_TOKEN": server.operator_token}
+
+    refused = _run(OPERATOR_PY, "--url", server.origin, "delete", gone_creds.client_id, env=env)
+    assert refused.returncode == 2 and "--yes" in refused.stderr
+    assert gone.poll() == []  # still there
+
+    out = _run(OPERATOR_PY, "--url", server.origin, "delete", gone_creds.client_id, "--yes", env=env)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == f"deleted client {gone_creds.client_id}"
+    listed = _run(OPERATOR_PY, "--url", server.origin, "--json", env=env)
+    ids = {c["id"] for c in json.loads(listed.stdout)}
+    assert gone_creds.client_id not in ids and keep.client_id in ids
+    with pytest.raises(phc.ApiError) as e:
+        gone.poll()
+    assert e.value.status == 401
+
+    again = _run(OPERATOR_PY, "--url", server.origin, "delete", gone_creds.client_id, "--yes", env=env)
+    assert again.returncode == 1 and "not_found" in again.stderr, again.stderr
+    with pytest.raises(opt.OperatorError) as e:
+        opt.delete_client(server.origin, server.operator_token, gone_creds.client_id)
+    assert (e.value.status, e.value.code) == (404, "not_found")
+
+
+def test_register_is_rate_limited_except_with_the_admin_token(phc, start_local_server):
+    srv = start_local_server(REGISTER_RATE_LIMIT=1, REGISTER_RATE_LIMIT_EXEMPT="")
+    phc.register(srv.origin, f"pytest-ref-limit-{uuid.uuid4()}")
+    with pytest.raises(phc.RateLimited) as e:
+        phc.register(srv.origin, f"pytest-ref-limit-{uuid.uuid4()}")
+    assert e.value.retry_after >= 1
+    creds = phc.register(srv.origin, f"pytest-ref-limit-{uuid.uuid4()}", admin_token=srv.admin_token)
+    assert creds.created

@@ -1,8 +1,12 @@
 //! The `pigeonhole` CLI's admin, operator and load-test side against the real
-//! local server: publish, clients, rate limiting, bad tokens, simulate. Then,
-//! against a scripted fake server (answers the real one cannot be made to give
-//! on demand): publish retrying a 503 under the same `Idempotency-Key`, not
-//! retrying a 422, and `listen` waiting out a 503's `Retry-After`.
+//! local server: publish, clients (and `clients delete`), rate limiting
+//! (polls, registrations, sends), bad tokens, simulate. Then, against a
+//! scripted fake server (answers the real one cannot be made to give on
+//! demand): publish retrying a 503 under the same `Idempotency-Key`, not
+//! retrying a 422, `listen` waiting out a 503's `Retry-After`, register and
+//! send waiting out a 429, `rotate` completing a rotation whose answer was
+//! lost, `Content-Type: application/json` on every POST, names with terminal
+//! escapes, and `--insecure-http` through a proxy.
 
 mod support;
 
@@ -278,6 +282,125 @@ async fn simulate_polls_decrypts_and_stops_by_itself() {
     out.expect_ok();
     assert!(out.stdout.contains("simulated 2 clients"), "{out:#?}");
     assert!(out.stdout.contains("latency    p50"), "{out:#?}");
+}
+
+// ---------------------------------------------------------------------------
+// clients delete, register and send limits (need the issue-8 endpoints)
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread")]
+async fn clients_delete_revokes_a_client_and_a_second_delete_is_not_found() {
+    let s = Server::start().await;
+    let (keep, gone) = (Cli::new(&s), Cli::new(&s));
+    let id_keep = keep.register("keeper");
+    let id_gone = gone.register("stolen-laptop");
+    let op = [("PIGEONHOLE_OPERATOR_TOKEN", s.operator_token())];
+
+    // Without --yes and without a terminal (stdin is /dev/null): refused,
+    // and nothing is deleted.
+    let out = keep.run_env(&["clients", "delete", &id_gone], &op);
+    out.expect_code(2);
+    assert!(out.stderr.contains("--yes"), "{out:#?}");
+    assert!(out.stderr.contains(&id_gone), "names the client: {out:#?}");
+    gone.run(&["listen", "--once"]).expect_code(3);
+
+    let out = keep.run_env(
+        &["clients", "delete", &id_gone.to_uppercase(), "--yes"],
+        &op,
+    );
+    out.expect_ok();
+    assert_eq!(
+        out.stdout.trim(),
+        format!("Deleted client {id_gone}."),
+        "{out:#?}"
+    );
+
+    // Gone from the listing; the other client stays.
+    let out = keep.run_env(&["clients", "--json"], &op);
+    out.expect_ok();
+    let listed: Vec<Value> = serde_json::from_str(&out.stdout).unwrap();
+    let ids: Vec<&str> = listed.iter().map(|c| c["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, [id_keep.as_str()]);
+    let out = keep.run_env(&["clients"], &op);
+    out.expect_ok();
+    assert!(!out.stdout.contains(&id_gone), "{out:#?}");
+    assert!(out.stdout.contains("1 clients, "), "{out:#?}");
+
+    // Its token is refused at once.
+    let out = gone.run(&["listen", "--once"]);
+    out.expect_code(1);
+    assert!(out.stderr.starts_with("error: unauthorized: "), "{out:#?}");
+
+    // Again: an error naming not_found, exit 1.
+    let out = keep.run_env(&["clients", "delete", &id_gone, "--yes"], &op);
+    out.expect_code(1);
+    assert!(out.stderr.starts_with("error: not_found: "), "{out:#?}");
+
+    // Not a UUID: a usage error; a wrong token: unauthorized.
+    let out = keep.run_env(&["clients", "delete", "laptop", "--yes"], &op);
+    out.expect_code(2);
+    assert!(out.stderr.contains("not a client id"), "{out:#?}");
+    let out = keep.run_env(
+        &["clients", "delete", &id_keep, "--yes"],
+        &[("PIGEONHOLE_OPERATOR_TOKEN", "wrong")],
+    );
+    out.expect_code(1);
+    assert!(out.stderr.starts_with("error: unauthorized: "), "{out:#?}");
+    keep.run(&["listen", "--once"]).expect_code(3);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn registrations_and_sends_are_rate_limited_except_with_the_admin_token() {
+    let s = Server::start_with(Config {
+        extra_env: vec![
+            ("REGISTER_RATE_LIMIT".into(), "1".into()),
+            // No exemption for loopback: this test's CLI is on 127.0.0.1.
+            ("REGISTER_RATE_LIMIT_EXEMPT".into(), String::new()),
+            ("SEND_RATE_LIMIT".into(), "1".into()),
+        ],
+        ..Config::default()
+    })
+    .await;
+    let (a, b) = (Cli::new(&s), Cli::new(&s));
+    a.run(&["register", "--fingerprint", &random_fingerprint()])
+        .expect_ok();
+    let out = b.run(&[
+        "register",
+        "--fingerprint",
+        &random_fingerprint(),
+        "--retries",
+        "0",
+    ]);
+    out.expect_code(1);
+    assert!(out.stderr.starts_with("error: rate_limited: "), "{out:#?}");
+    assert!(out.stderr.contains("retry after"), "{out:#?}");
+    assert!(!b.config_path().exists());
+
+    // simulate with the admin token: its registrations are not limited.
+    let out = a.run(&[
+        "simulate",
+        "--clients",
+        "3",
+        "--duration",
+        "1",
+        "--interval-base-ms",
+        "100",
+        "--admin-token",
+        s.admin_token(),
+        "--json",
+    ]);
+    out.expect_ok();
+    assert!(!out.stderr.contains("registrations failed"), "{out:#?}");
+    let summary: Value = serde_json::from_str(out.stdout.trim()).unwrap();
+    assert_eq!(summary["clients"], json!(3), "{summary}");
+
+    // One send a minute: the second is refused with Retry-After.
+    a.run(&["send", "--type", "t", "--payload", "1"])
+        .expect_ok();
+    let out = a.run(&["send", "--type", "t", "--payload", "2", "--retries", "0"]);
+    out.expect_code(1);
+    assert!(out.stderr.starts_with("error: rate_limited: "), "{out:#?}");
+    assert!(out.stderr.contains("retry after"), "{out:#?}");
 }
 
 // ---------------------------------------------------------------------------
@@ -668,4 +791,531 @@ fn listen_waits_out_a_503_retry_after_and_keeps_its_cursor() {
         json!({"last_received_id": 1})
     );
     assert_eq!(cli.profile("default")["cursor"], json!(1));
+}
+
+// ---------------------------------------------------------------------------
+// Fake-server tests of issue 8's client side
+// ---------------------------------------------------------------------------
+
+/// A register (or rotate) answer for `client_id` whose key is 32 × `key_byte`.
+fn creds_reply(status: u16, client_id: &str, key_byte: u8, token: char) -> Reply {
+    use base64::Engine as _;
+    (
+        status,
+        Vec::new(),
+        Some(json!({
+            "client_id": client_id,
+            "personal_token": base64::engine::general_purpose::STANDARD.encode([key_byte; 32]),
+            "api_token": format!("pht_{}", token.to_string().repeat(43)),
+        })),
+    )
+}
+
+const REGISTER: &str = "/api/v1/clients/register";
+const ROTATE: &str = "/api/v1/clients/rotate";
+const POLL: &str = "/api/v1/messages/poll";
+const SEND: &str = "/api/v1/messages/send";
+const CLIENT: &str = "00000000-0000-4000-8000-0000000000bb";
+
+fn body_of(seen: &Seen) -> Value {
+    serde_json::from_str(&seen.body).unwrap_or(Value::Null)
+}
+
+#[test]
+fn every_post_says_content_type_json() {
+    let key = [7u8; 32];
+    let created_at = "2026-11-25T12:00:00.000Z";
+    let aad = json!({"client_id": CLIENT, "created_at": created_at, "id": 1});
+    let sealed = encrypt(
+        &key,
+        &serde_json::to_vec(&json!({"type": "t", "payload": 1})).unwrap(),
+        Some(&aad),
+    );
+    let page = json!({"messages": [{
+        "id": 1, "type": "t", "ciphertext": sealed.ciphertext, "nonce": sealed.nonce,
+        "tag": sealed.tag, "aad": aad, "created_at": created_at,
+    }], "next_cursor": 1});
+    let fake = FakeServer::start(vec![
+        (REGISTER, creds_reply(201, CLIENT, 7, 'A')),
+        (POLL, (200, Vec::new(), Some(page))),
+        (SEND, (201, Vec::new(), Some(json!({"id": 1})))),
+        (PUBLISH, receipt(1)),
+        (ROTATE, creds_reply(200, CLIENT, 8, 'B')),
+    ]);
+    let cli = Cli::with_url(&fake.url);
+    cli.run(&["register", "--fingerprint", &random_fingerprint()])
+        .expect_ok();
+    cli.run(&["listen", "--once"]).expect_ok(); // poll, then POST /messages/ack
+    cli.run(&["send", "--type", "t", "--payload", "1"])
+        .expect_ok();
+    cli.run(&publish_args(&[])).expect_ok();
+    cli.run(&["rotate"]).expect_ok();
+
+    let posts: Vec<Seen> = fake
+        .seen()
+        .into_iter()
+        .filter(|r| r.method == "POST")
+        .collect();
+    let paths: Vec<&str> = posts.iter().map(|r| r.path()).collect();
+    assert_eq!(
+        paths,
+        [REGISTER, "/api/v1/messages/ack", SEND, PUBLISH, ROTATE],
+        "{posts:#?}"
+    );
+    for post in &posts {
+        let ct = post.header("content-type").unwrap_or_default();
+        assert!(
+            ct == "application/json" || ct.starts_with("application/json;"),
+            "{} without Content-Type: application/json: {post:#?}",
+            post.path()
+        );
+    }
+    // Rotate: the client's own token and id, an empty object as the body.
+    let rotate = posts.last().unwrap();
+    assert_eq!(
+        rotate.header("authorization"),
+        Some(format!("Bearer pht_{}", "A".repeat(43)).as_str())
+    );
+    assert_eq!(rotate.header("x-client-id"), Some(CLIENT));
+    assert_eq!(body_of(rotate), json!({}));
+    let saved = cli.creds("default");
+    assert_eq!(saved.api_token, format!("pht_{}", "B".repeat(43)));
+    assert_eq!(saved.key(), [8u8; 32]);
+}
+
+#[test]
+fn rotate_checks_after_a_lost_answer_and_completes_the_rotation() {
+    // The answer is lost (502), the old token is then refused: the server
+    // did rotate, and registering with the fingerprint fetches the new
+    // credentials.
+    let fake = FakeServer::start(vec![
+        (REGISTER, creds_reply(201, CLIENT, 1, 'A')),
+        (ROTATE, error_reply(502, "http_502", "bad gateway")),
+        (POLL, error_reply(401, "unauthorized", "bad token")),
+        (REGISTER, creds_reply(200, CLIENT, 2, 'B')),
+    ]);
+    let cli = Cli::with_url(&fake.url);
+    let fp = random_fingerprint();
+    cli.run(&["register", "--fingerprint", &fp]).expect_ok();
+    let out = cli.run(&["rotate"]);
+    out.expect_ok();
+    assert!(
+        out.stderr.contains("checking whether the server rotated"),
+        "{out:#?}"
+    );
+    assert!(out.stdout.contains("Rotated"), "{out:#?}");
+    let saved = cli.creds("default");
+    assert_eq!(saved.key(), [2u8; 32]);
+    let profile = cli.profile("default");
+    assert!(profile.get("pending_fingerprint").is_none(), "{profile}");
+    assert_eq!(profile["fingerprint"], json!(fp));
+    let registers = fake.seen_on(REGISTER);
+    assert_eq!(registers.len(), 2);
+    assert_eq!(body_of(&registers[1])["fingerprint"], json!(fp));
+
+    // The old token still works: nothing was rotated, nothing is left pending.
+    let fake = FakeServer::start(vec![
+        (REGISTER, creds_reply(201, CLIENT, 1, 'A')),
+        (
+            ROTATE,
+            error_reply(503, "unavailable", "storage is unavailable"),
+        ),
+    ]);
+    let cli = Cli::with_url(&fake.url);
+    cli.run(&["register", "--fingerprint", &fp]).expect_ok();
+    let out = cli.run(&["rotate"]);
+    out.expect_code(1);
+    assert!(out.stderr.contains("nothing was changed"), "{out:#?}");
+    assert_eq!(cli.creds("default").key(), [1u8; 32]);
+    assert!(cli.profile("default").get("pending_fingerprint").is_none());
+    assert_eq!(
+        fake.seen_on(REGISTER).len(),
+        1,
+        "no registration to recover"
+    );
+
+    // Neither the answer nor the check get through: the profile remembers
+    // the rotation (and its new fingerprint), register refuses to guess,
+    // and the next rotate completes it.
+    let fake = FakeServer::start(vec![
+        (REGISTER, creds_reply(201, CLIENT, 1, 'A')),
+        (ROTATE, error_reply(502, "http_502", "bad gateway")),
+        (POLL, error_reply(502, "http_502", "bad gateway")),
+        (POLL, error_reply(401, "unauthorized", "bad token")),
+        (REGISTER, creds_reply(200, CLIENT, 3, 'C')),
+    ]);
+    let cli = Cli::with_url(&fake.url);
+    cli.run(&["register", "--fingerprint", &fp]).expect_ok();
+    let out = cli.run(&["rotate", "--new-fingerprint"]);
+    out.expect_code(1);
+    assert!(
+        out.stderr.contains("run `pigeonhole rotate` again"),
+        "{out:#?}"
+    );
+    let pending = cli.profile("default")["pending_fingerprint"]
+        .as_str()
+        .expect("the rotation is remembered")
+        .to_string();
+    assert_ne!(pending, fp);
+    assert_eq!(
+        body_of(&fake.seen_on(ROTATE)[0]),
+        json!({"fingerprint": pending})
+    );
+    assert_eq!(cli.creds("default").key(), [1u8; 32], "not changed yet");
+    assert!(!out.stderr.contains(&pending) && !out.stdout.contains(&pending));
+
+    let out = cli.run(&["register"]);
+    out.expect_code(2);
+    assert!(out.stderr.contains("pigeonhole rotate"), "{out:#?}");
+
+    let out = cli.run(&["rotate"]);
+    out.expect_ok();
+    assert!(
+        out.stdout.contains("Completed an earlier rotation"),
+        "{out:#?}"
+    );
+    let profile = cli.profile("default");
+    assert_eq!(profile["fingerprint"], json!(pending));
+    assert!(profile.get("pending_fingerprint").is_none(), "{profile}");
+    assert_eq!(cli.creds("default").key(), [3u8; 32]);
+    let registers = fake.seen_on(REGISTER);
+    assert_eq!(
+        body_of(registers.last().unwrap())["fingerprint"],
+        json!(pending)
+    );
+    assert_eq!(fake.seen_on(ROTATE).len(), 1, "not rotated a second time");
+}
+
+#[test]
+fn register_and_send_wait_out_a_429_retry_after() {
+    let limited = || {
+        (
+            429,
+            vec![("Retry-After", "1".to_string())],
+            Some(json!({"error": {"code": "rate_limited", "message": "too many registrations"}})),
+        )
+    };
+    let fake = FakeServer::start(vec![
+        (REGISTER, limited()),
+        (REGISTER, creds_reply(201, CLIENT, 1, 'A')),
+        (SEND, limited()),
+        (SEND, (201, Vec::new(), Some(json!({"id": 1})))),
+        (REGISTER, limited()),
+    ]);
+    let cli = Cli::with_url(&fake.url);
+    let out = cli.run(&["register", "--fingerprint", &random_fingerprint()]);
+    out.expect_ok();
+    assert!(out.stderr.contains("retrying"), "{out:#?}");
+    let tries = fake.seen_on(REGISTER);
+    assert_eq!(tries.len(), 2);
+    assert!(
+        tries[1].at - tries[0].at >= Duration::from_secs(1),
+        "Retry-After honoured"
+    );
+    assert_eq!(tries[0].body, tries[1].body);
+
+    let out = cli.run(&["send", "--type", "t", "--payload", "1"]);
+    out.expect_ok();
+    assert_eq!(out.stdout.trim(), "1");
+    let tries = fake.seen_on(SEND);
+    assert_eq!(tries.len(), 2);
+    assert!(
+        tries[1].at - tries[0].at >= Duration::from_secs(1),
+        "Retry-After honoured"
+    );
+    assert_eq!(tries[0].body, tries[1].body, "the same body (same nonce)");
+
+    // --retries 0: the 429 is reported, with its Retry-After.
+    let other = Cli::with_url(&fake.url);
+    let out = other.run(&[
+        "register",
+        "--fingerprint",
+        &random_fingerprint(),
+        "--retries",
+        "0",
+    ]);
+    out.expect_code(1);
+    assert!(out.stderr.starts_with("error: rate_limited: "), "{out:#?}");
+    assert!(out.stderr.contains("retry after 1 s"), "{out:#?}");
+    assert_eq!(fake.seen_on(REGISTER).len(), 3);
+
+    // A network error is not retried by register: it fails at once.
+    let down = Cli::with_url("http://127.0.0.1:9");
+    let started = Instant::now();
+    down.run(&["register", "--fingerprint", &random_fingerprint()])
+        .expect_code(1);
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[test]
+fn simulate_sends_the_admin_token_on_its_registrations() {
+    let fake = FakeServer::start(vec![
+        (REGISTER, creds_reply(201, CLIENT, 1, 'A')),
+        (
+            REGISTER,
+            creds_reply(201, "00000000-0000-4000-8000-0000000000cc", 2, 'B'),
+        ),
+    ]);
+    let cli = Cli::with_url(&fake.url);
+    let out = cli.run(&[
+        "simulate",
+        "--clients",
+        "2",
+        "--duration",
+        "1",
+        "--interval-base-ms",
+        "100",
+        "--admin-token",
+        "fake-admin-token",
+        "--json",
+    ]);
+    out.expect_ok();
+    let registers = fake.seen_on(REGISTER);
+    assert_eq!(registers.len(), 2);
+    for r in &registers {
+        assert_eq!(
+            r.header("x-admin-token"),
+            Some("fake-admin-token"),
+            "{r:#?}"
+        );
+    }
+
+    // Without the token: no header, and a 429 is waited out.
+    let fake = FakeServer::start(vec![
+        (
+            REGISTER,
+            (
+                429,
+                vec![("Retry-After", "1".to_string())],
+                Some(json!({"error": {"code": "rate_limited", "message": "slow down"}})),
+            ),
+        ),
+        (REGISTER, creds_reply(201, CLIENT, 1, 'A')),
+    ]);
+    let cli = Cli::with_url(&fake.url);
+    let out = cli.run(&[
+        "simulate",
+        "--clients",
+        "1",
+        "--duration",
+        "1",
+        "--interval-base-ms",
+        "100",
+        "--json",
+    ]);
+    out.expect_ok();
+    let summary: Value = serde_json::from_str(out.stdout.trim()).unwrap();
+    assert_eq!(summary["clients"], json!(1), "{out:#?}");
+    let registers = fake.seen_on(REGISTER);
+    assert_eq!(registers.len(), 2);
+    assert!(registers
+        .iter()
+        .all(|r| r.header("x-admin-token").is_none()));
+}
+
+#[test]
+fn clients_delete_sends_one_delete_and_reports_not_found() {
+    let path = format!("/api/v1/operators/clients/{RECIPIENT}");
+    let path: &'static str = Box::leak(path.into_boxed_str());
+    let fake = FakeServer::start(vec![
+        (path, (204, Vec::new(), None)),
+        (path, error_reply(404, "not_found", "no such client")),
+    ]);
+    let cli = Cli::with_url(&fake.url);
+    let op = [("PIGEONHOLE_OPERATOR_TOKEN", "fake-operator-token")];
+
+    // No terminal and no --yes: refused before anything is sent.
+    let out = cli.run_env(&["clients", "delete", RECIPIENT], &op);
+    out.expect_code(2);
+    assert!(out.stderr.contains("--yes"), "{out:#?}");
+    let out = cli.run_env(&["clients", "delete", "not-a-uuid", "--yes"], &op);
+    out.expect_code(2);
+    assert!(fake.seen().is_empty(), "{:#?}", fake.seen());
+
+    let out = cli.run_env(
+        &["clients", "delete", &RECIPIENT.to_uppercase(), "--yes"],
+        &op,
+    );
+    out.expect_ok();
+    assert_eq!(out.stdout.trim(), format!("Deleted client {RECIPIENT}."));
+    let out = cli.run_env(&["clients", "delete", RECIPIENT, "-y"], &op);
+    out.expect_code(1);
+    assert!(
+        out.stderr.starts_with("error: not_found: no such client"),
+        "{out:#?}"
+    );
+
+    let seen = fake.seen();
+    assert_eq!(seen.len(), 2);
+    for r in &seen {
+        assert_eq!(r.method, "DELETE");
+        assert_eq!(r.path(), path, "the id, lower case");
+        assert_eq!(r.header("x-operator-token"), Some("fake-operator-token"));
+        assert!(r.body.is_empty(), "no body: {r:#?}");
+    }
+}
+
+#[test]
+fn names_with_terminal_escapes_are_shown_escaped() {
+    let evil = "evil\u{1b}[2J\u{1b}]0;pwned\u{7}\u{9b}31m\u{202e}gpj.exe\u{200b}";
+    let listing = || {
+        (
+            200,
+            Vec::new(),
+            Some(json!({"clients": [{
+                "id": RECIPIENT, "name": evil, "created_at": "2026-11-25T12:00:00.000Z",
+                "last_seen_at": null, "status": "offline",
+            }]})),
+        )
+    };
+    let fake = FakeServer::start(vec![
+        ("/api/v1/operators/clients", listing()),
+        ("/api/v1/operators/clients", listing()),
+    ]);
+    let cli = Cli::with_url(&fake.url);
+    let op = [("PIGEONHOLE_OPERATOR_TOKEN", "fake-operator-token")];
+    let raw = |text: &str| {
+        text.chars()
+            .any(|c| matches!(c, '\u{1b}' | '\u{7}' | '\u{9b}' | '\u{202e}' | '\u{200b}'))
+    };
+
+    let out = cli.run_env(&["clients"], &op);
+    out.expect_ok();
+    assert!(!raw(&out.stdout), "{:?}", out.stdout);
+    // Escaped, then shortened to the column's 40 characters.
+    assert!(
+        out.stdout.contains("evil\\u{1b}[2J\\u{1b}]0;pwned"),
+        "{}",
+        out.stdout
+    );
+
+    let out = cli.run_env(&["clients", "--json"], &op);
+    out.expect_ok();
+    assert!(!raw(&out.stdout), "{:?}", out.stdout);
+    let listed: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(
+        listed[0]["name"],
+        json!(evil),
+        "the same value, escaped as JSON"
+    );
+}
+
+#[test]
+fn insecure_http_goes_through_with_the_flag_and_the_profile_remembers_it() {
+    // The fake server plays an HTTP proxy, so a non-loopback http:// URL
+    // can be served on 127.0.0.1: requests arrive in absolute form.
+    let fake = FakeServer::start(vec![
+        (
+            "http://pigeonhole.test:8080/api/v1/clients/register",
+            creds_reply(201, CLIENT, 1, 'A'),
+        ),
+        (
+            "http://pigeonhole.test:8080/api/v1/messages/poll",
+            (204, Vec::new(), None),
+        ),
+    ]);
+    let cli = Cli::with_url("http://pigeonhole.test:8080");
+    let run = |args: &[&str]| {
+        let mut cmd = cli.command(args);
+        cmd.env_remove("PIGEONHOLE_INSECURE_HTTP")
+            .env_remove("ALL_PROXY")
+            .env_remove("all_proxy")
+            .env("HTTP_PROXY", &fake.url)
+            .env("http_proxy", &fake.url)
+            .env("NO_PROXY", "")
+            .env("no_proxy", "");
+        cli.run_with(cmd)
+    };
+    let fp = random_fingerprint();
+
+    let out = run(&["register", "--fingerprint", &fp]);
+    out.expect_code(2);
+    assert!(out.stderr.contains("--insecure-http"), "{out:#?}");
+    assert!(
+        fake.seen().is_empty(),
+        "nothing was sent: {:#?}",
+        fake.seen()
+    );
+
+    let out = run(&["register", "--fingerprint", &fp, "--insecure-http"]);
+    out.expect_ok();
+    assert_eq!(fake.seen().len(), 1, "{:#?}", fake.seen());
+    let profile = cli.profile("default");
+    assert_eq!(profile["insecure_http"], json!(true), "{profile}");
+
+    // The profile's own URL: allowed without the flag from now on.
+    run(&["listen", "--once"]).expect_code(3);
+    // Another URL needs the flag again.
+    let out = run(&["--url", "http://other.test:8080", "listen", "--once"]);
+    out.expect_code(2);
+    assert!(out.stderr.contains("other.test"), "{out:#?}");
+    assert_eq!(fake.seen().len(), 2);
+}
+
+/// `pigeonhole clients delete ID` on a terminal (a pty from util-linux's
+/// `script`), answering `answer`; returns (exit code, everything printed).
+fn delete_on_a_terminal(cli: &Cli, s: &Server, id: &str, answer: &str) -> (Option<i32>, String) {
+    use std::process::{Command, Stdio};
+    let line = format!("{} clients delete {id}", cli_binary().display());
+    let mut child = Command::new("script")
+        .args(["-qec", &line, "/dev/null"])
+        .env("HOME", cli.home.path())
+        .env("PIGEONHOLE_URL", &s.base)
+        .env("PIGEONHOLE_OPERATOR_TOKEN", s.operator_token())
+        .env_remove("PIGEONHOLE_CONFIG")
+        .env_remove("PIGEONHOLE_INSECURE_HTTP")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run script(1)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(answer.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code(), printed)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn clients_delete_on_a_terminal_names_the_client_and_asks() {
+    let script_works = std::process::Command::new("script")
+        .args(["-qec", "true", "/dev/null"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !script_works {
+        eprintln!("skipped: util-linux `script` is not available to give the CLI a terminal");
+        return;
+    }
+    let s = Server::start().await;
+    let cli = Cli::new(&s);
+    let id = cli.register("tty-laptop");
+
+    let (code, printed) = delete_on_a_terminal(&cli, &s, &id, "n\n");
+    assert_eq!(code, Some(1), "{printed}");
+    assert!(
+        printed.contains(&format!("Delete client {id} \"tty-laptop\" (offline")),
+        "the question names the client: {printed}"
+    );
+    assert!(
+        printed.contains("[y/N]") && printed.contains("not deleted"),
+        "{printed}"
+    );
+    cli.run(&["listen", "--once"]).expect_code(3);
+
+    let (code, printed) = delete_on_a_terminal(&cli, &s, &id, "y\n");
+    assert_eq!(code, Some(0), "{printed}");
+    assert!(
+        printed.contains(&format!("Deleted client {id}.")),
+        "{printed}"
+    );
+    cli.run(&["listen", "--once"]).expect_code(1);
 }

@@ -122,8 +122,9 @@ async fn the_default_fingerprint_cannot_be_worked_out_by_another_user() {
     assert_ne!(theirs.api_token, creds.api_token);
     assert_ne!(fingerprint_secret(&victim), fingerprint_secret(&other));
 
-    // Losing the secret means a new client, unless the old fingerprint is
-    // passed; other profiles survive the secret being made again.
+    // Losing the config file (the secret and the profile, which keeps the
+    // fingerprint it registered with) means a new client, unless the old
+    // fingerprint is passed.
     let old_fp = victim.profile("default")["fingerprint"]
         .as_str()
         .unwrap()
@@ -131,6 +132,10 @@ async fn the_default_fingerprint_cannot_be_worked_out_by_another_user() {
     let path = victim.config_path();
     let mut config = victim.config();
     config.as_object_mut().unwrap().remove("fingerprint_secret");
+    config["profiles"]
+        .as_object_mut()
+        .unwrap()
+        .remove("default");
     std::fs::write(&path, serde_json::to_string(&config).unwrap()).unwrap();
     let out = victim.run_env(&["register"], &env);
     out.expect_ok();
@@ -374,6 +379,7 @@ fn help_has_examples_and_completions_are_generated() {
         "register",
         "listen",
         "send",
+        "rotate",
         "publish",
         "clients",
         "simulate",
@@ -384,6 +390,11 @@ fn help_has_examples_and_completions_are_generated() {
         out.expect_ok();
         assert!(out.stdout.contains("Example"), "{sub} --help: {out:#?}");
     }
+    let out = cli.run(&["clients", "delete", "--help"]);
+    out.expect_ok();
+    assert!(out.stdout.contains("--yes"), "{out:#?}");
+    let out = cli.run(&["--help"]);
+    assert!(out.stdout.contains("--insecure-http"), "{out:#?}");
     let out = cli.run(&["listen", "--help"]);
     assert!(out.stdout.contains("3 with --once"), "{out:#?}");
     let out = cli.run(&["register", "--help"]);
@@ -393,4 +404,291 @@ fn help_has_examples_and_completions_are_generated() {
         out.expect_ok();
         assert!(out.stdout.contains("pigeonhole"), "{shell}: {out:#?}");
     }
+}
+
+// ---------------------------------------------------------------------------
+// Plain http only for loopback; the profile's own fingerprint
+// ---------------------------------------------------------------------------
+
+/// A run without `PIGEONHOLE_INSECURE_HTTP` from the caller's shell.
+fn run_strict(cli: &Cli, args: &[&str]) -> CliOutput {
+    let mut cmd = cli.command(args);
+    cmd.env_remove("PIGEONHOLE_INSECURE_HTTP");
+    cli.run_with(cmd)
+}
+
+#[test]
+fn plain_http_to_another_host_is_refused_unless_allowed() {
+    // 192.0.2.0/24 is TEST-NET-1: nothing answers there, and nothing is tried.
+    let cli = Cli::with_url("http://192.0.2.10:8080");
+    let started = std::time::Instant::now();
+    for args in [
+        &["register", "--fingerprint", "fp-0123456789"][..],
+        &["clients", "--operator-token", "t"][..],
+        &[
+            "clients",
+            "delete",
+            "3f2b8c1e-5d4a-4e7b-9c61-0a8d2f7e4b13",
+            "--operator-token",
+            "t",
+            "--yes",
+        ][..],
+        &[
+            "publish",
+            "--to",
+            "3f2b8c1e-5d4a-4e7b-9c61-0a8d2f7e4b13",
+            "--type",
+            "t",
+            "--payload",
+            "1",
+            "--admin-token",
+            "a",
+        ][..],
+        &["simulate", "--clients", "1", "--duration", "1"][..],
+    ] {
+        let out = run_strict(&cli, args);
+        out.expect_code(2);
+        assert!(
+            out.stderr.contains("refusing plain http:// to 192.0.2.10"),
+            "{args:?}: {out:#?}"
+        );
+        assert!(
+            out.stderr.contains("--insecure-http"),
+            "how to override: {out:#?}"
+        );
+        assert!(out.stderr.contains("personal key"), "why: {out:#?}");
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "no connection was tried"
+    );
+    assert!(!cli.config_path().exists(), "nothing was saved");
+
+    // https, and loopback in every spelling, are fine (here: nothing listens).
+    for url in ["http://localhost:9", "http://127.0.0.2:9", "http://[::1]:9"] {
+        let out = run_strict(
+            &cli,
+            &["--url", url, "register", "--fingerprint", "fp-0123456789"],
+        );
+        out.expect_code(1);
+        assert!(out.stderr.starts_with("error: network:"), "{url}: {out:#?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn registering_again_uses_the_fingerprint_saved_in_the_profile() {
+    let s = Server::start().await;
+    let cli = Cli::new(&s);
+    let fp = random_fingerprint();
+    cli.run(&["register", "--name", "own-fp", "--fingerprint", &fp])
+        .expect_ok();
+    let creds = cli.creds("default");
+    // No --fingerprint: the profile's, not the default derived one.
+    let out = cli.run(&["register"]);
+    out.expect_ok();
+    assert!(out.stdout.contains("already registered"), "{out:#?}");
+    assert_eq!(cli.creds("default"), creds);
+    assert_eq!(cli.profile("default")["fingerprint"], json!(fp));
+}
+
+// ---------------------------------------------------------------------------
+// rotate (needs POST /clients/rotate on the server)
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rotate_replaces_the_credentials_and_keeps_unacknowledged_messages() {
+    let s = Server::start().await;
+    let cli = Cli::new(&s);
+    let id = cli.register("rotor");
+    let old = cli.creds("default");
+    let old_fp = cli.profile("default")["fingerprint"].clone();
+
+    // Delivered but not acknowledged before the rotation.
+    s.publish(
+        &[&id],
+        "before",
+        json!({"n": 1, "text": "sealed under the old key"}),
+    )
+    .await;
+
+    let out = cli.run(&["rotate"]);
+    out.expect_ok();
+    assert!(
+        out.stdout.contains("Rotated the credentials of client"),
+        "{out:#?}"
+    );
+    let new = cli.creds("default");
+    assert_eq!(new.client_id, old.client_id, "the same client");
+    assert_ne!(new.api_token, old.api_token);
+    assert_ne!(new.personal_token, old.personal_token);
+    let printed = format!("{}{}", out.stdout, out.stderr);
+    for secret in [&new.api_token, &new.personal_token] {
+        assert!(
+            !printed.contains(secret.as_str()),
+            "a secret was printed: {out:#?}"
+        );
+    }
+    // Saved atomically, 0600, with nothing left pending.
+    let path = cli.config_path();
+    assert_eq!(mode(&path), 0o600);
+    let profile = cli.profile("default");
+    assert!(profile.get("pending_fingerprint").is_none(), "{profile}");
+    assert_eq!(profile["fingerprint"], old_fp, "the fingerprint is kept");
+    assert_eq!(profile["cursor"], json!(0));
+    let leftovers: Vec<_> = std::fs::read_dir(path.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(leftovers.len(), 1, "no temporary file: {leftovers:?}");
+
+    // The old token is refused from now on; the new one works.
+    let resp = s.poll_raw(&old, None, None).await;
+    assert_eq!(resp.status().as_u16(), 401);
+    expect_error(s.poll_raw(&old, None, None).await, 401, "unauthorized").await;
+
+    // The message from before the rotation decrypts under the new key.
+    let out = cli.run(&["listen", "--once", "--json"]);
+    out.expect_ok();
+    let lines = out.stdout_lines();
+    assert_eq!(lines.len(), 1, "{out:#?}");
+    let msg: Value = serde_json::from_str(lines[0]).unwrap();
+    assert_eq!(msg["id"], json!(1));
+    assert_eq!(msg["type"], json!("before"));
+    assert_eq!(
+        msg["payload"],
+        json!({"n": 1, "text": "sealed under the old key"})
+    );
+    assert_eq!(cli.profile("default")["cursor"], json!(1));
+    // And the old key does not open what the server delivers now.
+    s.publish(&[&id], "after", json!(2)).await;
+    let page = s.poll(&new, None, None).await.expect("a page");
+    let delivered = messages_of(&page);
+    let sealed = &delivered[0];
+    let canonical = canonical_json(&sealed["aad"]);
+    assert!(
+        decrypt_parts(
+            &old.key(),
+            sealed["ciphertext"].as_str().unwrap(),
+            sealed["nonce"].as_str().unwrap(),
+            sealed["tag"].as_str().unwrap(),
+            canonical.as_bytes(),
+        )
+        .is_none(),
+        "the old key must not open a delivery after the rotation"
+    );
+    assert_eq!(open_message(&new, sealed)["payload"], json!(2));
+
+    // Sending works with the new credentials.
+    let out = cli.run(&["send", "--type", "reply", "--payload", "\"after rotate\""]);
+    out.expect_ok();
+
+    // Registering again with the fingerprint returns the new credentials.
+    let out = cli.run(&["register"]);
+    out.expect_ok();
+    assert!(out.stdout.contains("already registered"), "{out:#?}");
+    assert_eq!(cli.creds("default"), new);
+
+    // --show-credentials prints the new ones as JSON on stdout.
+    let out = cli.run(&["rotate", "--show-credentials"]);
+    out.expect_ok();
+    let shown: Value = serde_json::from_str(&out.stdout).expect("JSON on stdout");
+    let newer = cli.creds("default");
+    assert_eq!(shown["api_token"], json!(newer.api_token));
+    assert_eq!(shown["personal_token"], json!(newer.personal_token));
+    assert_ne!(newer.api_token, new.api_token);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rotate_with_a_new_fingerprint_retires_the_old_one() {
+    let s = Server::start().await;
+    let cli = Cli::new(&s);
+    let old_fp = random_fingerprint();
+    cli.run(&["register", "--name", "refp", "--fingerprint", &old_fp])
+        .expect_ok();
+    let old = cli.creds("default");
+
+    let out = cli.run(&["rotate", "--new-fingerprint"]);
+    out.expect_ok();
+    assert!(out.stdout.contains("fingerprint was replaced"), "{out:#?}");
+    let profile = cli.profile("default");
+    let new_fp = profile["fingerprint"].as_str().unwrap().to_string();
+    assert_ne!(new_fp, old_fp);
+    assert_eq!(new_fp.len(), 64, "{new_fp}");
+    assert!(
+        !out.stdout.contains(&new_fp),
+        "the fingerprint is a secret: {out:#?}"
+    );
+    let new = cli.creds("default");
+    assert_eq!(new.client_id, old.client_id);
+
+    // `register` goes on finding this client through the profile's new
+    // fingerprint and gets the new credentials back.
+    let out = cli.run(&["register"]);
+    out.expect_ok();
+    assert!(out.stdout.contains("already registered"), "{out:#?}");
+    assert_eq!(cli.creds("default"), new);
+
+    // The old fingerprint no longer finds it: it registers a new client.
+    let (status, stranger) = s.register_status(&old_fp, None).await;
+    assert_eq!(status, 201);
+    assert_ne!(stranger.client_id, old.client_id);
+
+    // A fingerprint of your own, checked before anything is sent.
+    let out = cli.run(&["rotate", "--fingerprint", "short"]);
+    out.expect_code(2);
+    assert!(
+        out.stderr.contains("--fingerprint must be 8 to 256"),
+        "{out:#?}"
+    );
+    assert_eq!(cli.creds("default"), new, "nothing changed");
+    let mine = random_fingerprint();
+    cli.run(&["rotate", "--fingerprint", &mine]).expect_ok();
+    assert_eq!(cli.profile("default")["fingerprint"], json!(mine));
+    let (status, same) = s.register_status(&mine, None).await;
+    assert_eq!(status, 200);
+    assert_eq!(same, cli.creds("default"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_running_listen_goes_on_with_the_rotated_credentials() {
+    let s = Server::start().await;
+    let cli = Cli::new(&s);
+    let id = cli.register("long-runner");
+    let mut child = cli.spawn(&["listen", "--json", "--interval-base-ms", "100"]);
+    s.publish(&[&id], "n", json!(1)).await;
+    child.wait_for_lines(1, Duration::from_secs(20));
+
+    cli.run(&["rotate"]).expect_ok();
+    s.publish(&[&id], "n", json!(2)).await;
+    let lines = child.wait_for_lines(2, Duration::from_secs(20));
+    let second: Value = serde_json::from_str(&lines[1]).unwrap();
+    assert_eq!(second["payload"], json!(2), "{lines:?}");
+    assert!(child.stderr().contains("rotated"), "{}", child.stderr());
+    child.interrupt();
+    let status = child.wait_timeout(Duration::from_secs(10));
+    child.output(status).expect_ok();
+    assert_eq!(cli.profile("default")["cursor"], json!(2));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rotate_without_a_profile_or_with_a_revoked_token_fails_clearly() {
+    let s = Server::start().await;
+    let cli = Cli::new(&s);
+    let out = cli.run(&["rotate"]);
+    out.expect_code(2);
+    assert!(out.stderr.contains("pigeonhole register"), "{out:#?}");
+
+    cli.register("revoked");
+    let path = cli.config_path();
+    let mut config = cli.config();
+    config["profiles"]["default"]["api_token"] = json!(format!("pht_{}", "A".repeat(43)));
+    std::fs::write(&path, serde_json::to_string(&config).unwrap()).unwrap();
+    let out = cli.run(&["rotate"]);
+    out.expect_code(1);
+    assert!(out.stderr.starts_with("error: unauthorized: "), "{out:#?}");
+    let profile = cli.profile("default");
+    assert!(
+        profile.get("pending_fingerprint").is_none(),
+        "a definite refusal leaves nothing pending: {profile}"
+    );
 }

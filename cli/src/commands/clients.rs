@@ -1,15 +1,17 @@
-//! `pigeonhole clients`: the operator's table of every registered client.
+//! `pigeonhole clients`: the operator's table of every registered client,
+//! and `pigeonhole clients delete ID` to revoke one.
 
 use std::cmp::Ordering;
+use std::io::{BufRead, IsTerminal, Write};
 
-use clap::{Args, ValueEnum};
-use pigeonhole::domain::MAX_LIST_LIMIT;
+use clap::{Args, Subcommand, ValueEnum};
+use pigeonhole::domain::{ClientId, MAX_LIST_LIMIT};
 use time::OffsetDateTime;
 
 use super::{print_line, Ctx};
 use crate::api::{Api, ClientInfo};
 use crate::error::{CliError, EXIT_OK};
-use crate::status::printable;
+use crate::status::{json_for_terminal, printable};
 use crate::timefmt::last_seen;
 
 const EXAMPLES: &str = "\
@@ -18,11 +20,62 @@ Examples:
   pigeonhole clients
   pigeonhole clients --status online --sort name
   pigeonhole clients --json | jq 'length'
+  pigeonhole clients delete 3f2b8c1e-5d4a-4e7b-9c61-0a8d2f7e4b13
 
 All pages are fetched. Sort orders: `status` (default) puts online clients
 first, then orders by name (clients without a name last), then by id; `name`
 orders by name, then id; `created` orders oldest first.
---json prints one JSON array of {id, name, created_at, last_seen_at, status}.";
+--json prints one JSON array of {id, name, created_at, last_seen_at, status}.
+Control and format characters in names (escape sequences, bidi overrides,
+zero-width characters) are shown escaped, e.g. \\u{1b}, in the table and in
+--json.";
+
+const DELETE_EXAMPLES: &str = "\
+Examples:
+  export PIGEONHOLE_OPERATOR_TOKEN=dev-operator-token
+  pigeonhole clients delete 3f2b8c1e-5d4a-4e7b-9c61-0a8d2f7e4b13
+  pigeonhole clients delete 3f2b8c1e-5d4a-4e7b-9c61-0a8d2f7e4b13 --yes
+
+Deletes the client: its token is refused from then on, and its record, inbox,
+sent messages and fingerprint are removed (the fingerprint would register a new
+client). It cannot be undone. On a terminal it names the client and asks first;
+without a terminal (scripts) it needs --yes. An unknown or already deleted id
+is an error: `error: not_found: …`, exit 1.";
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = EXAMPLES,
+    args_conflicts_with_subcommands = true
+)]
+pub struct ClientsArgs {
+    #[command(subcommand)]
+    pub action: Option<ClientsAction>,
+
+    #[command(flatten)]
+    pub list: ListArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClientsAction {
+    /// Delete a client: revoke its token, remove its data (operator)
+    Delete(DeleteArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = DELETE_EXAMPLES)]
+pub struct DeleteArgs {
+    /// The client id (a UUID)
+    #[arg(value_name = "ID")]
+    pub id: String,
+
+    /// Operator token
+    #[arg(long, env = "PIGEONHOLE_OPERATOR_TOKEN", hide_env_values = true)]
+    pub operator_token: String,
+
+    /// Delete without asking
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum StatusFilter {
@@ -38,11 +91,10 @@ pub enum SortBy {
 }
 
 #[derive(Debug, Args)]
-#[command(after_help = EXAMPLES)]
-pub struct ClientsArgs {
+pub struct ListArgs {
     /// Operator token
     #[arg(long, env = "PIGEONHOLE_OPERATOR_TOKEN", hide_env_values = true)]
-    pub operator_token: String,
+    pub operator_token: Option<String>,
 
     /// Only clients with this status
     #[arg(long, value_enum)]
@@ -159,17 +211,31 @@ pub fn table(clients: &[ClientInfo], now: OffsetDateTime) -> Vec<String> {
 }
 
 pub async fn run(ctx: &Ctx, args: ClientsArgs) -> Result<u8, CliError> {
-    if args.operator_token.trim().is_empty() {
-        return Err(CliError::Usage("the operator token is empty".into()));
+    match args.action {
+        Some(ClientsAction::Delete(delete)) => run_delete(ctx, delete).await,
+        None => run_list(ctx, args.list).await,
     }
-    let api = Api::new(&ctx.server_url()?)?;
-    let all = api
-        .all_clients(&args.operator_token, args.page_size)
-        .await?;
+}
+
+async fn run_list(ctx: &Ctx, args: ListArgs) -> Result<u8, CliError> {
+    // Optional for clap (a required argument here would be required next to
+    // `delete` too), so checked here.
+    let token =
+        match args.operator_token.as_deref().map(str::trim) {
+            None => return Err(CliError::Usage(
+                "no operator token: pass --operator-token TOKEN or set PIGEONHOLE_OPERATOR_TOKEN"
+                    .into(),
+            )),
+            Some("") => return Err(CliError::Usage("the operator token is empty".into())),
+            Some(token) => token.to_string(),
+        };
+    let api = ctx.server_api()?;
+    let all = api.all_clients(&token, args.page_size).await?;
     let total = all.len();
     let clients = filter_and_sort(all, args.status, args.sort);
     if args.json {
-        print_line(&serde_json::to_string_pretty(&clients).expect("clients serialize"))?;
+        let json = serde_json::to_string_pretty(&clients).expect("clients serialize");
+        print_line(&json_for_terminal(&json))?;
         return Ok(EXIT_OK);
     }
     for line in table(&clients, OffsetDateTime::now_utc()) {
@@ -185,6 +251,95 @@ pub async fn run(ctx: &Ctx, args: ClientsArgs) -> Result<u8, CliError> {
         )
     };
     print_line(&shown)?;
+    Ok(EXIT_OK)
+}
+
+/// The first page holding client `id`, walked page by page (stops early).
+async fn find_client(
+    api: &Api,
+    operator_token: &str,
+    id: &str,
+) -> Result<Option<ClientInfo>, CliError> {
+    let mut token: Option<String> = None;
+    loop {
+        let page = api
+            .clients_page(operator_token, MAX_LIST_LIMIT, token.as_deref())
+            .await?;
+        if let Some(found) = page.clients.into_iter().find(|c| c.id == id) {
+            return Ok(Some(found));
+        }
+        match page.next_page_token {
+            Some(next) if Some(&next) != token.as_ref() => token = Some(next),
+            _ => return Ok(None),
+        }
+    }
+}
+
+/// The confirmation question, naming the client (cleaned for the terminal).
+pub fn delete_question(id: &str, client: Option<&ClientInfo>, now: OffsetDateTime) -> String {
+    let who = match client {
+        Some(c) => format!(
+            "client {} {} ({}, last seen {})",
+            printable(id),
+            match &c.name {
+                Some(name) => format!("\"{}\"", printable(name)),
+                None => "(no name)".into(),
+            },
+            printable(&c.status),
+            last_seen(c.last_seen_at.as_deref(), now)
+        ),
+        None => format!("client {} (not in the listing)", printable(id)),
+    };
+    format!(
+        "Delete {who}? Its token stops working and its messages and fingerprint are removed; \
+         this cannot be undone. [y/N] "
+    )
+}
+
+/// True for an answer that means yes.
+pub fn confirmed(answer: &str) -> bool {
+    matches!(answer.trim().to_lowercase().as_str(), "y" | "yes")
+}
+
+async fn run_delete(ctx: &Ctx, args: DeleteArgs) -> Result<u8, CliError> {
+    if args.operator_token.trim().is_empty() {
+        return Err(CliError::Usage("the operator token is empty".into()));
+    }
+    let id = ClientId::parse(args.id.trim())
+        .ok_or_else(|| {
+            CliError::Usage(format!(
+                "{:?} is not a client id (a UUID, as `pigeonhole clients` shows)",
+                printable(&args.id)
+            ))
+        })?
+        .to_string();
+    let api = ctx.server_api()?;
+    if !args.yes {
+        if !std::io::stdin().is_terminal() {
+            return Err(CliError::Usage(format!(
+                "refusing to delete client {id} without confirmation: stdin is not a terminal, \
+                 so nobody can be asked; pass --yes to delete it"
+            )));
+        }
+        let client = find_client(&api, &args.operator_token, &id).await?;
+        let question = delete_question(&id, client.as_ref(), OffsetDateTime::now_utc());
+        let mut err = std::io::stderr().lock();
+        let _ = write!(err, "{question}");
+        let _ = err.flush();
+        drop(err);
+        let mut answer = String::new();
+        std::io::stdin()
+            .lock()
+            .read_line(&mut answer)
+            .map_err(|e| CliError::Failed(format!("cannot read the answer: {e}")))?;
+        if !confirmed(&answer) {
+            return Err(CliError::Failed(format!(
+                "not deleted: client {id} is unchanged"
+            )));
+        }
+    }
+    api.delete_client(&args.operator_token, &id).await?;
+    print_line(&format!("Deleted client {id}."))?;
     Ok(EXIT_OK)
 }
 
@@ -266,12 +421,82 @@ mod tests {
         let mut rows = sample();
         rows[1].name = Some("evil\x1b[2Jname".into());
         let lines = table(&filter_and_sort(rows, None, SortBy::Status), now);
-        assert_eq!(lines[0], "ID  NAME          STATUS   LAST SEEN");
-        assert_eq!(lines[1], "d   alpha         online   11 s ago");
-        assert_eq!(lines[2], "c   zeta          online   2 min ago");
-        assert_eq!(lines[3], "e   -             online   1 min ago");
-        assert_eq!(lines[4], "b   Alpha         offline  3 h ago");
-        assert_eq!(lines[5], "a   evil\u{FFFD}[2Jname  offline  never");
+        assert_eq!(lines[0], "ID  NAME               STATUS   LAST SEEN");
+        assert_eq!(lines[1], "d   alpha              online   11 s ago");
+        assert_eq!(lines[2], "c   zeta               online   2 min ago");
+        assert_eq!(lines[3], "e   -                  online   1 min ago");
+        assert_eq!(lines[4], "b   Alpha              offline  3 h ago");
+        assert_eq!(lines[5], "a   evil\\u{1b}[2Jname  offline  never");
+    }
+
+    #[test]
+    fn control_and_format_characters_in_names_are_shown_escaped() {
+        let now = parse("2026-11-25T23:52:10.000Z").unwrap();
+        let names = [
+            "csi\u{9b}2J",             // C1 control: CSI
+            "bell\x07\r\n",            // C0 controls
+            "gpj.exe\u{202e}",         // right-to-left override
+            "iso\u{2066}late\u{2069}", // bidi isolates
+            "zero\u{200b}width\u{200d}",
+            "bom\u{feff}\u{ad}",
+            "tag\u{e0041}",
+        ];
+        let rows: Vec<ClientInfo> = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| client(&format!("id{i}"), Some(n), "offline", None))
+            .collect();
+        let lines = table(&rows, now);
+        for line in &lines {
+            assert!(
+                line.chars().all(|c| !crate::status::unprintable(c)),
+                "{line:?}"
+            );
+        }
+        assert!(
+            lines.iter().any(|l| l.contains("gpj.exe\\u{202e}")),
+            "{lines:?}"
+        );
+        assert!(
+            lines.iter().any(|l| l.contains("csi\\u{9b}2J")),
+            "{lines:?}"
+        );
+        // Ids and statuses come from the server too.
+        let odd = client("x\u{1b}]0;t\x07", Some("n"), "on\u{202e}line", None);
+        for line in table(&[odd], now) {
+            assert!(
+                line.chars().all(|c| !crate::status::unprintable(c)),
+                "{line:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_delete_question_names_the_client_safely() {
+        let now = parse("2026-11-25T23:52:10.000Z").unwrap();
+        let id = "3f2b8c1e-5d4a-4e7b-9c61-0a8d2f7e4b13";
+        let c = client(
+            id,
+            Some("lap\u{1b}[2Jtop\u{202e}"),
+            "online",
+            Some("2026-11-25T23:50:00.000Z"),
+        );
+        let q = delete_question(id, Some(&c), now);
+        assert!(q.starts_with(&format!("Delete client {id} \"lap")), "{q}");
+        assert!(q.contains("online, last seen 2 min ago"), "{q}");
+        assert!(
+            q.contains("cannot be undone") && q.ends_with("[y/N] "),
+            "{q}"
+        );
+        assert!(q.chars().all(|c| !crate::status::unprintable(c)), "{q:?}");
+        let q = delete_question(id, None, now);
+        assert!(q.contains("not in the listing"), "{q}");
+        for yes in ["y", "Y", "yes", " YES\n"] {
+            assert!(confirmed(yes), "{yes:?}");
+        }
+        for no in ["", "\n", "n", "no", "yess", "delete"] {
+            assert!(!confirmed(no), "{no:?}");
+        }
     }
 
     #[test]

@@ -33,6 +33,10 @@ it is printed, and the cursor is saved to the profile, so a restart continues
 where it left off. A message that fails verification is reported on stderr and
 skipped.
 
+If the server refuses the token (401) because `pigeonhole rotate` gave this
+profile new credentials meanwhile, the loop reads them from the config file and
+goes on with them.
+
 Schedule: 3 s, then +3 s after each empty poll up to 30 s, back to 3 s after a
 message; Retry-After is honoured on 429 and 503 (the server is briefly
 unavailable); network errors and other 5xx back off the same way. Ctrl-C stops
@@ -87,7 +91,7 @@ pub fn render(msg: &Delivered, plain: &Plain, json: bool) -> String {
             "[{}] {}: {}",
             printable(&msg.created_at),
             printable(&plain.kind),
-            plain.payload
+            printable(&plain.payload.to_string())
         )
     }
 }
@@ -154,7 +158,11 @@ impl Listener {
         if self.cursor <= self.acked {
             return Ok(());
         }
-        match self.api.ack(&self.creds, self.cursor).await {
+        let mut result = self.api.ack(&self.creds, self.cursor).await;
+        if matches!(&result, Err(e) if e.status() == Some(401)) && self.reload_rotated().await {
+            result = self.api.ack(&self.creds, self.cursor).await;
+        }
+        match result {
             Ok(server_cursor) => {
                 self.acked = server_cursor.max(self.cursor);
                 self.cursor = self.acked;
@@ -170,6 +178,41 @@ impl Listener {
             }
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// After a 401: when the profile now holds other credentials of the same
+    /// client (`pigeonhole rotate` ran), switches to them and returns true.
+    /// While a rotation is in progress (the profile has a pending
+    /// fingerprint) it waits a few seconds for the new credentials.
+    async fn reload_rotated(&mut self) -> bool {
+        for _ in 0..20 {
+            let Ok(mut file) = config::load(&self.config_path) else {
+                return false;
+            };
+            let Some(p) = file.profiles.remove(&self.profile) else {
+                return false;
+            };
+            if p.credentials.client_id != self.creds.client_id {
+                return false;
+            }
+            if p.credentials.api_token != self.creds.api_token {
+                let Some(key) = Key::from_base64(&p.credentials.personal_token) else {
+                    return false;
+                };
+                self.creds = p.credentials;
+                self.key = key;
+                self.status.note(
+                    "note: the server refused the old token: the credentials were rotated; \
+                     going on with the new ones from the config file",
+                );
+                return true;
+            }
+            if p.pending_fingerprint.is_none() {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        false
     }
 
     fn save_cursor(&mut self) {
@@ -224,6 +267,9 @@ impl Listener {
                 .api
                 .poll(&self.creds, self.poll_cursor(), self.limit)
                 .await;
+            if matches!(&result, Err(e) if e.status() == Some(401)) && self.reload_rotated().await {
+                continue;
+            }
             let (outcome, problem) = match result {
                 Ok(Poll::Empty) => (PollOutcome::Empty, None),
                 Ok(Poll::Page(page)) => {
@@ -287,7 +333,7 @@ impl Listener {
 pub async fn run(ctx: &Ctx, args: ListenArgs) -> Result<u8, CliError> {
     let profile = ctx.profile()?;
     let key = profile_key(&profile)?;
-    let api = Api::new(&ctx.url_for(&profile))?;
+    let api = ctx.profile_api(&profile)?;
     let mut listener = Listener {
         api,
         key,
@@ -354,5 +400,15 @@ mod tests {
         };
         let line = render(&msg(), &plain, false);
         assert!(!line.contains('\x1b'), "{line:?}");
+        // serde_json leaves C1 controls and format characters raw in strings.
+        let plain = Plain {
+            kind: "note".into(),
+            payload: json!("a\u{9b}2J\u{202e}b"),
+        };
+        let line = render(&msg(), &plain, false);
+        assert!(
+            line.ends_with("] note: \"a\\u{9b}2J\\u{202e}b\""),
+            "{line:?}"
+        );
     }
 }

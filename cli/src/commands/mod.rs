@@ -7,6 +7,7 @@ pub mod listen;
 pub mod profiles;
 pub mod publish;
 pub mod register;
+pub mod rotate;
 pub mod send;
 pub mod simulate;
 
@@ -14,9 +15,10 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use pigeonhole::crypto::Key;
-use pigeonhole::domain::{valid_type, MAX_TYPE_CHARS};
+use pigeonhole::domain::{valid_type, FINGERPRINT_CHARS, MAX_TYPE_CHARS};
 use serde_json::Value;
 
+use crate::api::{insecure_http_host, normalize_url, Api};
 use crate::config::{self, Profile};
 use crate::error::CliError;
 
@@ -26,17 +28,62 @@ pub struct Ctx {
     /// `--url` or `$PIGEONHOLE_URL`.
     pub url: Option<String>,
     config_path: Option<PathBuf>,
+    /// `--insecure-http` or `$PIGEONHOLE_INSECURE_HTTP`: plain `http://` to a
+    /// host that is not loopback is allowed.
+    pub insecure_http: bool,
 }
 
 impl Ctx {
-    pub fn new(profile: String, url: Option<String>, config_path: Option<PathBuf>) -> Ctx {
+    pub fn new(
+        profile: String,
+        url: Option<String>,
+        config_path: Option<PathBuf>,
+        insecure_http: bool,
+    ) -> Ctx {
         Ctx {
             profile,
             url: url.filter(|u| !u.trim().is_empty()),
             config_path: config_path
                 .filter(|p| !p.as_os_str().is_empty())
                 .or_else(config::default_path),
+            insecure_http,
         }
+    }
+
+    /// An API client for `url`. Plain `http://` to a host that is not
+    /// loopback is refused (exit 2) unless `--insecure-http` was given or
+    /// `allowed` (the profile was registered with it for this very URL).
+    pub fn api(&self, url: &str, allowed: bool) -> Result<Api, CliError> {
+        let api = Api::new(url)?;
+        match insecure_http_host(api.base()) {
+            Some(host) if !(self.insecure_http || allowed) => {
+                Err(CliError::Usage(insecure_http_refusal(api.base(), &host)))
+            }
+            _ => Ok(api),
+        }
+    }
+
+    /// The API of a registered profile: `--url` / `$PIGEONHOLE_URL`, else
+    /// the profile's URL (see [`Ctx::api`]).
+    pub fn profile_api(&self, profile: &Profile) -> Result<Api, CliError> {
+        let url = self.url_for(profile);
+        self.api(&url, profile_allows_http(profile, &url))
+    }
+
+    /// The API for commands that need no credentials: the URL of
+    /// [`Ctx::server_url`], allowed over plain http when the profile was
+    /// registered with `--insecure-http` for that URL.
+    pub fn server_api(&self) -> Result<Api, CliError> {
+        let url = self.server_url()?;
+        let allowed = !self.insecure_http
+            && insecure_http_host(&url).is_some()
+            && self.config_path.is_some()
+            && self
+                .find_profile()
+                .ok()
+                .flatten()
+                .is_some_and(|p| profile_allows_http(&p, &url));
+        self.api(&url, allowed)
     }
 
     pub fn config_path(&self) -> Result<&Path, CliError> {
@@ -101,6 +148,38 @@ impl Ctx {
     /// Server URL for a registered profile: `--url` / `$PIGEONHOLE_URL` win.
     pub fn url_for(&self, profile: &Profile) -> String {
         self.url.clone().unwrap_or_else(|| profile.url.clone())
+    }
+}
+
+/// True when `profile` was registered with `--insecure-http` and `url` is
+/// its own URL.
+pub fn profile_allows_http(profile: &Profile, url: &str) -> bool {
+    profile.insecure_http
+        && matches!((normalize_url(url), normalize_url(&profile.url)), (Ok(a), Ok(b)) if a == b)
+}
+
+/// Why plain http is refused, and how to override it.
+pub fn insecure_http_refusal(base: &str, host: &str) -> String {
+    format!(
+        "refusing plain http:// to {host} ({base}): the API token, and in the register and \
+         rotate answers the personal key, would cross the network unencrypted. Use https://, \
+         or pass --insecure-http (or set PIGEONHOLE_INSECURE_HTTP=1) if you trust every \
+         network between here and {host}. Loopback (localhost, 127.0.0.0/8, ::1) is always \
+         allowed."
+    )
+}
+
+/// Checks a fingerprint argument against the API's rule (8–256 characters).
+pub fn check_fingerprint(fingerprint: &str, flag: &str) -> Result<(), CliError> {
+    let chars = fingerprint.chars().count();
+    if FINGERPRINT_CHARS.contains(&chars) {
+        Ok(())
+    } else {
+        Err(CliError::Usage(format!(
+            "{flag} must be {} to {} characters (got {chars})",
+            FINGERPRINT_CHARS.start(),
+            FINGERPRINT_CHARS.end()
+        )))
     }
 }
 
@@ -175,6 +254,89 @@ mod tests {
         assert!(matches!(err, CliError::Usage(_)));
         assert!(err.to_string().contains("not valid JSON"), "{err}");
         assert!(parse_payload("hello").is_err());
+    }
+
+    fn ctx(insecure_http: bool) -> Ctx {
+        Ctx::new(
+            "default".into(),
+            None,
+            Some("/nonexistent/c.json".into()),
+            insecure_http,
+        )
+    }
+
+    #[test]
+    fn plain_http_needs_loopback_or_consent() {
+        for url in [
+            "http://127.0.0.1:8080",
+            "http://localhost:1",
+            "http://[::1]:8080",
+            "https://x.example",
+        ] {
+            assert!(ctx(false).api(url, false).is_ok(), "{url}");
+        }
+        let err = ctx(false)
+            .api("http://192.168.1.10:8080/api/v1", false)
+            .err()
+            .expect("refused");
+        assert!(matches!(err, CliError::Usage(_)), "exit 2: {err:?}");
+        let text = err.to_string();
+        assert!(
+            text.contains("192.168.1.10") && text.contains("--insecure-http"),
+            "{text}"
+        );
+        assert!(text.contains("personal key"), "says why: {text}");
+        assert!(ctx(true).api("http://192.168.1.10:8080", false).is_ok());
+        assert!(ctx(false).api("http://192.168.1.10:8080", true).is_ok());
+    }
+
+    #[test]
+    fn a_profile_remembers_consent_for_its_own_url_only() {
+        let mut profile = Profile {
+            url: "http://192.168.1.10:8080".into(),
+            credentials: crate::api::Credentials {
+                client_id: "id".into(),
+                api_token: "t".into(),
+                personal_token: "k".into(),
+            },
+            fingerprint: "f".repeat(8),
+            name: None,
+            cursor: 0,
+            insecure_http: true,
+            pending_fingerprint: None,
+        };
+        assert!(ctx(false).profile_api(&profile).is_ok());
+        assert!(profile_allows_http(
+            &profile,
+            "http://192.168.1.10:8080/api/v1/"
+        ));
+        assert!(!profile_allows_http(&profile, "http://192.168.1.11:8080"));
+        let mut other = Ctx::new(
+            "default".into(),
+            Some("http://192.168.1.11:8080".into()),
+            None,
+            false,
+        );
+        assert!(
+            other.profile_api(&profile).is_err(),
+            "another URL needs the flag again"
+        );
+        other.insecure_http = true;
+        assert!(other.profile_api(&profile).is_ok());
+        profile.insecure_http = false;
+        assert!(ctx(false).profile_api(&profile).is_err());
+    }
+
+    #[test]
+    fn fingerprints_follow_the_api_rule() {
+        assert!(check_fingerprint(&"a".repeat(8), "--fingerprint").is_ok());
+        assert!(check_fingerprint(&"é".repeat(256), "--fingerprint").is_ok());
+        let err = check_fingerprint("short", "--fingerprint").unwrap_err();
+        assert!(
+            err.to_string().contains("--fingerprint must be 8 to 256"),
+            "{err}"
+        );
+        assert!(check_fingerprint(&"a".repeat(257), "--fingerprint").is_err());
     }
 
     #[test]

@@ -6,7 +6,6 @@ use clap::Args;
 use pigeonhole::domain::{ClientId, MAX_RECIPIENTS};
 
 use super::{check_type, parse_payload, print_line, Ctx};
-use crate::api::Api;
 use crate::error::{CliError, EXIT_OK};
 use crate::retry::{seconds, Retry};
 
@@ -177,7 +176,7 @@ pub async fn run(ctx: &Ctx, args: PublishArgs) -> Result<u8, CliError> {
         return Err(CliError::Usage("the admin token is empty".into()));
     }
 
-    let api = Api::new(&ctx.server_url()?)?;
+    let api = ctx.server_api()?;
     let batches: Vec<&[String]> = ids.chunks(MAX_RECIPIENTS).collect();
     let keys = batch_keys(args.idempotency_key.as_deref(), batches.len())?;
     let retry = Retry::new(args.retries);

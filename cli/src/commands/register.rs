@@ -3,13 +3,14 @@
 
 use clap::Args;
 use pigeonhole::crypto::Key;
-use pigeonhole::domain::{FINGERPRINT_CHARS, MAX_NAME_CHARS};
+use pigeonhole::domain::MAX_NAME_CHARS;
 
-use super::{print_line, Ctx};
-use crate::api::Api;
+use super::{check_fingerprint, print_line, profile_allows_http, Ctx};
+use crate::api::{insecure_http_host, normalize_url};
 use crate::config::{self, Profile};
 use crate::error::{CliError, EXIT_OK};
 use crate::fingerprint;
+use crate::retry::{seconds, Retry};
 
 const EXAMPLES: &str = "\
 Examples:
@@ -23,7 +24,16 @@ SHA-256 of a random secret kept in your config file (fingerprint_secret, made
 on first use, mode 0600), /etc/machine-id (or the host name), your user name
 and the profile: other users cannot work it out, and the machine id itself is
 never sent. If you lose the config file, the default changes and `register`
-creates a new client, unless you pass the old --fingerprint.";
+creates a new client, unless you pass the old --fingerprint. Registering a
+profile again at its own server uses the fingerprint saved in the profile (it
+may have been changed by `pigeonhole rotate --fingerprint`).
+
+A 429 (the server limits registrations per address) or a 503 with Retry-After
+is retried after the wait the server asks for, up to --retries times.
+
+Plain http:// is refused unless the host is loopback (localhost, 127.0.0.0/8,
+::1): the personal key travels in the answer. --insecure-http allows it, and
+the profile remembers that for its URL.";
 
 #[derive(Debug, Args)]
 #[command(after_help = EXAMPLES)]
@@ -42,6 +52,10 @@ pub struct RegisterArgs {
     /// Print the credentials as JSON on stdout (they are secret)
     #[arg(long)]
     pub show_credentials: bool,
+
+    /// Retries after a 429 or a 503 with Retry-After (waiting as asked)
+    #[arg(long, default_value_t = 4, value_name = "N")]
+    pub retries: u32,
 }
 
 pub async fn run(ctx: &Ctx, args: RegisterArgs) -> Result<u8, CliError> {
@@ -57,9 +71,30 @@ pub async fn run(ctx: &Ctx, args: RegisterArgs) -> Result<u8, CliError> {
             )
         })?;
 
-    let fingerprint = match args.fingerprint {
-        Some(fp) => fp,
-        None => {
+    // The same profile at its own server: it is the same client, so its
+    // saved fingerprint (which `rotate --fingerprint` may have changed).
+    let same_server = existing.as_ref().filter(
+        |p| matches!((normalize_url(&p.url), normalize_url(&url)), (Ok(a), Ok(b)) if a == b),
+    );
+    if let Some(p) = same_server {
+        if p.pending_fingerprint.is_some() && args.fingerprint.is_none() {
+            return Err(CliError::Usage(format!(
+                "an earlier `pigeonhole rotate` of profile {:?} got no answer from the server; \
+                 run `pigeonhole{} rotate` first: it checks whether the server rotated and saves \
+                 the credentials either way",
+                ctx.profile,
+                if ctx.profile == "default" {
+                    String::new()
+                } else {
+                    format!(" --profile {}", ctx.profile)
+                }
+            )));
+        }
+    }
+    let fingerprint = match (args.fingerprint, same_server) {
+        (Some(fp), _) => fp,
+        (None, Some(p)) => p.fingerprint.clone(),
+        (None, None) => {
             let no_machine = || {
                 CliError::Usage(
                     "cannot derive a fingerprint (no /etc/machine-id and no host name): \
@@ -75,14 +110,7 @@ pub async fn run(ctx: &Ctx, args: RegisterArgs) -> Result<u8, CliError> {
             fingerprint::default_for(&ctx.profile, &secret).ok_or_else(no_machine)?
         }
     };
-    let fp_chars = fingerprint.chars().count();
-    if !FINGERPRINT_CHARS.contains(&fp_chars) {
-        return Err(CliError::Usage(format!(
-            "--fingerprint must be {} to {} characters (got {fp_chars})",
-            FINGERPRINT_CHARS.start(),
-            FINGERPRINT_CHARS.end()
-        )));
-    }
+    check_fingerprint(&fingerprint, "--fingerprint")?;
     if let Some(name) = &args.name {
         let n = name.chars().count();
         if n > MAX_NAME_CHARS {
@@ -92,8 +120,25 @@ pub async fn run(ctx: &Ctx, args: RegisterArgs) -> Result<u8, CliError> {
         }
     }
 
-    let api = Api::new(&url)?;
-    let (credentials, created) = api.register(&fingerprint, args.name.as_deref()).await?;
+    let allowed = existing
+        .as_ref()
+        .is_some_and(|p| profile_allows_http(p, &url));
+    let api = ctx.api(&url, allowed)?;
+    // Registering is idempotent per fingerprint, so a retry is harmless; it
+    // is retried only when the server says when (rate limit, brief outage).
+    let retry = Retry::new(args.retries).only_when_asked();
+    let (credentials, created) = retry
+        .run(
+            || api.register(&fingerprint, args.name.as_deref(), None),
+            |e, wait, attempt| {
+                eprintln!(
+                    "warning: register failed ({e}); retrying in {} ({attempt}/{})",
+                    seconds(wait),
+                    args.retries
+                );
+            },
+        )
+        .await?;
     if Key::from_base64(&credentials.personal_token).is_none() {
         return Err(CliError::Failed(
             "the server returned a personal_token that is not base64 of 32 bytes".into(),
@@ -112,6 +157,9 @@ pub async fn run(ctx: &Ctx, args: RegisterArgs) -> Result<u8, CliError> {
         fingerprint,
         name: args.name,
         cursor,
+        // Reaching here over plain http to another host needed the consent.
+        insecure_http: insecure_http_host(api.base()).is_some(),
+        pending_fingerprint: None,
     };
     config::update(&path, |c| c.profiles.insert(ctx.profile.clone(), profile))?;
 

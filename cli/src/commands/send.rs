@@ -4,7 +4,6 @@
 use clap::Args;
 
 use super::{check_type, parse_payload, print_line, profile_key, Ctx};
-use crate::api::Api;
 use crate::error::{CliError, EXIT_OK};
 use crate::message::seal_send;
 use crate::retry::{seconds, Retry};
@@ -40,7 +39,7 @@ pub async fn run(ctx: &Ctx, args: SendArgs) -> Result<u8, CliError> {
     let payload = parse_payload(&args.payload)?;
     let profile = ctx.profile()?;
     let key = profile_key(&profile)?;
-    let api = Api::new(&ctx.url_for(&profile))?;
+    let api = ctx.profile_api(&profile)?;
     let creds = &profile.credentials;
 
     // Sealed once: every retry sends these same bytes.

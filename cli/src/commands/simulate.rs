@@ -19,6 +19,7 @@ use crate::backoff::{Backoff, PollOutcome};
 use crate::error::{CliError, EXIT_FAILURE, EXIT_OK};
 use crate::fingerprint;
 use crate::message::open_delivered;
+use crate::retry::Retry;
 use crate::status::StatusLine;
 
 const EXAMPLES: &str = "\
@@ -30,8 +31,10 @@ Examples:
 Each simulated client registers with a random fingerprint (named `sim-<n>`),
 then polls on the 3 → 30 s schedule, verifies, decrypts and acks what it
 receives. With --publish-every, a message is published to all of them that
-often, so `received` means something. Stops by itself after --duration (or on
-Ctrl-C) and prints a summary. Exit code 1 if no client could register or a
+often, so `received` means something. Given the admin token, the registrations
+carry it (X-Admin-Token), so the server's per-address register limit does not
+apply; without it a 429 is waited out as its Retry-After asks. Stops by itself
+after --duration (or on Ctrl-C) and prints a summary. Exit code 1 if no client could register or a
 message failed verification. Only point it at a deployment you run.";
 
 #[derive(Debug, Args)]
@@ -52,7 +55,8 @@ pub struct SimulateArgs {
     #[arg(long, value_name = "SECS")]
     pub publish_every: Option<f64>,
 
-    /// Admin token, for --publish-every
+    /// Admin token, for --publish-every; registrations carry it too, so the
+    /// server does not rate limit them
     #[arg(long, env = "PIGEONHOLE_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
 
@@ -243,23 +247,36 @@ struct Summary {
     interrupted: bool,
 }
 
+/// Retries of one registration that the server rate limited (429) or
+/// asked to come back to (503 with Retry-After).
+const REGISTER_RETRIES: u32 = 5;
+
 async fn register_all(
     api: &Api,
     count: u32,
     concurrency: u32,
+    admin_token: Option<&str>,
     status: &mut StatusLine,
 ) -> (Vec<Credentials>, Vec<ApiError>) {
     let gate = Arc::new(Semaphore::new(concurrency as usize));
     let mut tasks = JoinSet::new();
     for n in 1..=count {
         let (api, gate) = (api.clone(), gate.clone());
+        let admin_token = admin_token.map(str::to_string);
         tasks.spawn(async move {
             let _permit = gate
                 .acquire_owned()
                 .await
                 .expect("semaphore is never closed");
             let name = format!("sim-{n}");
-            api.register(&fingerprint::random(), Some(&name))
+            let fingerprint = fingerprint::random();
+            // Idempotent per fingerprint, so a retry is safe.
+            Retry::new(REGISTER_RETRIES)
+                .only_when_asked()
+                .run(
+                    || api.register(&fingerprint, Some(&name), admin_token.as_deref()),
+                    |_, _, _| {},
+                )
                 .await
                 .map(|(c, _)| c)
         });
@@ -295,13 +312,19 @@ pub async fn run(ctx: &Ctx, args: SimulateArgs) -> Result<u8, CliError> {
                 "--publish-every needs --admin-token or PIGEONHOLE_ADMIN_TOKEN".into(),
             ))
         }
-        (_, token) => token.map(str::to_string),
+        (_, token) => token.filter(|t| !t.is_empty()).map(str::to_string),
     };
-    let api = Api::new(&ctx.server_url()?)?;
+    let api = ctx.server_api()?;
     let mut status = StatusLine::stderr();
 
     let registered = tokio::select! {
-        r = register_all(&api, args.clients, args.register_concurrency, &mut status) => r,
+        r = register_all(
+            &api,
+            args.clients,
+            args.register_concurrency,
+            admin_token.as_deref(),
+            &mut status,
+        ) => r,
         () = ctrl_c() => {
             status.note("interrupted while registering");
             return Ok(EXIT_OK);

@@ -203,6 +203,58 @@ describe('browser client against the local server', () => {
     assert.match(await page.textContent('#interval'), /^\d+(\.\d)? s$/);
   });
 
+  it('rotates the credentials, and a message not yet acknowledged still decrypts', async () => {
+    const old = creds;
+    const oldFingerprint = await page.evaluate(() => localStorage.getItem('pigeonhole.fingerprint'));
+    // Paused, so the next message is delivered only after the rotation.
+    await page.click('#pause');
+    await page.waitForSelector('#conn-state[data-state="paused"]');
+    await publish('pending', { text: 'published before the rotation' });
+
+    assert.equal(await page.isChecked('#rotate-fingerprint'), true, 'a new fingerprint by default');
+    page.once('dialog', (dialog) => dialog.accept());
+    await page.click('#rotate');
+    await page.waitForFunction(
+      (token) => JSON.parse(localStorage.getItem('pigeonhole.credentials')).api_token !== token,
+      old.api_token,
+    );
+    const fresh = await page.evaluate(() => JSON.parse(localStorage.getItem('pigeonhole.credentials')));
+    assert.equal(fresh.client_id, old.client_id);
+    assert.notEqual(fresh.personal_token, old.personal_token);
+    assert.equal(Buffer.from(fresh.personal_token, 'base64').length, 32);
+    await page.waitForSelector('#notice:not([hidden])');
+    assert.match(await page.textContent('#notice'), /Credentials rotated/);
+    const fingerprint = await page.evaluate(() => localStorage.getItem('pigeonhole.fingerprint'));
+    assert.notEqual(fingerprint, oldFingerprint, 'the fingerprint was replaced');
+    assert.equal(await page.inputValue('#reg-fingerprint'), fingerprint);
+
+    // The old token is refused; the fingerprint now returns the new credentials.
+    const stale = await api('/messages/poll', {
+      headers: { Authorization: `Bearer ${old.api_token}`, 'X-Client-Id': old.client_id },
+    });
+    assert.equal(stale.status, 401);
+    const again = await api('/clients/register', {
+      method: 'POST',
+      headers: { 'Content-Type': 'application/json' },
+      body: JSON.stringify({ fingerprint }),
+    });
+    assert.equal(again.status, 200);
+    assert.equal((await again.json()).api_token, fresh.api_token);
+
+    // Resume: the pending message arrives, opened with the new key, and is acked.
+    await page.click('#pause');
+    const card = page.locator('.message[data-id="4"]');
+    await card.waitFor({ timeout: 5000 });
+    assert.equal(await card.locator('.message-type').textContent(), 'pending');
+    assert.deepEqual(JSON.parse(await card.locator('.message-payload').textContent()), {
+      text: 'published before the rotation',
+    });
+    await page.waitForSelector('#acked-cursor[data-cursor="4"]');
+    await page.waitForSelector('#conn-state[data-state="ok"]');
+    assert.equal(await page.isHidden('#error'), true);
+    creds = fresh;
+  });
+
   it('shows an invalid JSON payload inline, and sends an encrypted message', async () => {
     await page.fill('#compose-type', 'reply');
     await page.fill('#compose-payload', '{"text": ');
@@ -338,6 +390,43 @@ describe('browser client against the local server', () => {
     assert.notEqual(stored.fingerprint, null, 'a new fingerprint for the next registration');
     assert.equal(await page.isVisible('#register-form'), true);
     assert.equal(await page.textContent('#conn-state'), 'Not connected');
+  });
+
+  it('refuses a plain http:// API on another machine unless allowed', async () => {
+    const insecure = 'http://192.0.2.10:8080/api/v1';
+    const local = `${server.url}/api/v1`;
+    const submit = async (url) => {
+      await page.fill('#base-url', url);
+      await page.click('#base-form button[type="submit"]');
+    };
+    await submit(insecure);
+    await page.waitForSelector('#base-url-error:not([hidden])');
+    assert.match(await page.textContent('#base-url-error'), /refusing plain http:\/\/ to 192\.0\.2\.10/i);
+    assert.equal(await page.evaluate(() => localStorage.getItem('pigeonhole.baseUrl')), null, 'not saved');
+
+    // Registering is refused too while the field holds it (nothing is sent).
+    await page.check('#allow-insecure-http');
+    assert.equal(await page.evaluate(() => localStorage.getItem('pigeonhole.allowInsecureHttp')), 'true');
+    await submit(insecure);
+    await page.waitForSelector('#base-url-error', { state: 'hidden' });
+    assert.equal(await page.evaluate(() => localStorage.getItem('pigeonhole.baseUrl')), insecure);
+    await page.uncheck('#allow-insecure-http');
+    await page.waitForSelector('#base-url-error:not([hidden])');
+    let sent = 0;
+    await page.route('http://192.0.2.10:8080/**', (route) => {
+      sent += 1;
+      route.abort('connectionrefused');
+    });
+    await page.click('#register-submit');
+    await page.waitForSelector('#register-error:not([hidden])');
+    assert.match(await page.textContent('#register-error'), /refusing plain http/i);
+    assert.equal(sent, 0, 'nothing was sent to the insecure URL');
+    await page.unroute('http://192.0.2.10:8080/**');
+
+    await submit(local);
+    await page.waitForSelector('#base-url-error', { state: 'hidden' });
+    assert.equal(await page.evaluate(() => localStorage.getItem('pigeonhole.baseUrl')), null, 'back to the default');
+    assert.equal(await page.evaluate(() => localStorage.getItem('pigeonhole.allowInsecureHttp')), null);
   });
 
   it('raised no script errors and no CSP violations', () => {

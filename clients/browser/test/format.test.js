@@ -1,21 +1,29 @@
 // The browser client's protocol module under Node's Web Crypto: the format
 // vectors shared with the Rust server and the Python client, the code-point
-// key order of the canonical AAD, and the poll backoff schedule.
+// key order of the canonical AAD, the poll backoff schedule, the plain-http
+// rule, and rotate() against a stubbed fetch.
 
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { test } from 'node:test';
 import {
+  ApiError,
   Backoff,
+  InsecureUrlError,
+  apiRequest,
   b64decode,
   b64encode,
   canonicalAadText,
+  checkTransport,
   compareCodePoints,
   decryptDelivered,
   encryptOutgoing,
   importKey,
+  insecureHttpHost,
   intervalFromQuery,
+  isLoopbackHost,
   open,
+  rotate,
   seal,
 } from '../pigeonhole.js';
 
@@ -117,4 +125,105 @@ test('?interval= scales the schedule for tests and demos', () => {
   const b = new Backoff(intervalFromQuery('?interval=0.2'));
   const waits = Array.from({ length: 11 }, () => Math.round(b.afterEmpty() * 10) / 10);
   assert.deepEqual(waits, [0.2, 0.4, 0.6, 0.8, 1, 1.2, 1.4, 1.6, 1.8, 2, 2]);
+});
+
+test('plain http:// only to loopback unless allowed', async () => {
+  for (const host of ['localhost', 'LOCALHOST', 'localhost.', '127.0.0.1', '127.255.0.9', '[::1]', '::1']) {
+    assert.equal(isLoopbackHost(host), true, host);
+  }
+  for (const host of ['10.0.0.1', '192.168.1.10', '0.0.0.0', '[::]', '[::ffff:7f00:1]', 'example.com', 'localhost.example.com', '1127.0.0.1', '']) {
+    assert.equal(isLoopbackHost(host), false, host);
+  }
+  for (const url of ['http://127.0.0.1:8080/api/v1', 'http://localhost:8080', 'http://[::1]:8080', 'http://127.1', 'https://192.0.2.10/api/v1']) {
+    assert.equal(insecureHttpHost(url), null, url);
+    checkTransport(url);
+  }
+  assert.equal(insecureHttpHost('http://192.0.2.10:8080/api/v1'), '192.0.2.10');
+  assert.equal(insecureHttpHost('http://pigeonhole.example.com/api/v1'), 'pigeonhole.example.com');
+  assert.throws(() => checkTransport('http://192.0.2.10:8080/api/v1'), (e) => {
+    assert.ok(e instanceof InsecureUrlError);
+    assert.equal(e.host, '192.0.2.10');
+    assert.match(e.message, /personal key/);
+    assert.match(e.message, /Allow plain http/);
+    return true;
+  });
+  checkTransport('http://192.0.2.10:8080/api/v1', true);
+
+  // apiRequest refuses before fetch is ever called, unless allowed.
+  const realFetch = globalThis.fetch;
+  const calls = [];
+  globalThis.fetch = async (url, init) => {
+    calls.push([url, init]);
+    return new Response(null, { status: 204 });
+  };
+  try {
+    await assert.rejects(
+      apiRequest('http://192.0.2.10:8080/api/v1', 'POST', '/clients/register', { body: { fingerprint: 'x'.repeat(8) } }),
+      InsecureUrlError,
+    );
+    assert.equal(calls.length, 0, 'nothing was sent');
+    const answer = await apiRequest('http://192.0.2.10:8080/api/v1', 'GET', '/messages/poll', { allowInsecureHttp: true });
+    assert.equal(answer.status, 204);
+    assert.equal(calls.length, 1);
+  } finally {
+    globalThis.fetch = realFetch;
+  }
+});
+
+test('rotate() posts JSON with the client credentials and returns the new ones', async () => {
+  const realFetch = globalThis.fetch;
+  const creds = { client_id: '00000000-0000-4000-8000-000000000001', api_token: 'pht_old', personal_token: 'x' };
+  const fresh = { client_id: creds.client_id, api_token: 'pht_new', personal_token: b64encode(new Uint8Array(32).fill(9)) };
+  const calls = [];
+  let reply = () => new Response(JSON.stringify(fresh), { status: 200, headers: { 'Content-Type': 'application/json' } });
+  globalThis.fetch = async (url, init) => {
+    calls.push({ url, init });
+    return reply();
+  };
+  try {
+    assert.deepEqual(await rotate('http://127.0.0.1:8080/api/v1', creds), fresh);
+    assert.deepEqual(await rotate('http://127.0.0.1:8080/api/v1', creds, { fingerprint: 'a-new-fingerprint' }), fresh);
+    assert.equal(calls[0].url, 'http://127.0.0.1:8080/api/v1/clients/rotate');
+    assert.equal(calls[0].init.method, 'POST');
+    assert.equal(calls[0].init.headers['Content-Type'], 'application/json');
+    assert.equal(calls[0].init.headers.Authorization, 'Bearer pht_old');
+    assert.equal(calls[0].init.headers['X-Client-Id'], creds.client_id);
+    assert.equal(calls[0].init.body, '{}');
+    assert.equal(calls[1].init.body, '{"fingerprint":"a-new-fingerprint"}');
+
+    // Not credentials of the same client: refused.
+    reply = () => new Response(JSON.stringify({ ...fresh, client_id: '00000000-0000-4000-8000-000000000002' }), { status: 200 });
+    await assert.rejects(rotate('http://127.0.0.1:8080/api/v1', creds), /not 00000000-0000-4000-8000-000000000001/);
+    reply = () => new Response(JSON.stringify({ ...fresh, personal_token: 'AAEC' }), { status: 200 });
+    await assert.rejects(rotate('http://127.0.0.1:8080/api/v1', creds), /32 bytes/);
+    reply = () =>
+      new Response(JSON.stringify({ error: { code: 'unauthorized', message: 'bad token' } }), {
+        status: 401,
+        headers: { 'Content-Type': 'application/json' },
+      });
+    await assert.rejects(rotate('http://127.0.0.1:8080/api/v1', creds), (e) => e instanceof ApiError && e.status === 401);
+    const before = calls.length;
+    await assert.rejects(rotate('http://192.0.2.10/api/v1', creds), InsecureUrlError);
+    assert.equal(calls.length, before, 'nothing was sent over plain http');
+  } finally {
+    globalThis.fetch = realFetch;
+  }
+});
+
+test('every body is sent as Content-Type: application/json', async () => {
+  const realFetch = globalThis.fetch;
+  const seen = [];
+  globalThis.fetch = async (url, init) => {
+    seen.push(init);
+    return new Response('{"id": 1}', { status: 201 });
+  };
+  try {
+    for (const path of ['/clients/register', '/messages/send', '/messages/ack', '/clients/rotate']) {
+      await apiRequest('http://127.0.0.1:8080/api/v1', 'POST', path, { body: {} });
+    }
+    assert.equal(seen.length, 4);
+    for (const init of seen) assert.equal(init.headers['Content-Type'], 'application/json');
+  } finally {
+    globalThis.fetch = realFetch;
+  }
 });
