@@ -187,6 +187,12 @@ async fn a_version_2_database_is_upgraded_in_place() {
             [id.to_string()],
         )
         .unwrap();
+        conn.execute(
+            "INSERT INTO outbox (client_id, seq, kind, nonce, ciphertext, tag, created_at, dedup_key, dedup_digest)
+             VALUES (?1, 1, 'battery-report', zeroblob(12), x'01', zeroblob(16), 5, 'k', x'00')",
+            [id.to_string()],
+        )
+        .unwrap();
         conn.pragma_update(None, "user_version", 2).unwrap();
     }
     let store = SqliteStore::open(&path).unwrap();
@@ -202,7 +208,45 @@ async fn a_version_2_database_is_upgraded_in_place() {
         .unwrap();
     assert_eq!(messages.len(), 1);
     assert_eq!(messages[0].key_generation, 0);
+    let sent = store
+        .read(pigeonhole::store::Mailbox::Outbox, id, 0, 10)
+        .await
+        .unwrap();
+    assert_eq!(sent[0].kind, "sealed", "a send's type no longer in clear");
     drop(store);
     // Opening again finds the columns in place.
     SqliteStore::open(&path).unwrap();
+}
+
+#[tokio::test]
+async fn a_deleted_client_leaves_nothing_readable_in_the_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("test.db");
+    let store = SqliteStore::open(&path).unwrap();
+    let name = format!("unmistakable-{}", pigeonhole::domain::ClientId::new());
+    let id = store
+        .register_client([9; 32], store_contract::client(&name, Timestamp(5)))
+        .await
+        .unwrap()
+        .client
+        .id;
+    let files = || -> Vec<u8> {
+        std::fs::read_dir(dir.path())
+            .unwrap()
+            .flat_map(|f| std::fs::read(f.unwrap().path()).unwrap())
+            .collect()
+    };
+    let contains = |haystack: &[u8], needle: &str| {
+        haystack
+            .windows(needle.len())
+            .any(|w| w == needle.as_bytes())
+    };
+    assert!(contains(&files(), &name), "the name is stored before");
+    assert_eq!(
+        store.delete_client(id).await.unwrap(),
+        pigeonhole::store::Deleted::Deleted
+    );
+    let after = files();
+    assert!(!contains(&after, &name), "the name is gone from every file");
+    assert!(!contains(&after, &id.to_string()), "so is the client id");
 }

@@ -98,6 +98,15 @@ pub async fn poll(app: &App, client: &ClientAuth, input: PollInput) -> Result<Po
         .store
         .read_page(Mailbox::Inbox, id, after, limit)
         .await?;
+    // A message sealed for a generation newer than this poll's token (the
+    // client rotated while the poll was under way) is for the new
+    // credentials: the page ends before it, and the next poll gets it.
+    if let Some(newer) = stored
+        .iter()
+        .position(|m| m.key_generation > state.record.generation)
+    {
+        stored.truncate(newer);
+    }
     current_key(app.keys(), &state.record, &mut stored);
     let messages = page(id, after, state.acked, stored);
     let Some(last) = messages.last().map(|m| m.id) else {

@@ -105,30 +105,44 @@ impl RetiredKey {
             .ok_or_else(corrupt)
     }
 
-    /// The retired keys a rotation keeps: the earlier ones still needed
-    /// (`needed` says which generations unacknowledged messages use, or
-    /// were retired too recently to tell) plus the key being retired now.
+    /// The retired keys a rotation keeps: those unacknowledged messages
+    /// use (`in_use`), always; those retired since `keep_since` (a fan-out
+    /// may still be sealing with them), up to [`MAX_RETIRED_KEYS`] in all;
+    /// and the key being retired now.
+    ///
+    /// Only the grace-period keys are trimmed, so rotating in a loop cannot
+    /// grow the client's row towards DynamoDB's item limit while no message
+    /// ever loses its key: in-use keys grow only with publishes between
+    /// rotations, which the client alone cannot cause.
     pub fn after_rotation(
         record: &ClientRecord,
         now: Timestamp,
         keep_since: Timestamp,
         in_use: &HashSet<u32>,
     ) -> Vec<RetiredKey> {
+        let needed = |k: &RetiredKey| in_use.contains(&k.generation);
         let mut kept: Vec<RetiredKey> = record
             .retired_keys
             .iter()
-            .filter(|k| k.retired_at >= keep_since || in_use.contains(&k.generation))
+            .filter(|k| k.retired_at >= keep_since || needed(k))
             .cloned()
             .collect();
+        // Oldest grace-period keys first, while over the bound (the one
+        // retired now comes on top).
+        let mut excess = (kept.len() + 1).saturating_sub(MAX_RETIRED_KEYS);
+        kept.retain(|k| {
+            if excess > 0 && !needed(k) {
+                excess -= 1;
+                false
+            } else {
+                true
+            }
+        });
         kept.push(RetiredKey {
             generation: record.generation,
             wrapped_key: record.wrapped_key.clone(),
             retired_at: now,
         });
-        // Bounded, so rotating in a loop cannot grow the client's row
-        // towards DynamoDB's item limit; the newest are the likeliest needed.
-        let excess = kept.len().saturating_sub(MAX_RETIRED_KEYS);
-        kept.drain(..excess);
         kept
     }
 }
@@ -494,4 +508,68 @@ pub trait Store: Send + Sync + 'static {
     /// deadline set with [`crate::retry::within`], if any; a later call
     /// resumes.
     async fn purge(&self, cutoffs: Cutoffs) -> StoreResult<Purged>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(generation: u32, retired: &[(u32, i64)]) -> ClientRecord {
+        ClientRecord {
+            id: ClientId::new(),
+            name: None,
+            wrapped_key: vec![generation as u8],
+            created_at: Timestamp(0),
+            generation,
+            retired_keys: retired
+                .iter()
+                .map(|&(generation, at)| RetiredKey {
+                    generation,
+                    wrapped_key: vec![generation as u8],
+                    retired_at: Timestamp(at),
+                })
+                .collect(),
+        }
+    }
+
+    fn generations(keys: &[RetiredKey]) -> Vec<u32> {
+        keys.iter().map(|k| k.generation).collect()
+    }
+
+    #[test]
+    fn rotation_keeps_needed_and_recent_keys_and_retires_the_current_one() {
+        let r = record(3, &[(0, 10), (1, 20), (2, 500)]);
+        let kept =
+            RetiredKey::after_rotation(&r, Timestamp(1000), Timestamp(100), &HashSet::from([0]));
+        // 0 is in use, 1 is neither, 2 is recent, 3 is retired now.
+        assert_eq!(generations(&kept), [0, 2, 3]);
+        assert_eq!(kept[2].retired_at, Timestamp(1000));
+        assert_eq!(kept[2].wrapped_key, vec![3]);
+    }
+
+    #[test]
+    fn rotating_in_a_loop_never_drops_a_key_a_message_needs() {
+        let mut r = record(0, &[]);
+        for now in 1..=40 {
+            let kept =
+                RetiredKey::after_rotation(&r, Timestamp(now), Timestamp(0), &HashSet::from([0]));
+            r = ClientRecord {
+                generation: r.generation + 1,
+                wrapped_key: vec![r.generation as u8 + 1],
+                retired_keys: kept,
+                ..r
+            };
+            assert!(r.retired_keys.len() <= MAX_RETIRED_KEYS);
+            assert!(r.wrapped_key_of(0).is_some(), "after {now} rotations");
+        }
+        assert_eq!(r.retired_keys.last().unwrap().generation, 39);
+    }
+
+    #[test]
+    fn retired_keys_survive_their_encoding() {
+        let r = record(5, &[(1, 10), (4, 20)]);
+        let text = RetiredKey::encode_all(&r.retired_keys);
+        assert_eq!(RetiredKey::decode_all(&text).unwrap(), r.retired_keys);
+        assert!(RetiredKey::decode_all("[{\"generation\": -1}]").is_err());
+    }
 }

@@ -158,6 +158,10 @@ impl SqliteStore {
             .map_err(sql)?;
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(sql)?;
+        // Deleted rows are overwritten, not left in free pages: a deleted
+        // client's data must be gone from the file (see delete_client).
+        conn.pragma_update(None, "secure_delete", "ON")
+            .map_err(sql)?;
         let version: i64 = conn
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .map_err(sql)?;
@@ -183,6 +187,15 @@ impl SqliteStore {
                 ))
                 .map_err(sql)?;
             }
+        }
+        if (1..3).contains(&version) {
+            // Sends stored before version 3 kept their type in clear; the
+            // sealed body has always held it too.
+            conn.execute(
+                "UPDATE outbox SET kind = ?1 WHERE kind != ?1",
+                params![crate::handlers::send::OUTBOX_KIND],
+            )
+            .map_err(sql)?;
         }
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)
             .map_err(sql)?;
@@ -654,6 +667,13 @@ impl Store for SqliteStore {
                 tx.execute(statement, params![client]).map_err(sql)?;
             }
             tx.commit().map_err(sql)?;
+            // The log still holds the rows as they were before the delete:
+            // copy it into the file (whose freed pages secure_delete has
+            // zeroed) and empty it. Best effort: a busy reader only delays
+            // this to the next automatic checkpoint.
+            if let Err(error) = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())) {
+                tracing::warn!(client_id = %id, %error, "checkpoint after a deletion failed");
+            }
             Ok(Deleted::Deleted)
         })
         .await

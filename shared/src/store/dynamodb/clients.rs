@@ -184,7 +184,24 @@ impl DynamoStore {
         }
         match opt_b(&item, "fingerprint_hash")? {
             Some(current) if current != fingerprint => Ok(None),
-            _ => Ok(Some(client_record(&item)?)),
+            Some(_) => Ok(Some(client_record(&item)?)),
+            None => {
+                // Registered before items named their fingerprint: record it
+                // now, so a deletion or a fingerprint change can find the
+                // entry. Best effort; the next registration tries again.
+                let record = client_record(&item)?;
+                let update = self
+                    .update_client(record.id)
+                    .update_expression("SET fingerprint_hash = :fp")
+                    .condition_expression(
+                        "attribute_exists(client_id) AND attribute_not_exists(fingerprint_hash)",
+                    )
+                    .expression_attribute_values(":fp", b(fingerprint.to_vec()));
+                if let Err(error) = self.conditional_update(update).await {
+                    tracing::warn!(client_id = %holder, %error, "could not record a legacy client's fingerprint");
+                }
+                Ok(Some(record))
+            }
         }
     }
 

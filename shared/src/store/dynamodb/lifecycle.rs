@@ -318,8 +318,13 @@ impl DynamoStore {
                 )
             }
         };
-        // Already deleted, maybe half-way: finish it either way.
-        self.finish_deletion(id, &item).await?;
+        // Already deleted, maybe half-way: finish it either way. Once the
+        // mark is written the client is revoked, so a failure to clear up
+        // now is not the operator's problem: `purge` finishes the job, and
+        // answering 503 would only make a retry answer 404.
+        if let Err(error) = self.finish_deletion(id, &item).await {
+            tracing::warn!(client_id = %id, %error, "deleted client's data left for cleanup to remove");
+        }
         Ok(outcome)
     }
 
