@@ -119,6 +119,7 @@ cargo build --workspace --all-targets --all-features --locked
 export PIGEONHOLE_LOCAL_BIN="$root/target/debug/pigeonhole-local"
 export PIGEONHOLE_CLI_BIN="$root/target/debug/pigeonhole"
 export PIGEONHOLE_INFRA_BIN="$root/target/debug/pigeonhole-infra"
+export PIGEONHOLE_REGISTER_BIN="$root/target/debug/register"
 
 step "Rust tests (unit, store contract, handlers, end-to-end)"
 cargo test --workspace --all-features --locked
@@ -164,7 +165,8 @@ scripts/emulators.sh stop all
 step "sam build (x86_64): one bootstrap per function"
 PATH="$venv/bin:$PATH" CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 \
   "$venv/bin/sam" build --parameter-overrides Architecture=x86_64 --build-dir target/sam-build
-for f in RegisterFunction PublishFunction SendFunction PollFunction AckFunction ListClientsFunction FanoutFunction CleanupFunction; do
+for f in RegisterFunction RotateFunction PublishFunction SendFunction PollFunction AckFunction \
+  ListClientsFunction DeleteClientFunction FanoutFunction CleanupFunction; do
   test -x "target/sam-build/$f/bootstrap" || { echo "sam build: no bootstrap for $f" >&2; exit 1; }
 done
 export PIGEONHOLE_LAMBDA_BIN_DIR="$root/target/sam-build"

@@ -852,7 +852,7 @@ Outputs:
 "#;
         let text = template(&format!("{TABLES}{secrets}{QUEUES}")).replace(
             "Resources:",
-            "Conditions:\n  UsePurposeKeys: !Equals [!Ref LegacyMasterKey, \"\"]\n\
+            "Conditions:\n  UsePurposeKeys: !Equals [!Ref MasterKey, \"\"]\n\
              Mappings:\n  Split:\n    \"100\": { Poll: 50 }\nResources:",
         );
         let plan = Plan::from_yaml(&text).unwrap();

@@ -139,7 +139,10 @@ impl ApiError {
     pub fn request_timeout(after: Duration) -> Self {
         Self::new(
             ErrorCode::RequestTimeout,
-            format!("the request body did not arrive within {} s", after.as_secs()),
+            format!(
+                "the request body did not arrive within {} s",
+                after.as_secs()
+            ),
         )
     }
 

@@ -47,13 +47,15 @@ REGION = "us-east-1"
 # same split as template.yaml (least privilege). The HTTP functions' follow
 # `Route::secrets()` in shared/src/http/routes.rs.
 SECRETS = {
-    "register": ("MASTER_KEY",),
-    "publish": ("ADMIN_TOKEN", "MASTER_KEY"),
-    "send": ("MASTER_KEY",),
-    "poll": ("MASTER_KEY",),
-    "ack": ("MASTER_KEY",),
+    "register": ("ADMIN_TOKEN", "TOKEN_KEY", "FINGERPRINT_KEY", "WRAPPING_KEY"),
+    "rotate": ("TOKEN_KEY", "FINGERPRINT_KEY", "WRAPPING_KEY"),
+    "publish": ("ADMIN_TOKEN", "AT_REST_KEY"),
+    "send": ("TOKEN_KEY", "WRAPPING_KEY", "AT_REST_KEY"),
+    "poll": ("TOKEN_KEY", "WRAPPING_KEY"),
+    "ack": ("TOKEN_KEY",),
     "list-clients": ("OPERATOR_TOKENS",),
-    "fanout": ("MASTER_KEY",),
+    "delete-client": ("OPERATOR_TOKENS",),
+    "fanout": ("WRAPPING_KEY", "AT_REST_KEY"),
     "cleanup": (),
 }
 FUNCTIONS = tuple(SECRETS)

@@ -38,7 +38,11 @@ import lambda_runtime as lr
 CLIENT_PY = lr.REPO / "clients" / "python" / "pigeonhole_client.py"
 ADMIN_TOKEN = "lrt-admin-" + secrets.token_hex(12)
 OPERATOR_TOKENS = ["lrt-op-" + secrets.token_hex(8), "lrt-op2-" + secrets.token_hex(8)]
-MASTER_KEY = base64.b64encode(os.urandom(32)).decode()
+# One key of its own per purpose, as the template generates them.
+PURPOSE_KEYS = {
+    name: base64.b64encode(os.urandom(32)).decode()
+    for name in ("TOKEN_KEY", "FINGERPRINT_KEY", "WRAPPING_KEY", "AT_REST_KEY")
+}
 HTTP_TIMEOUT = 20
 
 
@@ -167,8 +171,8 @@ def function_env(name, endpoint, infra_env):
         "SENT_RETENTION_SECS": "604800",
     }
     env.update({k: v for k, v in settings.items() if name in lr.ONLY_FOR[k]})
-    values = {"MASTER_KEY": MASTER_KEY, "ADMIN_TOKEN": ADMIN_TOKEN,
-              "OPERATOR_TOKENS": ",".join(OPERATOR_TOKENS)}
+    values = {"ADMIN_TOKEN": ADMIN_TOKEN, "OPERATOR_TOKENS": ",".join(OPERATOR_TOKENS),
+              **PURPOSE_KEYS}
     env.update({s: values[s] for s in lr.SECRETS[name]})
     return env
 
@@ -366,7 +370,7 @@ def test_fanout_reports_only_the_bad_record(stack):
 
 
 def test_missing_secret_fails_at_cold_start(stack):
-    """Poll started without MASTER_KEY: one clear error line naming it, a
+    """Poll started without TOKEN_KEY: one clear error line naming it, a
     non-zero exit before it takes an invocation, and a call gets no answer
     from it. (Lambda reports that as Runtime.ExitError; the emulator, with
     no runtime to hand the event to, times out with 408.) A watch of its
@@ -374,20 +378,21 @@ def test_missing_secret_fails_at_cold_start(stack):
     watch = lr.start_watch(stack.logdir, name="watch-cold-start", timeout=3)
     stack.procs.append(watch.proc)
     env = function_env("poll", stack.endpoint, stack.infra_env)
-    del env["MASTER_KEY"]
+    del env["TOKEN_KEY"]
     proc = lr.start_function(watch, "poll", stack.binaries["poll"], env, stack.logdir,
-                             log_name="poll-without-master-key")
+                             log_name="poll-without-token-key")
     stack.procs.append(proc)
     try:
         proc.popen.wait(timeout=10)
     except subprocess.TimeoutExpired:
-        pytest.fail(f"poll without MASTER_KEY is still running\n{proc.logs()}", pytrace=False)
+        pytest.fail(f"poll without TOKEN_KEY is still running\n{proc.logs()}", pytrace=False)
     assert proc.popen.returncode != 0, proc.logs()
     logged = lr.json_log_lines(proc.stdout() + proc.stderr())
     errors = [line for line in logged if str(line.get("level", "")).upper() == "ERROR"]
     assert len(errors) == 1, f"expected exactly one error log line:\n{proc.logs()}"
-    assert "MASTER_KEY" in json.dumps(errors[0]), errors[0]
-    mentions = [line for line in (proc.stdout() + proc.stderr()).splitlines() if "MASTER_KEY" in line]
+    assert "TOKEN_KEY" in json.dumps(errors[0]), errors[0]
+    assert PURPOSE_KEYS["WRAPPING_KEY"] not in proc.logs(), "a key's value is never logged"
+    mentions = [line for line in (proc.stdout() + proc.stderr()).splitlines() if "TOKEN_KEY" in line]
     assert len(mentions) == 1, f"the cause should be logged once, as JSON:\n{proc.logs()}"
     resp = requests.get(watch.url("poll", "/api/v1/health"), timeout=15)
     assert resp.status_code == 408, (resp.status_code, resp.text)

@@ -9,16 +9,22 @@ Two kinds of test:
 * A consistency check that reads the Rust sources and the template and
   asserts they agree: every binary has exactly one function, every route
   reaches the function for it, every environment variable the code reads is
-  set, each function holds only its own secrets and IAM actions, and the
-  tables, queues, fan-out mapping, dead-letter queue and alarms exist.
+  set, each function holds only its own secrets (as Secrets Manager ARNs,
+  never values) and IAM actions, and the tables, queues, secrets, fan-out
+  mapping, dead-letter queue, throttling, reserved concurrency and alarms
+  exist.
 
 Every fact about the code is parsed out of the code (functions/Cargo.toml,
-shared/src/http/routes.rs, shared/src/config.rs,
+shared/src/http/routes.rs, shared/src/config.rs, shared/src/aws.rs,
 shared/src/store/dynamodb/tables.rs, and the fan-out's limits and margins
 in shared/src/queue/mod.rs, shared/src/handlers/{fanout,sqs_batch}.rs and
 local/src/event_source.rs). Only what the code cannot say (which IAM
-actions the DynamoDB store needs, which secrets the two non-HTTP functions
-need, the fan-out's sizing from docs/architecture.md) is written down here.
+actions the DynamoDB store needs, that the cleanup needs no secret, the
+fan-out's sizing from docs/architecture.md) is written down here.
+
+The template has conditions (MasterKey, ReservedConcurrency,
+AlarmEmail). Checks that depend on them run once per combination that
+matters, with `Fn::If` resolved the way CloudFormation would.
 """
 import json
 import os
@@ -37,6 +43,7 @@ TEMPLATE = ROOT / "template.yaml"
 FUNCTIONS = ROOT / "functions"
 ROUTES_RS = ROOT / "shared" / "src" / "http" / "routes.rs"
 CONFIG_RS = ROOT / "shared" / "src" / "config.rs"
+AWS_RS = ROOT / "shared" / "src" / "aws.rs"
 TABLES_RS = ROOT / "shared" / "src" / "store" / "dynamodb" / "tables.rs"
 EVENTS = ROOT / "events"
 
@@ -44,33 +51,80 @@ EVENTS = ROOT / "events"
 # not exist; once it does, the crate's own targets are the truth (and must
 # still match this list, so a new binary gets an entry below).
 EXPECTED_BINARIES = {
-    "register", "publish", "send", "poll", "ack", "list-clients", "fanout", "cleanup",
+    "register", "rotate", "publish", "send", "poll", "ack", "list-clients", "delete-client",
+    "fanout", "cleanup",
 }
 
 # Health has no function of its own: every HTTP function answers it, and
 # the template routes it to this one.
 HEALTH_BINARY = "register"
 
-# Secrets of the functions that serve no route (the HTTP functions' come
-# from `Route::secrets` in routes.rs).
-NON_HTTP_SECRETS = {"fanout": {"MASTER_KEY"}, "cleanup": set()}
+# Secrets of the cleanup, which serves no route and needs none (the HTTP
+# functions' come from `Route::secrets` in routes.rs, the fan-out's from
+# `FANOUT_SECRETS` in aws.rs).
+CLEANUP_SECRETS: set[str] = set()
 
 # Settings that only one function reads.
 ONLY_FOR = {
     # The fan-out enqueues the continuation of a job it could not finish.
     "FANOUT_QUEUE_URL": {"publish", "fanout"},
     "POLL_RATE_LIMIT": {"poll"},
+    "SEND_RATE_LIMIT": {"send"},
+    "REGISTER_RATE_LIMIT": {"register"},
+    "REGISTER_RATE_LIMIT_EXEMPT": {"register"},
     "ACKED_RETENTION_SECS": {"cleanup"},
     "SENT_RETENTION_SECS": {"cleanup"},
 }
+
+# The secret resource that holds each secret, and the legacy master key's.
+SECRET_RESOURCES = {
+    "ADMIN_TOKEN": "AdminTokenSecret",
+    "OPERATOR_TOKENS": "OperatorTokensSecret",
+    "TOKEN_KEY": "TokenKeySecret",
+    "FINGERPRINT_KEY": "FingerprintKeySecret",
+    "WRAPPING_KEY": "WrappingKeySecret",
+    "AT_REST_KEY": "AtRestKeySecret",
+    "MASTER_KEY": "MasterKeySecret",
+}
+PURPOSE_KEYS = {"TOKEN_KEY", "FINGERPRINT_KEY", "WRAPPING_KEY", "AT_REST_KEY"}
+
+# The condition values a deployment can have: a new stack, a legacy one
+# (MasterKey set), each with and without reserved concurrency.
+MODES = [
+    {"UsePurposeKeys": True, "UseMasterKey": False, "ReserveConcurrency": False, "HasAlarmEmail": False},
+    {"UsePurposeKeys": True, "UseMasterKey": False, "ReserveConcurrency": True, "HasAlarmEmail": True},
+    {"UsePurposeKeys": False, "UseMasterKey": True, "ReserveConcurrency": False, "HasAlarmEmail": False},
+    {"UsePurposeKeys": False, "UseMasterKey": True, "ReserveConcurrency": True, "HasAlarmEmail": True},
+]
+MODE_IDS = ["purpose-keys", "purpose-keys-reserved", "legacy", "legacy-reserved"]
+
+# LogLevel may offer only levels at which nothing logs a raw event, a
+# header or a body: lambda_runtime logs whole events at trace, and the AWS
+# SDK logs requests and responses (a GetSecretValue response included) at
+# trace. Checked against lambda_runtime 1.5 and aws-smithy-runtime 1.16.
+SAFE_LOG_LEVELS = {"error", "warn", "info", "debug"}
 
 # Least privilege: the exact DynamoDB and SQS actions per function and
 # resource (logical ID), following the DynamoDB store's requests. A
 # TransactWriteItems is authorized per Put/Update inside it.
 EXPECTED_IAM = {
     "register": {
-        "ClientsTable": {"dynamodb:PutItem"},
+        # The transaction's Put; GetItem checks whether the client a taken
+        # fingerprint names is still alive.
+        "ClientsTable": {"dynamodb:PutItem", "dynamodb:GetItem"},
         "FingerprintsTable": {"dynamodb:PutItem", "dynamodb:GetItem"},
+        # The per-address register limit: one counter UpdateItem.
+        "DedupTable": {"dynamodb:UpdateItem"},
+    },
+    "rotate": {
+        # Read the client, then a conditional UpdateItem (or the same as an
+        # Update in a transaction with the fingerprint entries).
+        "ClientsTable": {"dynamodb:GetItem", "dynamodb:UpdateItem"},
+        # Which key generations unacknowledged messages are sealed under.
+        "MessagesTable": {"dynamodb:Query"},
+        # A new fingerprint: put the new entry, delete the old one; read
+        # the holder of a taken one.
+        "FingerprintsTable": {"dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:DeleteItem"},
     },
     "publish": {
         "FanoutQueue": {"sqs:SendMessage"},
@@ -88,6 +142,14 @@ EXPECTED_IAM = {
     },
     "ack": {"ClientsTable": {"dynamodb:UpdateItem"}},
     "list-clients": {"ClientsTable": {"dynamodb:Scan"}},
+    "delete-client": {
+        # Mark the client deleted, then remove its messages, its
+        # fingerprint entry and its item.
+        "ClientsTable": {"dynamodb:UpdateItem", "dynamodb:DeleteItem"},
+        "MessagesTable": {"dynamodb:Query", "dynamodb:BatchWriteItem"},
+        "ClientMessagesTable": {"dynamodb:Query", "dynamodb:BatchWriteItem"},
+        "FingerprintsTable": {"dynamodb:DeleteItem"},
+    },
     "fanout": {
         "ClientsTable": {"dynamodb:BatchGetItem", "dynamodb:GetItem", "dynamodb:UpdateItem"},
         "MessagesTable": {"dynamodb:PutItem"},
@@ -100,8 +162,10 @@ EXPECTED_IAM = {
         },
     },
     "cleanup": {
-        # Segmented scan; UpdateItem moves each mailbox's purge mark.
-        "ClientsTable": {"dynamodb:Scan", "dynamodb:UpdateItem"},
+        # Segmented scan; UpdateItem moves each mailbox's purge mark;
+        # DeleteItem finishes a deletion that was cut short.
+        "ClientsTable": {"dynamodb:Scan", "dynamodb:UpdateItem", "dynamodb:DeleteItem"},
+        "FingerprintsTable": {"dynamodb:DeleteItem"},
         "MessagesTable": {"dynamodb:Query", "dynamodb:BatchWriteItem"},
         "ClientMessagesTable": {"dynamodb:Query", "dynamodb:BatchWriteItem"},
         # The scan segments' saved positions.
@@ -250,6 +314,36 @@ def route_secrets():
     return out
 
 
+def fanout_secrets():
+    """{env var} from `FANOUT_SECRETS` in aws.rs: what `fanout_from_env`
+    requires."""
+    env = secret_env_names()
+    source = AWS_RS.read_text(encoding="utf-8")
+    match = re.search(r"const FANOUT_SECRETS: \[Secret; \d+\] = \[(.*?)\];", source, re.S)
+    assert match, "FANOUT_SECRETS not found in aws.rs"
+    names = {env[s] for s in re.findall(r"Secret::(\w+)", match.group(1))}
+    assert names, "FANOUT_SECRETS is empty"
+    return names
+
+
+def expected_secrets():
+    """{binary: {env var}}: the secrets each function must hold."""
+    expected = {"fanout": fanout_secrets(), "cleanup": set(CLEANUP_SECRETS)}
+    for variant, secrets in route_secrets().items():
+        if not kebab(variant).startswith("health"):
+            expected[kebab(variant)] = secrets
+    return expected
+
+
+def in_mode(secrets, mode):
+    """The secrets a function is handed in `mode`: with the legacy master
+    key, MASTER_KEY stands in for every purpose key."""
+    if mode["UseMasterKey"]:
+        keys = secrets & PURPOSE_KEYS
+        return (secrets - keys) | ({"MASTER_KEY"} if keys else set())
+    return set(secrets)
+
+
 def table_env_vars():
     source = TABLES_RS.read_text(encoding="utf-8")
     match = re.search(r"const ENV: \[&'static str; \d+\] = \[(.*?)\];", source, re.S)
@@ -270,10 +364,36 @@ def env_vars_in_code():
     return {n for n in names if not n.startswith("AWS_")} - NOT_ENV_VARS
 
 
-def function_env(template, res):
+NO_VALUE = object()
+
+
+def resolve(value, mode):
+    """`value` with every `Fn::If` decided by `mode` ({condition: bool}) and
+    `AWS::NoValue` removed, as CloudFormation resolves them."""
+    if isinstance(value, dict):
+        if set(value) == {"Fn::If"}:
+            condition, then, otherwise = value["Fn::If"]
+            assert condition in mode, f"no value for condition {condition} in {mode}"
+            return resolve(then if mode[condition] else otherwise, mode)
+        if value == {"Ref": "AWS::NoValue"}:
+            return NO_VALUE
+        out = {k: resolve(v, mode) for k, v in value.items()}
+        return {k: v for k, v in out.items() if v is not NO_VALUE}
+    if isinstance(value, list):
+        return [v for v in (resolve(v, mode) for v in value) if v is not NO_VALUE]
+    return value
+
+
+def function_env(template, res, mode=None):
+    """The function's environment (Globals included). With a `mode`,
+    conditional variables are resolved; without one, every variable that
+    any mode sets is there."""
     glob = template.get("Globals", {}).get("Function", {}).get("Environment", {}).get("Variables", {})
     own = (res["Properties"].get("Environment") or {}).get("Variables", {})
-    return {**glob, **own}
+    env = {**glob, **own}
+    if mode is None:
+        return env
+    return resolve(env, mode)
 
 
 def http_events(res):
@@ -284,13 +404,13 @@ def http_events(res):
     ]
 
 
-def policy_statements(template, res):
-    """Every IAM statement the function's role gets: SAM inline policies,
-    or the policies of an explicit role."""
-    props = res["Properties"]
+def policy_statements(template, res, mode=MODES[0]):
+    """Every IAM statement the function's role gets in `mode`: SAM inline
+    policies, or the policies of an explicit role."""
+    props = resolve(res["Properties"], mode)
     docs = []
     if "Role" in props:
-        role = template["Resources"][ref_target(props["Role"])]
+        role = resolve(template["Resources"][ref_target(props["Role"])], mode)
         docs = [p["PolicyDocument"] for p in role["Properties"].get("Policies", [])]
         assert not props.get("Policies"), "SAM ignores Policies when Role is set"
     else:
@@ -302,10 +422,10 @@ def policy_statements(template, res):
     return [s for d in docs for s in d["Statement"]]
 
 
-def granted_actions(template, res):
-    """{logical ID: {action}} the function may call."""
+def granted_actions(template, res, mode=MODES[0]):
+    """{logical ID: {action}} the function may call in `mode`."""
     granted = {}
-    for statement in policy_statements(template, res):
+    for statement in policy_statements(template, res, mode):
         assert statement["Effect"] == "Allow"
         actions = statement["Action"]
         actions = [actions] if isinstance(actions, str) else actions
@@ -316,6 +436,14 @@ def granted_actions(template, res):
             assert logical_id, f"unscoped resource {target!r} (a '*' grants every table)"
             granted.setdefault(logical_id, set()).update(actions)
     return granted
+
+
+def split_grants(template, granted):
+    """(table and queue grants, secret grants) of `granted_actions`."""
+    secrets = set(resources(template, "AWS::SecretsManager::Secret"))
+    data = {k: v for k, v in granted.items() if k not in secrets}
+    held = {k: v for k, v in granted.items() if k in secrets}
+    return data, held
 
 
 def tool(name):
@@ -424,9 +552,14 @@ def test_every_env_var_the_code_reads_is_set(template):
     # Guard the grep itself: these are read today, so finding none of them
     # means the pattern went blind, not that everything is fine.
     assert {"CLIENTS_TABLE", "MASTER_KEY", "FANOUT_QUEUE_URL", "POLL_RATE_LIMIT"} <= in_code, in_code
+    secret_names = set(secret_env_names().values()) | {"MASTER_KEY"}
     set_somewhere = set()
     for res in resources(template, "AWS::Serverless::Function").values():
-        set_somewhere |= set(function_env(template, res))
+        for name in function_env(template, res):
+            set_somewhere.add(name)
+            # A secret is set by naming its Secrets Manager secret.
+            if name.endswith("_SECRET_ARN") and name[: -len("_SECRET_ARN")] in secret_names:
+                set_somewhere.add(name[: -len("_SECRET_ARN")])
     missing = in_code - set_somewhere
     assert not missing, f"the code reads {sorted(missing)} but no function sets them"
     for name, binaries in ONLY_FOR.items():
@@ -434,34 +567,192 @@ def test_every_env_var_the_code_reads_is_set(template):
         assert has == binaries, f"{name} is set for {sorted(has)}, expected {sorted(binaries)}"
 
 
-def test_each_function_holds_only_its_secrets(template):
-    secret_names = set(secret_env_names().values())
-    params = template["Parameters"]
+def noecho_refs(template, value):
+    """The NoEcho parameters `value` refers to, however deeply (Ref, Sub)."""
+    noecho = {k for k, v in template["Parameters"].items() if v.get("NoEcho")}
+    text = json.dumps(value)
+    found = set(re.findall(r'"Ref": "(\w+)"', text)) | set(re.findall(r"\$\{(\w+)\}", text))
+    return found & noecho
+
+
+@pytest.mark.parametrize("mode", MODES, ids=MODE_IDS)
+def test_no_function_holds_a_secret_in_its_environment(template, mode):
+    secret_names = set(secret_env_names().values()) | {"MASTER_KEY"}
+    assert {"ADMIN_TOKEN", "OPERATOR_TOKENS"} | PURPOSE_KEYS <= secret_names, secret_names
     globals_env = template["Globals"]["Function"]["Environment"]["Variables"]
-    assert not secret_names & set(globals_env), "a secret in Globals reaches every function"
-    expected = dict(NON_HTTP_SECRETS)
-    for variant, secrets in route_secrets().items():
-        if not kebab(variant).startswith("health"):
-            expected[kebab(variant)] = secrets
+    assert not {n for n in globals_env if n.endswith("_SECRET_ARN")}, "a secret in Globals reaches every function"
+    for logical_id, res in resources(template, "AWS::Serverless::Function").items():
+        env = function_env(template, res, mode)
+        assert not secret_names & set(env), f"{logical_id} has {sorted(secret_names & set(env))} in its environment"
+        refs = noecho_refs(template, env)
+        assert not refs, f"{logical_id}'s environment carries the value of {sorted(refs)}"
+
+
+@pytest.mark.parametrize("mode", MODES, ids=MODE_IDS)
+def test_each_function_gets_exactly_its_secrets_by_arn(template, mode):
+    expected = expected_secrets()
+    secret_resources = resources(template, "AWS::SecretsManager::Secret")
     for binary, [(logical_id, res)] in functions_by_binary(template).items():
-        env = function_env(template, res)
-        held = secret_names & set(env)
-        assert held == expected[binary], f"{logical_id} holds {sorted(held)}, needs {sorted(expected[binary])}"
+        env = function_env(template, res, mode)
+        held = {n[: -len("_SECRET_ARN")] for n in env if n.endswith("_SECRET_ARN")}
+        want = in_mode(expected[binary], mode)
+        assert held == want, f"{logical_id} gets {sorted(held)}, its route needs {sorted(want)}"
         for name in held:
-            param = ref_target(env[name])
-            assert param in params and params[param].get("NoEcho") is True, (
-                f"{logical_id}.{name} must come from a NoEcho parameter"
-            )
-    assert re.fullmatch(params["MasterKey"]["AllowedPattern"], "A" * 43 + "=")
-    assert not re.fullmatch(params["MasterKey"]["AllowedPattern"], "A" * 44)
+            target = ref_target(env[f"{name}_SECRET_ARN"])
+            assert target == SECRET_RESOURCES[name], f"{logical_id}.{name}_SECRET_ARN -> {target}"
+            assert target in secret_resources, target
+            condition = secret_resources[target].get("Condition")
+            assert condition is None or mode[condition], f"{target} does not exist in this mode"
+
+
+@pytest.mark.parametrize("mode", MODES, ids=MODE_IDS)
+def test_each_role_reads_exactly_its_secrets(template, mode):
+    expected = expected_secrets()
+    for binary, [(logical_id, res)] in functions_by_binary(template).items():
+        _, held = split_grants(template, granted_actions(template, res, mode))
+        want = {SECRET_RESOURCES[n] for n in in_mode(expected[binary], mode)}
+        assert set(held) == want, f"{logical_id} may read {sorted(held)}, needs {sorted(want)}"
+        for secret, actions in held.items():
+            assert actions == {"secretsmanager:GetSecretValue"}, f"{logical_id} on {secret}: {actions}"
+        for statement in policy_statements(template, res, mode):
+            actions = statement["Action"]
+            actions = [actions] if isinstance(actions, str) else actions
+            if any(a.startswith("secretsmanager:") for a in actions):
+                targets = statement["Resource"]
+                targets = targets if isinstance(targets, list) else [targets]
+                assert all(ref_target(t) in want for t in targets), f"{logical_id}: {statement}"
+
+
+def test_the_secrets_are_created_by_the_deploy(template):
+    params = template["Parameters"]
+    secrets = resources(template, "AWS::SecretsManager::Secret")
+    assert set(secrets) == set(SECRET_RESOURCES.values()), sorted(secrets)
+    min_chars = rust_const("shared/src/config.rs", "MIN_KEY_MATERIAL_BYTES")
+    for name in PURPOSE_KEYS:
+        res = secrets[SECRET_RESOURCES[name]]
+        # Generated, so `sam deploy --guided` asks for nothing; letters and
+        # digits only, at least what the code requires.
+        generate = res["Properties"]["GenerateSecretString"]
+        assert generate["PasswordLength"] >= min_chars and generate["ExcludePunctuation"] is True
+        assert "SecretString" not in res["Properties"]
+        assert res["Condition"] == "UsePurposeKeys"
+        # Losing a key invalidates every client, like losing the tables.
+        assert res["DeletionPolicy"] == "Retain" and res["UpdateReplacePolicy"] == "Retain"
+    for name, param in (("ADMIN_TOKEN", "AdminToken"), ("OPERATOR_TOKENS", "OperatorTokens"),
+                        ("MASTER_KEY", "MasterKey")):
+        res = secrets[SECRET_RESOURCES[name]]
+        assert res["Properties"]["SecretString"] == {"Ref": param}, name
+        assert params[param]["NoEcho"] is True, param
+    assert secrets["MasterKeySecret"]["Condition"] == "UseMasterKey"
+    assert "Condition" not in secrets["AdminTokenSecret"] and "Condition" not in secrets["OperatorTokensSecret"]
+    conditions = template["Conditions"]
+    assert conditions["UsePurposeKeys"] == {"Fn::Equals": [{"Ref": "MasterKey"}, ""]}
+    assert conditions["UseMasterKey"] == {"Fn::Not": [{"Fn::Equals": [{"Ref": "MasterKey"}, ""]}]}
+    legacy = params["MasterKey"]
+    assert legacy["Default"] == "" and legacy["NoEcho"] is True
+    assert re.fullmatch(legacy["AllowedPattern"], "")
+    assert re.fullmatch(legacy["AllowedPattern"], "A" * 43 + "=")
+    assert not re.fullmatch(legacy["AllowedPattern"], "A" * 44)
+    # Nothing the deploy must be given beyond the two tokens people use.
+    required = {k for k, v in params.items() if "Default" not in v}
+    assert required == {"AdminToken", "OperatorTokens"}, required
+    outputs = template["Outputs"]
+    assert ref_target(outputs["AdminTokenSecretArn"]["Value"]) == "AdminTokenSecret"
+    assert ref_target(outputs["OperatorTokensSecretArn"]["Value"]) == "OperatorTokensSecret"
+
+
+def test_log_level_never_logs_events_or_secrets(template):
+    level = template["Parameters"]["LogLevel"]
+    allowed = set(level["AllowedValues"])
+    assert allowed and allowed <= SAFE_LOG_LEVELS, allowed
+    assert "trace" not in allowed and level["Default"] in allowed
+    glob = template["Globals"]["Function"]
+    assert ref_target(glob["Environment"]["Variables"]["RUST_LOG"]) == "LogLevel"
+    # Lambda's ApplicationLogLevel becomes AWS_LAMBDA_LOG_LEVEL, which the
+    # functions' subscriber prefers to RUST_LOG: it must stay unset.
+    for logical_id, res in [("Globals", glob)] + list(resources(template, "AWS::Serverless::Function").items()):
+        props = res if logical_id == "Globals" else res["Properties"]
+        assert "ApplicationLogLevel" not in (props.get("LoggingConfig") or {}), logical_id
+        assert "RUST_LOG" not in ((props.get("Environment") or {}).get("Variables") or {}) or logical_id == "Globals"
+
+
+def test_api_gateway_throttles_every_route(template):
+    params = template["Parameters"]
+    settings = template["Resources"]["HttpApi"]["Properties"]["DefaultRouteSettings"]
+    assert ref_target(settings["ThrottlingRateLimit"]) == "ThrottlingRateLimit"
+    assert ref_target(settings["ThrottlingBurstLimit"]) == "ThrottlingBurstLimit"
+    rate, burst = params["ThrottlingRateLimit"], params["ThrottlingBurstLimit"]
+    assert rate["Type"] == burst["Type"] == "Number"
+    assert (rate["Default"], burst["Default"]) == (500, 1000)
+    assert rate["MinValue"] >= 1 and burst["MinValue"] >= 1
+    # Every route at its default rate together stays within the account's
+    # default 10,000 requests a second, which other APIs share.
+    assert rate["Default"] * len(code_routes()) <= 10_000
+
+
+@pytest.mark.parametrize("mode", MODES, ids=MODE_IDS)
+def test_reserved_concurrency_is_split_per_function(template, mode):
+    param = template["Parameters"]["ReservedConcurrency"]
+    split = template["Mappings"]["ReservedConcurrencySplit"]
+    # Off by default: a new account may have a quota of 10, and Lambda
+    # refuses reservations that leave fewer than 100 unreserved.
+    assert param["Default"] == 0 and 0 in param["AllowedValues"]
+    assert {str(v) for v in param["AllowedValues"]} == set(split)
+    assert template["Conditions"]["ReserveConcurrency"] == {
+        "Fn::Not": [{"Fn::Equals": [{"Ref": "ReservedConcurrency"}, "0"]}]
+    }
+    http = {b for b in expected_binaries() if b not in ("fanout", "cleanup")}
+    for total, shares in split.items():
+        assert set(shares) == {"".join(p.title() for p in b.split("-")) for b in http}, shares
+        assert sum(shares.values()) == int(total), total
+        if int(total):
+            # Poll, which every client calls, gets the most; the routes
+            # strangers or single clients can flood get little.
+            assert shares["Poll"] == max(shares.values()) and shares["Poll"] * 2 >= int(total)
+            assert shares["Register"] < shares["Poll"] and shares["Send"] < shares["Poll"]
+            assert all(v >= 1 for v in shares.values()), shares
+    for binary, [(logical_id, res)] in functions_by_binary(template).items():
+        raw = res["Properties"].get("ReservedConcurrentExecutions")
+        value = resolve({"v": raw}, mode).get("v") if raw is not None else None
+        if binary == "cleanup":
+            assert raw is None, "the hourly cleanup needs no reservation"
+        elif not mode["ReserveConcurrency"]:
+            assert value is None, logical_id
+        elif binary == "fanout":
+            # Exactly what its event source may run at once.
+            assert ref_target(value) == "FanoutMaximumConcurrency"
+        else:
+            key = "".join(p.title() for p in binary.split("-"))
+            assert value == {"Fn::FindInMap": ["ReservedConcurrencySplit", {"Ref": "ReservedConcurrency"}, key]}
+
+
+def test_rate_limits_reach_their_functions(template):
+    params = template["Parameters"]
+    for binary, name, param in (
+        ("poll", "POLL_RATE_LIMIT", "PollRateLimit"),
+        ("send", "SEND_RATE_LIMIT", "SendRateLimit"),
+        ("register", "REGISTER_RATE_LIMIT", "RegisterRateLimit"),
+    ):
+        _, res = function_for(template, binary)
+        assert ref_target(function_env(template, res)[name]) == param, name
+        spec = params[param]
+        assert spec["Type"] == "Number" and spec["MinValue"] == 0, param
+        assert spec["Default"] == rust_const("shared/src/config.rs", f"DEFAULT_{name}"), param
+    _, register = function_for(template, "register")
+    exempt = params["RegisterRateLimitExempt"]
+    assert ref_target(function_env(template, register)["REGISTER_RATE_LIMIT_EXEMPT"]) == "RegisterRateLimitExempt"
+    # Empty on AWS: every source address is limited.
+    assert exempt["Default"] == ""
+    assert re.fullmatch(exempt["AllowedPattern"], "203.0.113.0/24,2001:db8::/32")
 
 
 def test_iam_is_least_privilege(template):
-    for binary, [(logical_id, res)] in functions_by_binary(template).items():
-        granted = granted_actions(template, res)
-        assert granted == EXPECTED_IAM[binary], f"{logical_id}: {granted}"
-        for statement in policy_statements(template, res):
-            assert "*" not in json.dumps(statement["Action"]), f"{logical_id}: wildcard action"
+    for mode in MODES:
+        for binary, [(logical_id, res)] in functions_by_binary(template).items():
+            data, _ = split_grants(template, granted_actions(template, res, mode))
+            assert data == EXPECTED_IAM[binary], f"{logical_id}: {data}"
+            for statement in policy_statements(template, res, mode):
+                assert "*" not in json.dumps(statement["Action"]), f"{logical_id}: wildcard action"
 
 
 def test_the_tables_and_queue_the_store_uses_exist(template):
@@ -613,8 +904,11 @@ def test_sample_events_cover_every_route():
         event = json.loads(path.read_text(encoding="utf-8"))
         if event.get("version") == "2.0":
             assert event["routeKey"] in routes, f"{path.name}: unknown route {event['routeKey']}"
-            method, raw_path = event["routeKey"].split(" ", 1)
-            assert event["rawPath"] == raw_path and event["requestContext"]["http"]["method"] == method
+            method, route_path = event["routeKey"].split(" ", 1)
+            # A path parameter ({client_id}) matches one segment.
+            pattern = re.sub(r"\\\{\w+\\\}", "[^/]+", re.escape(route_path))
+            assert re.fullmatch(pattern, event["rawPath"]), (path.name, event["rawPath"])
+            assert event["requestContext"]["http"]["method"] == method
             seen.add(event["routeKey"])
     assert routes - {"GET /api/v1/health"} <= seen, f"no sample event for {sorted(routes - seen)}"
     sqs = json.loads((EVENTS / "fanout-sqs.json").read_text(encoding="utf-8"))
