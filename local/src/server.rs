@@ -231,6 +231,8 @@ async fn shutdown_signal() {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hyper::header::CONTENT_TYPE;
+    use hyper::StatusCode;
 
     #[test]
     fn a_late_body_gets_408_in_the_api_error_shape_and_closes_the_connection() {
