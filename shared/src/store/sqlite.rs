@@ -272,6 +272,20 @@ fn client_in(tx: &rusqlite::Transaction<'_>, id: &str) -> StoreResult<Option<Cli
     }
 }
 
+/// The client a fingerprint hash is registered to, within a transaction.
+fn fingerprint_owner(
+    tx: &rusqlite::Transaction<'_>,
+    fingerprint: &[u8; 32],
+) -> StoreResult<Option<String>> {
+    tx.query_row(
+        "SELECT client_id FROM fingerprints WHERE fingerprint_hash = ?1",
+        params![fingerprint.as_slice()],
+        |r| r.get(0),
+    )
+    .optional()
+    .map_err(sql)
+}
+
 fn tat_column(bucket: Bucket) -> &'static str {
     match bucket {
         Bucket::Poll => "poll_tat",
@@ -466,15 +480,7 @@ impl Store for SqliteStore {
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(sql)?;
-            let owner: Option<String> = tx
-                .query_row(
-                    "SELECT client_id FROM fingerprints WHERE fingerprint_hash = ?1",
-                    params![fingerprint.as_slice()],
-                    |r| r.get(0),
-                )
-                .optional()
-                .map_err(sql)?;
-            if let Some(owner) = owner {
+            if let Some(owner) = fingerprint_owner(&tx, &fingerprint)? {
                 if let Some(client) = client_in(&tx, &owner)? {
                     return Ok(Registration {
                         client,
@@ -572,15 +578,7 @@ impl Store for SqliteStore {
                 return Ok(Rotated::Stale);
             }
             if let Some(fingerprint) = rotation.fingerprint {
-                let owner: Option<String> = tx
-                    .query_row(
-                        "SELECT client_id FROM fingerprints WHERE fingerprint_hash = ?1",
-                        params![fingerprint.as_slice()],
-                        |r| r.get(0),
-                    )
-                    .optional()
-                    .map_err(sql)?;
-                match owner {
+                match fingerprint_owner(&tx, &fingerprint)? {
                     Some(owner) if owner == client => {}
                     Some(_) => return Ok(Rotated::FingerprintTaken),
                     None => {
