@@ -154,7 +154,7 @@ PIGEONHOLE_E2E_BACKEND=aws PIGEONHOLE_TEST_AWS_ENDPOINT="$PIGEONHOLE_TEST_LOCALS
   --test register --test messaging --test send --test errors --test operators \
   --test rate_limit --test concurrency --test persistence --test cli_client \
   --test cli_admin --test config --test cleanup --test at_rest --test faults --test limits \
-  --test credentials --test abuse
+  --test credentials --test abuse --test sent
 # Nothing below uses them: their memory and cores go to the builds.
 scripts/emulators.sh stop all
 
@@ -166,7 +166,7 @@ step "sam build (x86_64): one bootstrap per function"
 PATH="$venv/bin:$PATH" CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 \
   "$venv/bin/sam" build --parameter-overrides Architecture=x86_64 --build-dir target/sam-build
 for f in RegisterFunction RotateFunction PublishFunction SendFunction PollFunction AckFunction \
-  ListClientsFunction DeleteClientFunction FanoutFunction CleanupFunction; do
+  ListClientsFunction DeleteClientFunction SentFunction FanoutFunction CleanupFunction; do
   test -x "target/sam-build/$f/bootstrap" || { echo "sam build: no bootstrap for $f" >&2; exit 1; }
 done
 export PIGEONHOLE_LAMBDA_BIN_DIR="$root/target/sam-build"

@@ -702,3 +702,62 @@ async fn a_publish_to_10000_recipients_with_a_64_kib_payload_is_accepted() {
     assert_eq!(reply.body["recipients"], 10_000);
     assert_eq!(h.inbox_len(client_id(&creds)).await, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_page_of_sent_messages_stops_before_one_still_being_written() {
+    let h = harness();
+    let creds = h.register("fingerprint-sent-gap").await;
+    let id = ClientId::parse(creds["client_id"].as_str().unwrap()).unwrap();
+    for n in 1..=4u64 {
+        let keys = Arc::clone(&h.keys);
+        let sealer: Sealer = Arc::new(move |seq| {
+            let plaintext = pigeonhole::envelope::plaintext("t", &json!({ "n": n }));
+            Ok(NewMessage {
+                kind: "sealed".into(),
+                body: keys
+                    .seal_at_rest(
+                        &pigeonhole::handlers::send::outbox_context(id, seq),
+                        &plaintext,
+                    )
+                    .unwrap(),
+                created_at: pigeonhole::clock::Clock::now(&SystemClock),
+                key_generation: 0,
+            })
+        });
+        let dedup = Dedup {
+            key: format!("nonce:{n}"),
+            digest: [n as u8; 32],
+        };
+        h.store
+            .append(Mailbox::Outbox, id, dedup, sealer)
+            .await
+            .unwrap();
+    }
+    let h = &h;
+    let read = |after: u64| {
+        let uri = format!("/api/v1/clients/{id}/sent?after={after}");
+        async move {
+            h.call("GET", &uri, &[("x-admin-token", ADMIN)], String::new())
+                .await
+        }
+    };
+    *h.faults.hidden.lock().unwrap() = Some(2);
+    let reply = read(0).await;
+    let ids: Vec<u64> = reply.body["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        vec![1],
+        "3 and 4 wait while 2, just written, is invisible"
+    );
+    assert_eq!(reply.body["next_after"], 1);
+    assert_eq!(read(1).await.status, StatusCode::NO_CONTENT);
+    *h.faults.hidden.lock().unwrap() = None;
+    let reply = read(1).await;
+    assert_eq!(reply.body["messages"][0]["payload"], json!({ "n": 2 }));
+    assert_eq!(reply.body["next_after"], 4);
+}

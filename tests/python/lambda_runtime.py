@@ -55,6 +55,7 @@ SECRETS = {
     "ack": ("TOKEN_KEY",),
     "list-clients": ("OPERATOR_TOKENS",),
     "delete-client": ("OPERATOR_TOKENS",),
+    "sent": ("ADMIN_TOKEN", "AT_REST_KEY"),
     "fanout": ("WRAPPING_KEY", "AT_REST_KEY"),
     "cleanup": (),
 }

@@ -52,7 +52,7 @@ EVENTS = ROOT / "events"
 # still match this list, so a new binary gets an entry below).
 EXPECTED_BINARIES = {
     "register", "rotate", "publish", "send", "poll", "ack", "list-clients", "delete-client",
-    "fanout", "cleanup",
+    "sent", "fanout", "cleanup",
 }
 
 # Health has no function of its own: every HTTP function answers it, and
@@ -142,6 +142,12 @@ EXPECTED_IAM = {
     },
     "ack": {"ClientsTable": {"dynamodb:UpdateItem"}},
     "list-clients": {"ClientsTable": {"dynamodb:Scan"}},
+    "sent": {
+        # A page of sent messages; when there is none, whether the client
+        # exists.
+        "ClientMessagesTable": {"dynamodb:Query"},
+        "ClientsTable": {"dynamodb:BatchGetItem"},
+    },
     "delete-client": {
         # Mark the client deleted, then remove its messages, its
         # fingerprint entry and its item.

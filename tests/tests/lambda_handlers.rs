@@ -159,6 +159,18 @@ fn rotate_event(c: &Creds, body: &str) -> Value {
     fixture("apigw-v2-rotate.json", &[t, id, ("body", body)])
 }
 
+fn sent_event(admin_token: &str, client_id: &str, after: u64) -> Value {
+    fixture(
+        "apigw-v2-sent.json",
+        &[
+            ("admin_token", admin_token),
+            ("client_id", client_id),
+            ("after", &after.to_string()),
+            ("limit", "100"),
+        ],
+    )
+}
+
 fn delete_client_event(operator_token: &str, client_id: &str) -> Value {
     fixture(
         "apigw-v2-delete-client.json",
@@ -200,6 +212,7 @@ fn event_for(route: Route) -> Value {
         Route::Ack => ack_event(&nobody, r#"{"last_received_id":0}"#),
         Route::ListClients => list_clients_event("not-an-operator-token", &[]),
         Route::Rotate => rotate_event(&nobody, "{}"),
+        Route::Sent => sent_event("not-the-admin-token", &nobody.client_id, 0),
         Route::DeleteClient => delete_client_event("not-an-operator-token", &nobody.client_id),
     }
 }
@@ -278,9 +291,10 @@ impl Reply {
 // ---------------------------------------------------------------------------
 
 /// The HTTP functions of template.yaml, by the route each serves.
-const FUNCTIONS: [Route; 8] = [
+const FUNCTIONS: [Route; 9] = [
     Route::Register,
     Route::Rotate,
+    Route::Sent,
     Route::Publish,
     Route::Send,
     Route::Poll,
@@ -803,6 +817,45 @@ async fn send_function_stores_once_per_nonce() {
         support::send_body(&creds, &json!({"type": "status", "payload": null}), None).to_string();
     let reply = stack.invoke(Route::Send, &send_event(&creds, &next)).await;
     assert_eq!(reply.json(201), json!({"id": 2}));
+
+    // The sent function reads both back, opened, in order, once each.
+    let admin = stack.secrets.admin_token.clone();
+    let reply = stack
+        .invoke(Route::Sent, &sent_event(&admin, &creds.client_id, 0))
+        .await;
+    let page = reply.json(200);
+    assert_eq!(page["next_after"], json!(2));
+    let messages = page["messages"].as_array().unwrap();
+    assert_eq!(messages.len(), 2, "{page}");
+    assert_eq!(
+        (
+            &messages[0]["id"],
+            &messages[0]["type"],
+            &messages[0]["payload"],
+            &messages[0]["aad"]
+        ),
+        (&json!(1), &json!("status"), &json!({"battery": 87}), &aad)
+    );
+    assert_eq!(
+        (&messages[1]["id"], &messages[1]["aad"]),
+        (&json!(2), &json!({}))
+    );
+    stack
+        .invoke(Route::Sent, &sent_event(&admin, &creds.client_id, 2))
+        .await
+        .no_content();
+    stack
+        .invoke(
+            Route::Sent,
+            &sent_event("not-the-admin", &creds.client_id, 0),
+        )
+        .await
+        .error(401, "unauthorized");
+    let stranger = uuid::Uuid::new_v4().to_string();
+    stack
+        .invoke(Route::Sent, &sent_event(&admin, &stranger, 0))
+        .await
+        .error(404, "not_found");
 }
 
 // ---------------------------------------------------------------------------

@@ -31,7 +31,17 @@ async fn paging_with_limit_2_visits_every_client_once() {
     let unique: BTreeSet<&String> = ids.iter().collect();
     assert_eq!(unique.len(), 6, "a client appeared twice: {ids:?}");
     for c in &clients {
-        assert_keys(c, &["created_at", "id", "last_seen_at", "name", "status"]);
+        assert_keys(
+            c,
+            &[
+                "created_at",
+                "id",
+                "last_seen_at",
+                "name",
+                "sent_head",
+                "status",
+            ],
+        );
         let id = c["id"].as_str().unwrap();
         assert_eq!(&c["name"], &expected[id], "name of {id}");
         assert_timestamp(c["created_at"].as_str().unwrap());

@@ -40,6 +40,9 @@ pub struct ClientView {
     pub created_at: String,
     pub last_seen_at: Option<String>,
     pub status: &'static str,
+    /// The client's newest sent id (0 when none): compare with what was
+    /// read last to find the clients with new sends in one listing.
+    pub sent_head: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -73,6 +76,7 @@ pub async fn list_clients(
                 created_at: c.created_at.to_rfc3339(),
                 last_seen_at: c.last_seen_at.map(|t| t.to_rfc3339()),
                 status: if online { "online" } else { "offline" },
+                sent_head: c.sent_head,
             }
         })
         .collect();

@@ -13,5 +13,6 @@ pub mod publish;
 pub mod register;
 pub mod rotate;
 pub mod send;
+pub mod sent;
 #[cfg(feature = "aws")]
 pub mod sqs_batch;

@@ -20,7 +20,7 @@ use crate::store::{
     Touch,
 };
 use crate::App;
-use serde_json::Value;
+use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 
@@ -31,6 +31,9 @@ pub struct SendInput {
     pub aad: Vec<u8>,
     /// `aad.client_id`, when present.
     pub aad_client_id: Option<String>,
+    /// The `aad` object as sent (empty when none), kept sealed with the
+    /// message so the admin reading it sees what the client bound to it.
+    pub aad_object: Map<String, Value>,
 }
 
 fn base64_field(body: &JsonBody, field: &str, len: Option<usize>) -> Result<Vec<u8>, ApiError> {
@@ -55,8 +58,8 @@ impl SendInput {
         let ciphertext = base64_field(body, "ciphertext", None)?;
         let nonce = base64_field(body, "nonce", Some(NONCE_LEN))?;
         let tag = base64_field(body, "tag", Some(TAG_LEN))?;
-        let (aad, aad_client_id) = match body.optional("aad") {
-            None => (Vec::new(), None),
+        let (aad, aad_client_id, aad_object) = match body.optional("aad") {
+            None => (Vec::new(), None, Map::new()),
             Some(Value::Object(map)) => {
                 if map.contains_key("id") {
                     // {client_id, created_at, id} is what a poll hands out
@@ -74,7 +77,7 @@ impl SendInput {
                     Some(Value::String(s)) => Some(s.clone()),
                     Some(_) => return Err(ApiError::validation("aad.client_id must be a string")),
                 };
-                (bytes, client_id)
+                (bytes, client_id, map.clone())
             }
             Some(_) => return Err(ApiError::validation("aad must be a JSON object")),
         };
@@ -86,6 +89,7 @@ impl SendInput {
             },
             aad,
             aad_client_id,
+            aad_object,
         })
     }
 }
@@ -98,8 +102,8 @@ pub struct Sent {
 }
 
 /// The `kind` of every outbox row. The real type stays inside the sealed
-/// body (the whole plaintext `{"type", "payload"}`), so the database holds
-/// no message type of a client's send in clear; [`open_sent`] reads it.
+/// body (`{"type", "payload", "aad"}`), so the database holds no message
+/// type of a client's send in clear; [`open_sent`] reads it.
 pub const OUTBOX_KIND: &str = "sealed";
 
 /// The plaintext's required shape: `{"type": string, "payload": any}`.
@@ -129,14 +133,22 @@ pub fn outbox_context(client: ClientId, seq: u64) -> String {
     format!("pigeonhole/v1/outbox:{client}:{seq}")
 }
 
-/// A client's send, read back from its outbox. The `aad` the client sent
-/// is authenticated on arrival but not stored, so it is not here.
+/// A client's send, read back from its outbox.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SentMessage {
     pub id: Seq,
     pub kind: String,
     pub payload: Value,
+    /// The `aad` the client sent (empty when none, and for sends stored
+    /// before the aad was kept).
+    pub aad: Map<String, Value>,
     pub created_at: Timestamp,
+}
+
+/// What the outbox seals: the message and the aad it was sent with.
+fn stored_plaintext(kind: &str, payload: &Value, aad: &Map<String, Value>) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({"type": kind, "payload": payload, "aad": aad}))
+        .expect("serializing a JSON value cannot fail")
 }
 
 /// Opens a message read from `client`'s outbox: unseals its body (bound to
@@ -162,10 +174,15 @@ pub fn open_sent(
             stored.seq
         ))
     })?;
+    let aad = serde_json::from_slice::<Value>(&plaintext)
+        .ok()
+        .and_then(|v| v.get("aad").and_then(Value::as_object).cloned())
+        .unwrap_or_default();
     Ok(SentMessage {
         id: stored.seq,
         kind,
         payload,
+        aad,
         created_at: stored.created_at,
     })
 }
@@ -203,7 +220,8 @@ pub async fn send(app: &App, client: &ClientAuth, input: SendInput) -> Result<Se
         .map_err(|_| ApiError::internal(&format!("personal key of {id} does not unwrap")))?;
     let plaintext =
         open(&key, &input.sealed, &input.aad).map_err(|_| ApiError::decryption_failed())?;
-    parse_plaintext(&plaintext)?;
+    let (kind, payload) = parse_plaintext(&plaintext)?;
+    let plaintext = stored_plaintext(&kind, &payload, &input.aad_object);
 
     let mut digest = Sha256::new();
     for part in [&input.sealed.ciphertext[..], &input.sealed.tag, &input.aad] {
@@ -350,9 +368,27 @@ mod tests {
                 id: 7,
                 kind: "battery-report".into(),
                 payload: json!({"level": 87}),
+                aad: Map::new(),
                 created_at: Timestamp(1_700_000_000_123),
             }
         );
+        // What send stores now also keeps the aad.
+        let aad = json!({"client_id": client.to_string(), "trip": 4});
+        let with_aad = StoredMessage {
+            body: keys
+                .seal_at_rest(
+                    &outbox_context(client, 7),
+                    &stored_plaintext("battery-report", &json!(1), aad.as_object().unwrap()),
+                )
+                .unwrap(),
+            ..stored.clone()
+        };
+        let opened = open_sent(&keys, client, &with_aad).unwrap();
+        assert_eq!(
+            (opened.kind.as_str(), opened.payload),
+            ("battery-report", json!(1))
+        );
+        assert_eq!(Value::Object(opened.aad), aad);
 
         // Bound to its client and position, and to the server's key.
         let moved = StoredMessage {

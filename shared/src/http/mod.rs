@@ -17,7 +17,9 @@ use crate::handlers::auth::{
     authenticate_client, authorize_admin, authorize_operator, ClientCredentials,
 };
 use crate::handlers::input::JsonBody;
-use crate::handlers::{ack, delete_client, list_clients, poll, publish, register, rotate, send};
+use crate::handlers::{
+    ack, delete_client, list_clients, poll, publish, register, rotate, send, sent,
+};
 use crate::retry;
 use crate::App;
 use bytes::Bytes;
@@ -123,6 +125,20 @@ async fn dispatch(
                 StatusCode::OK,
                 &rotate::rotate(app, &client, input).await?,
             ))
+        }
+        Route::Sent => {
+            let admin = authorize_admin(app, header(headers, "x-admin-token"))?;
+            let input = sent::SentInput::from_query(query)?;
+            match sent::read_sent(app, &admin, path_param, input).await? {
+                sent::SentPage::Nothing => Ok(no_content()),
+                sent::SentPage::Messages {
+                    messages,
+                    next_after,
+                } => Ok(json_response(
+                    StatusCode::OK,
+                    &serde_json::json!({"messages": messages, "next_after": next_after}),
+                )),
+            }
         }
         Route::Publish => {
             let admin = authorize_admin(app, header(headers, "x-admin-token"))?;

@@ -14,6 +14,8 @@ pub enum Route {
     Register,
     /// New credentials for the calling client.
     Rotate,
+    /// `/clients/{client_id}/sent`: what a client sent, for the admin.
+    Sent,
     Publish,
     Send,
     Poll,
@@ -25,11 +27,12 @@ pub enum Route {
 }
 
 impl Route {
-    pub const ALL: [Route; 10] = [
+    pub const ALL: [Route; 11] = [
         Route::Health,
         Route::HealthUnversioned,
         Route::Register,
         Route::Rotate,
+        Route::Sent,
         Route::Publish,
         Route::Send,
         Route::Poll,
@@ -46,6 +49,7 @@ impl Route {
             Route::HealthUnversioned => "/health",
             Route::Register => "/api/v1/clients/register",
             Route::Rotate => "/api/v1/clients/rotate",
+            Route::Sent => "/api/v1/clients/{client_id}/sent",
             Route::Publish => "/api/v1/messages/publish",
             Route::Send => "/api/v1/messages/send",
             Route::Poll => "/api/v1/messages/poll",
@@ -60,9 +64,11 @@ impl Route {
             Route::Register | Route::Rotate | Route::Publish | Route::Send | Route::Ack => {
                 Method::POST
             }
-            Route::Health | Route::HealthUnversioned | Route::Poll | Route::ListClients => {
-                Method::GET
-            }
+            Route::Health
+            | Route::HealthUnversioned
+            | Route::Poll
+            | Route::ListClients
+            | Route::Sent => Method::GET,
             Route::DeleteClient => Method::DELETE,
         }
     }
@@ -88,7 +94,7 @@ impl Route {
             Route::Poll => &[Secret::TokenKey, Secret::WrappingKey],
             Route::Ack => &[Secret::TokenKey],
             Route::Send => &[Secret::TokenKey, Secret::WrappingKey, Secret::AtRestKey],
-            Route::Publish => &[Secret::AdminToken, Secret::AtRestKey],
+            Route::Publish | Route::Sent => &[Secret::AdminToken, Secret::AtRestKey],
             Route::ListClients | Route::DeleteClient => &[Secret::OperatorTokens],
         }
     }
@@ -134,9 +140,12 @@ impl Route {
         let pattern = self.path();
         match pattern.split_once('{') {
             None => (pattern == path).then_some(""),
-            Some((prefix, _)) => path
-                .strip_prefix(prefix)
-                .filter(|param| !param.is_empty() && !param.contains('/')),
+            Some((prefix, rest)) => {
+                let suffix = rest.split_once('}').map_or("", |(_, s)| s);
+                path.strip_prefix(prefix)
+                    .and_then(|p| p.strip_suffix(suffix))
+                    .filter(|param| !param.is_empty() && !param.contains('/'))
+            }
         }
     }
 }
@@ -162,6 +171,16 @@ mod tests {
             Some(Route::ListClients)
         );
         assert_eq!(Route::find("/api/v1/operators/clients/a/b"), None);
+        assert_eq!(
+            Route::Sent.matches("/api/v1/clients/0b6a3c9e/sent/"),
+            Some("0b6a3c9e")
+        );
+        assert_eq!(
+            Route::find("/api/v1/clients/register"),
+            Some(Route::Register)
+        );
+        assert_eq!(Route::find("/api/v1/clients//sent"), None);
+        assert_eq!(Route::find("/api/v1/clients/a/b/sent"), None);
         assert!(Route::ALL
             .iter()
             .all(|r| r.path().starts_with(BASE_PATH) || *r == Route::HealthUnversioned));

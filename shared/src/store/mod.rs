@@ -372,6 +372,8 @@ pub struct ClientSummary {
     pub name: Option<String>,
     pub created_at: Timestamp,
     pub last_seen_at: Option<Timestamp>,
+    /// The newest sent (outbox) id, 0 when none.
+    pub sent_head: Seq,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -782,7 +782,7 @@ impl Store for SqliteStore {
             let (after_created, after_id) = after.clone().unwrap_or((i64::MIN, String::new()));
             let mut stmt = conn
                 .prepare_cached(
-                    "SELECT client_id, name, created_at, last_seen_at FROM clients
+                    "SELECT client_id, name, created_at, last_seen_at, outbox_head FROM clients
                      WHERE (created_at, client_id) > (?1, ?2)
                      ORDER BY created_at, client_id LIMIT ?3",
                 )
@@ -796,19 +796,21 @@ impl Store for SqliteStore {
                             r.get::<_, Option<String>>(1)?,
                             r.get::<_, i64>(2)?,
                             r.get::<_, Option<i64>>(3)?,
+                            r.get::<_, i64>(4)?,
                         ))
                     },
                 )
                 .map_err(sql)?;
             let mut clients = Vec::new();
             for row in rows {
-                let (id, name, created_at, last_seen) = row.map_err(sql)?;
+                let (id, name, created_at, last_seen, sent_head) = row.map_err(sql)?;
                 clients.push(ClientSummary {
                     id: ClientId::parse(&id)
                         .ok_or_else(|| StoreError::Corrupt(format!("client id {id:?}")))?,
                     name,
                     created_at: Timestamp(created_at),
                     last_seen_at: last_seen.map(Timestamp),
+                    sent_head: sent_head as Seq,
                 });
             }
             let next = if clients.len() > limit as usize {

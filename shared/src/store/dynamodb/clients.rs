@@ -524,7 +524,7 @@ impl DynamoStore {
                 .client
                 .scan()
                 .table_name(&self.tables.clients)
-                .projection_expression("client_id, #name, created_at, last_seen_at")
+                .projection_expression("client_id, #name, created_at, last_seen_at, outbox_head")
                 .expression_attribute_names("#name", "name")
                 // Deleted clients wait here only until their data is gone.
                 .filter_expression("attribute_not_exists(deleted_at)")
@@ -546,6 +546,7 @@ impl DynamoStore {
                 name: opt_s(&item, "name")?,
                 created_at: Timestamp(get_n(&item, "created_at")?),
                 last_seen_at: opt_n(&item, "last_seen_at")?.map(Timestamp),
+                sent_head: opt_n(&item, "outbox_head")?.unwrap_or(0),
             });
         }
         let next = if clients.len() > limit as usize {
