@@ -49,6 +49,8 @@ async fn main() {
             "OPERATOR_TOKENS" => Some("bench-operator".into()),
             "MASTER_KEY" => Some(Key::from_bytes([1; 32]).to_base64()),
             "POLL_RATE_LIMIT" => Some("0".into()),
+            // One process registering a thousand clients from no address.
+            "REGISTER_RATE_LIMIT" => Some("0".into()),
             _ => None,
         },
         &Secret::ALL,
@@ -62,6 +64,7 @@ async fn main() {
 
     let register = |i: usize| {
         Request::post("/api/v1/clients/register")
+            .header("content-type", "application/json")
             .body(Bytes::from(
                 json!({"fingerprint": format!("bench-fingerprint-{i}")}).to_string(),
             ))
@@ -104,6 +107,7 @@ async fn main() {
         &app,
         Request::post("/api/v1/messages/publish")
             .header("x-admin-token", ADMIN)
+            .header("content-type", "application/json")
             .body(Bytes::from(publish))
             .unwrap(),
     )
