@@ -173,6 +173,10 @@ pub struct ClientInfo {
     pub created_at: String,
     pub last_seen_at: Option<String>,
     pub status: String,
+    /// The client's newest sent id (0 when none). `None` from a server
+    /// older than the field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sent_head: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -180,6 +184,67 @@ pub struct ClientsPage {
     pub clients: Vec<ClientInfo>,
     #[serde(default)]
     pub next_page_token: Option<String>,
+}
+
+/// One message a client sent, as the admin reads it back: the server has
+/// opened its at-rest seal, so `type` and `payload` are plaintext.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+pub struct SentMessage {
+    pub id: u64,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub payload: Value,
+    /// What the client sent as aad (`{"client_id": …}` and any extra
+    /// fields; `null` when it sent none).
+    #[serde(default)]
+    pub aad: Value,
+    pub created_at: String,
+}
+
+/// A 200 of `GET /clients/{client_id}/sent`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct SentPage {
+    pub messages: Vec<SentMessage>,
+    /// The id of the last message: the `after` of the next page.
+    pub next_after: u64,
+}
+
+#[derive(Debug)]
+pub enum Sent {
+    /// 204: nothing newer than `after`.
+    Empty,
+    Page(SentPage),
+}
+
+impl SentPage {
+    /// Checks a page read with `after` against the API's promises: at least
+    /// one message, ids ascending and newer than `after`, `next_after` the
+    /// last id. A reader that trusted a page breaking them could print a
+    /// message twice or page for ever.
+    pub fn check(&self, after: u64) -> Result<(), ApiError> {
+        let bad = |what: String| {
+            Err(ApiError::Protocol(format!(
+                "sent page after {after}: {what}"
+            )))
+        };
+        let Some(last) = self.messages.last() else {
+            return bad("200 with no messages".into());
+        };
+        let mut previous = after;
+        for m in &self.messages {
+            if m.id <= previous {
+                return bad(format!("id {} does not follow {previous}", m.id));
+            }
+            previous = m.id;
+        }
+        if self.next_after != last.id {
+            return bad(format!(
+                "next_after {} is not the last id {}",
+                self.next_after, last.id
+            ));
+        }
+        Ok(())
+    }
 }
 
 #[derive(Deserialize)]
@@ -495,6 +560,33 @@ impl Api {
         Ok(Self::json::<Cursor>(resp).await?.cursor)
     }
 
+    /// `GET /clients/{client_id}/sent` (admin): what the client sent after
+    /// id `after`, oldest first; `limit: None` leaves the page size to the
+    /// server (100). An unknown client is a 404 `not_found`.
+    pub async fn sent_page(
+        &self,
+        admin_token: &str,
+        client_id: &str,
+        after: u64,
+        limit: Option<u32>,
+    ) -> Result<Sent, ApiError> {
+        let mut rb = self
+            .http
+            .get(self.endpoint(&format!("/clients/{client_id}/sent")))
+            .header("X-Admin-Token", admin_token)
+            .query(&[("after", after)]);
+        if let Some(limit) = limit {
+            rb = rb.query(&[("limit", limit)]);
+        }
+        let resp = Self::expect(rb, &[StatusCode::OK, StatusCode::NO_CONTENT]).await?;
+        if resp.status() == StatusCode::NO_CONTENT {
+            return Ok(Sent::Empty);
+        }
+        let page: SentPage = Self::json(resp).await?;
+        page.check(after)?;
+        Ok(Sent::Page(page))
+    }
+
     /// One page of `GET /operators/clients`.
     pub async fn clients_page(
         &self,
@@ -662,6 +754,44 @@ mod tests {
         };
         assert!(!e.is_retryable());
         assert_eq!(e.retry_after(), None);
+    }
+
+    #[test]
+    fn sent_pages_must_move_forward() {
+        let page = |ids: &[u64], next_after: u64| SentPage {
+            messages: ids
+                .iter()
+                .map(|&id| SentMessage {
+                    id,
+                    kind: "t".into(),
+                    payload: Value::Null,
+                    aad: Value::Null,
+                    created_at: "2026-11-25T12:00:00.000Z".into(),
+                })
+                .collect(),
+            next_after,
+        };
+        assert!(page(&[3, 4, 7], 7).check(2).is_ok());
+        assert!(page(&[1], 1).check(0).is_ok());
+        for (ids, next_after, after) in [
+            (&[][..], 0, 0),     // 200 without messages
+            (&[2, 3][..], 3, 2), // repeats `after`
+            (&[3, 5, 4][..], 4, 2),
+            (&[3, 3][..], 3, 2),
+            (&[3][..], 2, 2), // next_after does not move
+            (&[3][..], 9, 2), // …or skips ahead of the page
+        ] {
+            let err = page(ids, next_after).check(after).unwrap_err();
+            assert!(matches!(err, ApiError::Protocol(_)), "{ids:?}: {err:?}");
+        }
+        let parsed: SentPage = serde_json::from_str(
+            r#"{"messages": [{"id": 1, "type": "reply", "payload": {"a": 1},
+                "aad": {"client_id": "c"}, "created_at": "2026-11-25T12:00:00.000Z"}],
+                "next_after": 1}"#,
+        )
+        .unwrap();
+        assert_eq!(parsed.messages[0].aad["client_id"], "c");
+        assert!(parsed.check(0).is_ok());
     }
 
     #[test]

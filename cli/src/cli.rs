@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 use crate::commands::{
-    clients, completions, listen, profiles, publish, register, rotate, send, simulate,
+    clients, completions, inbox, listen, profiles, publish, register, rotate, send, simulate,
 };
 
 const ABOUT: &str = "Client, admin, operator and load-test tool for Pigeonhole, the \
@@ -18,6 +18,7 @@ Examples:
   pigeonhole listen
   pigeonhole send --type reply --payload '{\"text\": \"hi\"}'
   pigeonhole rotate
+  pigeonhole inbox 3f2b8c1e-5d4a-4e7b-9c61-0a8d2f7e4b13 --follow   (admin)
 
 Plain http:// is only used for loopback (localhost, 127.0.0.0/8, ::1): tokens
 and keys would otherwise cross the network unencrypted. --insecure-http (or
@@ -80,6 +81,8 @@ pub enum Command {
     Rotate(rotate::RotateArgs),
     /// Publish a message to clients (admin)
     Publish(publish::PublishArgs),
+    /// Read the messages a client sent, oldest first; --follow for new ones (admin)
+    Inbox(inbox::InboxArgs),
     /// List the registered clients with their status, or delete one (operator)
     Clients(clients::ClientsArgs),
     /// Register N clients and poll with all of them at once (load test)
@@ -124,6 +127,49 @@ mod tests {
         assert!(parse(&["pigeonhole", "--insecure-http", "profiles"]).unwrap());
         assert!(parse(&["pigeonhole", "register", "--insecure-http"]).unwrap());
         assert!(parse(&["pigeonhole", "rotate", "--insecure-http"]).unwrap());
+    }
+
+    #[test]
+    fn inbox_takes_a_client_id_and_the_admin_token() {
+        let parse = |args: &[&str]| Cli::try_parse_from(args);
+        let cli = parse(&[
+            "pigeonhole",
+            "inbox",
+            "3f2b8c1e-5d4a-4e7b-9c61-0a8d2f7e4b13",
+            "--admin-token",
+            "t",
+            "--after",
+            "2",
+            "--follow",
+            "--json",
+        ])
+        .unwrap();
+        match cli.command {
+            Command::Inbox(i) => {
+                assert_eq!(i.client_id, "3f2b8c1e-5d4a-4e7b-9c61-0a8d2f7e4b13");
+                assert_eq!((i.after, i.follow, i.json, i.limit), (2, true, true, None));
+                assert_eq!(i.admin_token, "t");
+            }
+            other => panic!("{other:?}"),
+        }
+        let cli = parse(&["pigeonhole", "inbox", "x", "--admin-token", "t"]).unwrap();
+        assert!(matches!(cli.command, Command::Inbox(ref i) if i.after == 0 && !i.follow));
+        assert!(parse(&["pigeonhole", "inbox", "--admin-token", "t"]).is_err());
+        for limit in ["0", "501"] {
+            assert!(
+                parse(&[
+                    "pigeonhole",
+                    "inbox",
+                    "x",
+                    "--admin-token",
+                    "t",
+                    "--limit",
+                    limit
+                ])
+                .is_err(),
+                "{limit}"
+            );
+        }
     }
 
     #[test]

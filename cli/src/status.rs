@@ -2,6 +2,9 @@
 //! a terminal. Cleared before anything else is printed and when dropped.
 
 use std::io::{IsTerminal, Write};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 pub struct StatusLine {
     enabled: bool,
@@ -36,6 +39,27 @@ impl StatusLine {
             let _ = write!(err, "\r\x1b[2K");
             let _ = err.flush();
             self.shown = false;
+        }
+    }
+
+    /// Sleeps `delay`. On a terminal the status line counts down meanwhile,
+    /// `text(whole seconds left)` redrawn each time the number changes.
+    pub async fn countdown(&mut self, delay: Duration, text: impl Fn(u64) -> String) {
+        if !self.enabled {
+            tokio::time::sleep(delay).await;
+            return;
+        }
+        let end = Instant::now() + delay;
+        loop {
+            let left = end.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            let whole = left.as_secs_f64().ceil().max(1.0) as u64;
+            self.show(&text(whole));
+            // Wake when the displayed number changes.
+            let tick = left.saturating_sub(Duration::from_secs(whole - 1));
+            tokio::time::sleep(tick.max(Duration::from_millis(1))).await;
         }
     }
 

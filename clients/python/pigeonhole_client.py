@@ -22,6 +22,8 @@ Library use::
     client.send("status", {"ok": True})      # fresh nonce, safe retries
     client.listen(lambda m: print(m.payload))  # the 3 s -> 30 s backoff loop
     publish(URL, ADMIN_TOKEN, [client.client_id], "greeting", {"text": "hi"})  # Idempotency-Key, safe retries
+    for m in iter_sent(URL, ADMIN_TOKEN, client.client_id):  # admin: what the client sent, oldest first
+        print(m.id, m.type, m.payload)
     client.rotate()                          # new api_token and personal key; the old token is dead
 
 Plain ``http://`` is refused (``InsecureTransportError``) unless the host is
@@ -36,6 +38,7 @@ Command line (``python pigeonhole_client.py --help``)::
     python pigeonhole_client.py send --type status --payload '{"ok": true}'
     python pigeonhole_client.py rotate [--new-fingerprint]
     python pigeonhole_client.py publish --to CLIENT_ID --type greeting --payload '{"text": "hi"}'
+    python pigeonhole_client.py inbox CLIENT_ID [--after N] [--follow] [--json]
 """
 from __future__ import annotations
 
@@ -51,11 +54,12 @@ import secrets
 import sys
 import threading
 import time
+import unicodedata
 import uuid
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple, Union
-from urllib.parse import urlsplit
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple, Union
+from urllib.parse import quote, urlsplit
 
 import requests
 from cryptography.exceptions import InvalidTag
@@ -69,6 +73,8 @@ __all__ = [
     "Message",
     "SendResult",
     "PublishResult",
+    "SentMessage",
+    "SentPage",
     "ListenStats",
     "PigeonholeError",
     "ApiError",
@@ -79,6 +85,8 @@ __all__ = [
     "InsecureTransportError",
     "register",
     "publish",
+    "read_sent",
+    "iter_sent",
     "canonical_aad",
     "encrypt",
     "decrypt",
@@ -334,6 +342,41 @@ class PublishResult:
     publish_id: str
     recipients: int
     idempotency_key: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class SentMessage:
+    """A message a client sent, as the admin reads it back (``read_sent``,
+    ``iter_sent``). The server opened its at-rest seal: ``type`` and
+    ``payload`` are plaintext; ``aad`` is what the client sent as aad
+    (``{"client_id": ...}`` plus any fields of its own; ``None`` when it sent none)."""
+
+    id: int
+    type: str
+    payload: Any
+    aad: Optional[Dict[str, Any]]
+    created_at: str
+
+    @property
+    def created(self) -> datetime:
+        """``created_at`` as an aware UTC ``datetime``."""
+        return parse_timestamp(self.created_at)
+
+    def to_dict(self) -> Dict[str, Any]:
+        """``{"id", "type", "payload", "aad", "created_at"}``, as the server sent it."""
+        return {"id": self.id, "type": self.type, "payload": self.payload, "aad": self.aad,
+                "created_at": self.created_at}
+
+
+@dataclass(frozen=True)
+class SentPage:
+    """One page of ``GET /clients/{client_id}/sent``: ``messages`` in ascending id
+    order and ``next_after``, the ``after`` of the next page (the last id). After a
+    204 (nothing newer) ``messages`` is empty and ``next_after`` is the ``after``
+    that was asked for."""
+
+    messages: List[SentMessage]
+    next_after: int
 
 
 @dataclass
@@ -677,6 +720,138 @@ def publish(base_url: str, admin_token: str, to_client_ids: Iterable[str], type:
     body = _json_body(resp)
     return PublishResult(publish_id=str(body.get("publish_id")), recipients=int(body.get("recipients", 0)),
                          idempotency_key=key)
+
+
+def _sent_page(resp: requests.Response, after: int) -> SentPage:
+    """A 200 of the sent endpoint, checked: at least one message, ids ascending and
+    newer than ``after``, ``next_after`` the last id (else a reader could print a
+    message twice or page for ever)."""
+    body = _json_body(resp)
+
+    def bad(what: str) -> ApiError:
+        return ApiError(resp.status_code, "invalid_response", f"sent page after {after}: {what}")
+
+    raw = body.get("messages")
+    if not isinstance(raw, list) or not raw:
+        raise bad("200 with no messages")
+    messages: List[SentMessage] = []
+    previous = after
+    for m in raw:
+        if not isinstance(m, dict) or not isinstance(m.get("id"), int) or isinstance(m.get("id"), bool):
+            raise bad("a message without an integer id")
+        if m["id"] <= previous:
+            raise bad(f"id {m['id']} does not follow {previous}")
+        previous = m["id"]
+        messages.append(SentMessage(id=m["id"], type=str(m.get("type", "")), payload=m.get("payload"),
+                                    aad=m.get("aad"), created_at=str(m.get("created_at", ""))))
+    if body.get("next_after") != previous:
+        raise bad(f"next_after {body.get('next_after')!r} is not the last id {previous}")
+    return SentPage(messages=messages, next_after=previous)
+
+
+def read_sent(base_url: str, admin_token: str, client_id: str, after: int = 0, limit: Optional[int] = None, *,
+              attempts: int = 5, retry_delay: float = 1.0, timeout: float = 30.0,
+              session: Optional[requests.Session] = None, sleep: Callable[[float], Any] = time.sleep,
+              insecure_http: bool = False) -> SentPage:
+    """One page of what a client sent (admin; ``GET /clients/{client_id}/sent``).
+
+    Returns a ``SentPage``: the messages with an id above ``after``, oldest
+    first, with ``type`` and ``payload`` in plaintext (the server decrypts
+    them), and ``next_after`` to pass as ``after`` for the next page. When
+    nothing is newer (204) the page is empty and ``next_after == after``. A
+    page holds at most ``limit`` messages (1-500, the server's default 100)
+    and may hold fewer (it is bounded by bytes too), so page until empty, or
+    use ``iter_sent``.
+
+    Reading changes nothing on the server, so network errors, 5xx and 429
+    are retried, up to ``attempts`` tries in all, waiting ``Retry-After`` when
+    the server sends one, else ``retry_delay`` doubling, with jitter (like
+    ``publish``). An unknown client raises ``ApiError`` 404 ``not_found``; a
+    wrong admin token 401 ``unauthorized``. Plain ``http://`` to a host that
+    is not loopback raises ``InsecureTransportError`` unless ``insecure_http``.
+    """
+    check_transport(base_url, insecure_http)
+    after = int(after)
+    session = session or requests.Session()
+    url = f"{api_base(base_url)}/clients/{quote(str(client_id), safe='')}/sent"
+    params: Dict[str, Any] = {"after": after}
+    if limit is not None:
+        params["limit"] = limit
+
+    def once() -> requests.Response:
+        return _request(session, "GET", url, timeout, headers={"X-Admin-Token": admin_token}, params=params)
+
+    resp = _with_retries(once, attempts=max(1, attempts), base_delay=retry_delay, sleep=sleep,
+                         what="reading sent messages", again="the read")
+    if resp.status_code == 204:
+        return SentPage(messages=[], next_after=after)
+    if resp.status_code != 200:
+        raise ApiError(resp.status_code, "invalid_response",
+                       f"status {resp.status_code} is not one this endpoint returns")
+    return _sent_page(resp, after)
+
+
+def iter_sent(base_url: str, admin_token: str, client_id: str, after: int = 0, limit: Optional[int] = None, *,
+              follow: bool = False, stop: Optional[threading.Event] = None,
+              sleep: Optional[Callable[[float], Any]] = None,
+              on_wait: Optional[Callable[[float, str], Any]] = None,
+              attempts: int = 5, retry_delay: float = 1.0, timeout: float = 30.0,
+              session: Optional[requests.Session] = None, insecure_http: bool = False) -> Iterator[SentMessage]:
+    """Every message a client sent after ``after``, oldest first, paging with
+    ``read_sent`` until the server answers 204 (admin).
+
+    With ``follow=True`` it then keeps polling for new messages on the
+    short-poll schedule: 3 s, then 3 s more after each empty read up to 30 s,
+    back to 3 s after messages. A 429, or a 503 with ``Retry-After``, waits
+    ``max(Retry-After, delay)``; a network error or another 5xx is logged and
+    backs off like an empty read; other errors (401, 404) are raised. It ends
+    when ``stop`` (a ``threading.Event``) is set; ``sleep`` defaults to
+    ``stop.wait``, so setting it from another thread ends a wait at once.
+    ``on_wait(seconds, reason)`` is called before each wait, with reason
+    ``"empty"``, ``"rate_limited"``, ``"unavailable"`` or ``"error"``.
+
+    Without ``follow`` each page is retried as ``read_sent`` does
+    (``attempts``); with it, the schedule above does the retrying.
+    """
+    stop = stop or threading.Event()
+    sleeper = sleep or stop.wait
+    session = session or requests.Session()
+    delay = INITIAL_INTERVAL
+
+    def wait(seconds: float, reason: str) -> None:
+        if on_wait is not None:
+            on_wait(seconds, reason)
+        sleeper(seconds)
+
+    while not stop.is_set():
+        try:
+            page = read_sent(base_url, admin_token, client_id, after, limit, attempts=1 if follow else attempts,
+                             retry_delay=retry_delay, timeout=timeout, session=session, sleep=sleeper,
+                             insecure_http=insecure_http)
+        except (NetworkError, ApiError) as e:
+            if not follow or not _retryable(e):
+                raise
+            retry_after = getattr(e, "retry_after", None)
+            if retry_after is not None:
+                reason = "rate_limited" if isinstance(e, RateLimited) else "unavailable"
+                log.warning("reading sent messages: %s; retrying in %s s", e, max(retry_after, delay))
+                wait(max(float(retry_after), delay), reason)
+                continue
+            log.warning("reading sent messages failed: %s; retrying in %.0f s", e, delay)
+            wait_for, delay = delay, next_interval(delay, got_messages=False)
+            wait(wait_for, "error")
+            continue
+        if not page.messages:
+            if not follow:
+                return
+            wait_for, delay = delay, next_interval(delay, got_messages=False)
+            wait(wait_for, "empty")
+            continue
+        for m in page.messages:
+            yield m
+        after = page.next_after
+        # More may be waiting (a page is bounded by bytes too): read again at once.
+        delay = next_interval(delay, got_messages=True)
 
 
 # ---------------------------------------------------------------------------
@@ -1371,6 +1546,71 @@ def _cmd_publish(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _printable(text: Any) -> str:
+    """``text`` with control and format characters (Unicode Cc, Cf: terminal escapes, bidi
+    overrides, zero-width characters) shown escaped, so what a client sent cannot act on the terminal."""
+    return "".join(c.encode("unicode_escape").decode("ascii") if unicodedata.category(c) in ("Cc", "Cf") else c
+                   for c in str(text))
+
+
+def _json_line(value: Any) -> str:
+    """Compact JSON on one line with every non-ASCII character escaped: the same value, and nothing
+    in it (C1 controls, bidi overrides ...) reaches the terminal raw."""
+    return json.dumps(value, ensure_ascii=True, separators=(",", ":"))
+
+
+def _print_sent(m: SentMessage, as_json: bool) -> None:
+    if as_json:
+        print(_json_line(m.to_dict()), flush=True)
+    else:
+        payload = json.dumps(m.payload, ensure_ascii=False, separators=(",", ":"))
+        print(f"[{_printable(m.created_at)}] #{m.id} {_printable(m.type)}: {_printable(payload)}", flush=True)
+
+
+def _cmd_inbox(args: argparse.Namespace) -> int:
+    token = args.admin_token or os.environ.get("PIGEONHOLE_ADMIN_TOKEN")
+    if not token:
+        raise _UsageError("no admin token: pass --admin-token or set PIGEONHOLE_ADMIN_TOKEN")
+    try:
+        client_id = str(uuid.UUID(args.client_id.strip()))
+    except ValueError:
+        raise _UsageError(f"{_printable(args.client_id)!r} is not a client id (a UUID)") from None
+    if args.after < 0:
+        raise _UsageError("--after must be 0 or more")
+    if args.limit is not None and not 1 <= args.limit <= 500:
+        raise _UsageError("--limit must be 1 to 500")
+    check_transport(args.url, args.insecure_http)
+    tty = sys.stderr.isatty()
+    last = args.after
+
+    def on_wait(seconds: float, reason: str) -> None:
+        if tty:
+            what = {"empty": "nothing new", "rate_limited": "rate limited",
+                    "unavailable": "server briefly unavailable",
+                    "error": "server unreachable or failing"}.get(reason, reason)
+            sys.stderr.write(f"\r\x1b[Knext read in {seconds:.0f} s ({what}) · after {last}")
+            sys.stderr.flush()
+
+    stop = threading.Event()
+    try:
+        for m in iter_sent(args.url, token, client_id, args.after, args.limit, follow=args.follow, stop=stop,
+                           on_wait=on_wait, attempts=args.retries + 1, timeout=args.timeout,
+                           insecure_http=args.insecure_http):
+            if tty and args.follow:
+                sys.stderr.write("\r\x1b[K")
+            _print_sent(m, args.json)
+            last = m.id
+    except KeyboardInterrupt:
+        stop.set()
+        if tty:
+            sys.stderr.write("\r\x1b[K")
+        print(f"stopped after id {last}; to go on from here: --after {last}", file=sys.stderr)
+    except (NetworkError, ApiError):
+        if last > args.after:
+            print(f"note: read up to id {last}; rerun with --after {last} to go on from there", file=sys.stderr)
+        raise
+    return EXIT_OK
+
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``argparse`` parser of the command line."""
@@ -1387,7 +1627,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(
         prog="pigeonhole_client.py",
-        description="Pigeonhole reference client: register, listen, send, rotate, publish.",
+        description="Pigeonhole reference client: register, listen, send, rotate, publish, inbox.",
         epilog="plain http:// is refused unless the host is loopback (localhost, 127.0.0.0/8, ::1) or "
                "--insecure-http is given. exit codes: 0 ok, 1 the server refused the request, 2 usage error, "
                "3 listen --once got no messages, 4 server unreachable, 5 a message failed verification",
@@ -1459,6 +1699,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--retries", type=int, default=4, metavar="N",
                    help="retries after a network error, 5xx or 429, same key (default 4)")
     p.set_defaults(func=_cmd_publish)
+
+    p = sub.add_parser("inbox", parents=[common], help="admin: read the messages a client sent",
+                       description="Admin: print every message the client sent after --after N, oldest first, "
+                                   "paging until nothing newer is left; with --follow keep polling for new ones "
+                                   "(3 s -> 30 s backoff) until Ctrl-C. The server decrypts them. Nothing is "
+                                   "acknowledged: pass the last id you read as --after next time.",
+                       epilog="example: PIGEONHOLE_ADMIN_TOKEN=... pigeonhole_client.py inbox "
+                              "3f2b8c1e-5d4a-4e7b-9c61-0a8d2f7e4b13 --after 41 --json")
+    p.add_argument("client_id", metavar="CLIENT_ID", help="the client id (a UUID)")
+    p.add_argument("--url", default=env_url, help="server URL (default: $PIGEONHOLE_URL or %(default)s)")
+    p.add_argument("--admin-token", help="admin token (default: $PIGEONHOLE_ADMIN_TOKEN)")
+    p.add_argument("--after", type=int, default=0, metavar="N", help="only messages with an id above N (default 0)")
+    p.add_argument("-f", "--follow", action="store_true", help="after the last page, keep polling until Ctrl-C")
+    p.add_argument("--json", action="store_true",
+                   help='one JSON object per line: {"id", "type", "payload", "aad", "created_at"}')
+    p.add_argument("--limit", type=int, metavar="N", help="messages per request, 1-500 (server default 100)")
+    p.add_argument("--retries", type=int, default=4, metavar="N",
+                   help="retries of a read after a network error, 5xx or 429 without --follow (default 4)")
+    p.set_defaults(func=_cmd_inbox)
     return parser
 
 

@@ -159,7 +159,8 @@ def list_clients(base_url: str, operator_token: str, *, page_size: int | None = 
                  timeout: float = 10.0, session=None, insecure_http: bool = False, stop=None) -> list:
     """Every client, following ``next_page_token`` through all pages (oldest first).
 
-    Each item is ``{"id", "name", "created_at", "last_seen_at", "status"}``.
+    Each item is ``{"id", "name", "created_at", "last_seen_at", "status", "sent_head"}`` (``sent_head``:
+    the client's newest sent id, 0 when none; read the messages with ``pigeonhole_client.iter_sent``).
     ``stop(page)``, if given, ends the walk early when it returns True.
     Raises ``OperatorError``.
     """
@@ -222,13 +223,15 @@ def relative_time(timestamp: str | None, now=None) -> str:
 
 
 def format_table(clients: list, now=None) -> str:
-    """An aligned text table: ID, NAME, STATUS, LAST SEEN. Control and format characters in the
+    """An aligned text table: ID, NAME, STATUS, SENT, LAST SEEN. SENT is the client's newest sent id
+    (``sent_head``; ``-`` from a server that does not report it). Control and format characters in the
     values (names above all: anyone could register one before names were validated) are escaped."""
-    rows = [("ID", "NAME", "STATUS", "LAST SEEN")]
+    rows = [("ID", "NAME", "STATUS", "SENT", "LAST SEEN")]
     for c in clients:
+        sent = c.get("sent_head")
         rows.append((printable(c.get("id", "")), printable(c.get("name") or "-"), printable(c.get("status", "")),
-                     printable(relative_time(c.get("last_seen_at"), now))))
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+                     "-" if sent is None else printable(sent), printable(relative_time(c.get("last_seen_at"), now))))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]
     return "\n".join(lines)
 

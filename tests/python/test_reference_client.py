@@ -12,6 +12,8 @@
   answer was lost), operator delete, the registration limit, plain http
   refused for hosts that are not loopback, Content-Type on every POST, and
   names with terminal escapes shown escaped.
+- Issue 9: read_sent / iter_sent (paging, 204, 404, --follow's backoff and
+  Retry-After) and the `inbox` command line; the operators' sent_head.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ import base64
 import importlib.util
 import json
 import os
+import signal
 import socket
 import stat
 import subprocess
@@ -117,12 +120,13 @@ def _free_port() -> int:
 
 
 class Stub:
-    """A scripted HTTP server: each poll/send/publish/register/rotate/list/delete answers with
+    """A scripted HTTP server: each poll/send/publish/register/rotate/list/delete/sent answers with
     the next scripted reply (default: 204 for polls). Records every request, and the headers
     of each in ``headers`` (same order)."""
 
-    def __init__(self, poll=(), send=(), publish=(), register=(), rotate=(), listing=(), delete=()):
+    def __init__(self, poll=(), send=(), publish=(), register=(), rotate=(), listing=(), delete=(), sent=()):
         self.poll_script = list(poll)
+        self.sent_script = list(sent)
         self.send_script = list(send)
         self.publish_script = list(publish)
         self.register_script = list(register)
@@ -155,6 +159,8 @@ class Stub:
                     return self._reply(*(stub.poll_script.pop(0) if stub.poll_script else (204,)))
                 if self.path.startswith("/api/v1/operators/clients") and stub.listing_script:
                     return self._reply(*stub.listing_script.pop(0))
+                if self.path.startswith("/api/v1/clients/") and "/sent" in self.path and stub.sent_script:
+                    return self._reply(*stub.sent_script.pop(0))
                 self._reply(404, None, {"error": {"code": "not_found", "message": "no"}})
 
             def do_DELETE(self):
@@ -685,10 +691,10 @@ def test_operator_lists_clients_with_status(phc, server):
     table = _run(OPERATOR_PY, "--url", server.origin, env=env)
     assert table.returncode == 0, table.stderr
     rows = {line.split()[0]: line for line in table.stdout.splitlines() if line.strip()}
-    assert rows["ID"].split() == ["ID", "NAME", "STATUS", "LAST", "SEEN"]
+    assert rows["ID"].split() == ["ID", "NAME", "STATUS", "SENT", "LAST", "SEEN"]
     assert "op-online" in rows[online_creds.client_id] and " online " in rows[online_creds.client_id]
     assert rows[online_creds.client_id].rstrip().endswith(("just now", "s ago"))
-    assert rows[offline_creds.client_id].split()[-2:] == ["offline", "never"]
+    assert rows[offline_creds.client_id].split()[-3:] == ["offline", "0", "never"]
 
     as_json = _run(OPERATOR_PY, "--url", server.origin, "--json", env=env)
     assert as_json.returncode == 0, as_json.stderr
@@ -697,6 +703,7 @@ def test_operator_lists_clients_with_status(phc, server):
     assert clients[online_creds.client_id]["name"] == "op-online"
     assert clients[offline_creds.client_id]["status"] == "offline"
     assert clients[offline_creds.client_id]["last_seen_at"] is None
+    assert clients[offline_creds.client_id]["sent_head"] == 0
 
     # The token from the flag; --status filters.
     offline_only = _run(OPERATOR_PY, "--url", server.origin, "--json", "--status", "offline",
@@ -1097,3 +1104,177 @@ def test_register_is_rate_limited_except_with_the_admin_token(phc, start_local_s
     assert e.value.retry_after >= 1
     creds = phc.register(srv.origin, f"pytest-ref-limit-{uuid.uuid4()}", admin_token=srv.admin_token)
     assert creds.created
+
+
+# ---------------------------------------------------------------------------
+# Issue 9: what clients sent, read back by the admin
+# ---------------------------------------------------------------------------
+
+def _sender(phc, server, name="sender", n=3):
+    """A new client that has sent ``{"n": 1}`` ... ``{"n": n}`` as type ``reply``."""
+    creds, client = _new_client(phc, server, name)
+    assert [client.send("reply", {"n": i}).id for i in range(1, n + 1)] == list(range(1, n + 1))
+    return creds, client
+
+
+def test_read_sent_pages_until_empty(phc, opt, server):
+    creds, _ = _sender(phc, server)
+    cid, admin = creds.client_id, server.admin_token
+    pages, after = [], 0
+    while True:
+        page = phc.read_sent(server.origin, admin, cid, after=after, limit=1)
+        if not page.messages:
+            break
+        assert len(page.messages) == 1 and page.next_after == page.messages[-1].id
+        pages.append(page)
+        after = page.next_after
+    assert [p.messages[0].id for p in pages] == [1, 2, 3]
+    for i, m in enumerate((p.messages[0] for p in pages), 1):
+        assert (m.type, m.payload, m.aad) == ("reply", {"n": i}, {"client_id": cid})
+        assert m.created.tzinfo is not None
+        assert m.to_dict() == {"id": i, "type": "reply", "payload": {"n": i}, "aad": {"client_id": cid},
+                               "created_at": m.created_at}
+    # 204: an empty page that stays where it was.
+    empty = phc.read_sent(server.origin + "/api/v1/", admin, cid, after=3)
+    assert (empty.messages, empty.next_after) == ([], 3)
+    whole = phc.read_sent(server.origin, admin, cid)
+    assert [m.id for m in whole.messages] == [1, 2, 3] and whole.next_after == 3
+
+    assert [m.id for m in phc.iter_sent(server.origin, admin, cid, limit=1)] == [1, 2, 3]
+    assert [m.payload for m in phc.iter_sent(server.origin, admin, cid, after=2)] == [{"n": 3}]
+    assert list(phc.iter_sent(server.origin, admin, cid, after=3)) == []
+
+    # An unknown client is 404 not_found (not retried); a wrong token 401.
+    sleep = Recorder()
+    for unknown in (str(uuid.uuid4()), "laptop"):
+        with pytest.raises(phc.ApiError) as e:
+            phc.read_sent(server.origin, admin, unknown, sleep=sleep)
+        assert (e.value.status, e.value.code) == (404, "not_found")
+        with pytest.raises(phc.ApiError) as e:
+            list(phc.iter_sent(server.origin, admin, unknown, follow=True, sleep=sleep))
+        assert e.value.status == 404
+    assert sleep.sleeps == []
+    with pytest.raises(phc.ApiError) as e:
+        phc.read_sent(server.origin, "wrong-admin-token", cid)
+    assert (e.value.status, e.value.code) == (401, "unauthorized")
+    with pytest.raises(phc.InsecureTransportError):
+        phc.read_sent("http://pigeonhole.example.com", admin, cid)
+
+    # The operators' listing says how far each client got.
+    listed = {c["id"]: c for c in opt.list_clients(server.origin, server.operator_token)}
+    assert listed[cid]["sent_head"] == 3
+
+
+def test_iter_sent_follow_picks_up_new_messages_on_the_backoff(phc, server):
+    creds, client = _sender(phc, server, "follow")
+    stop = threading.Event()
+    waits = []
+    sleep = Recorder({1: lambda: client.send("reply", {"n": 4}), 3: stop.set})
+    got = [m.id for m in phc.iter_sent(server.origin, server.admin_token, creds.client_id, follow=True,
+                                       stop=stop, sleep=sleep, on_wait=lambda s, r: waits.append(r))]
+    assert got == [1, 2, 3, 4]
+    # 204: 3 s (the 4th is sent meanwhile); the page resets the delay; then 3 s, 6 s, stop.
+    assert sleep.sleeps == [3, 3, 6]
+    assert waits == ["empty"] * 3
+
+
+def test_read_sent_retries_and_follow_honours_retry_after_against_a_stub(phc):
+    def page(*ids, next_after=None):
+        return (200, None, {"messages": [{"id": i, "type": "reply", "payload": i, "aad": None,
+                                          "created_at": "2026-11-25T12:00:00.000Z"} for i in ids],
+                            "next_after": ids[-1] if next_after is None else next_after})
+
+    unavailable = (503, {"Retry-After": "1"}, {"error": {"code": "unavailable", "message": "storage is unavailable"}})
+    with Stub(sent=[unavailable, page(1, 2)]) as stub:
+        sleep = Recorder()
+        got = phc.read_sent(stub.origin, "admin-token", STUB_CLIENT_ID, after=0, limit=2, sleep=sleep)
+        assert [m.id for m in got.messages] == [1, 2] and got.messages[0].aad is None
+        assert len(sleep.sleeps) == 1 and 1 <= sleep.sleeps[0] <= 1.25
+        paths = [p for m, p, _ in stub.requests]
+        assert paths == [f"/api/v1/clients/{STUB_CLIENT_ID}/sent?after=0&limit=2"] * 2
+        assert all(h["X-Admin-Token"] == "admin-token" for h in stub.headers)
+
+    # A page that does not move forward is refused (no endless paging, nothing printed twice).
+    for bad in (page(1, next_after=5), page(2, 1), page(0), (200, None, {"messages": [], "next_after": 0})):
+        with Stub(sent=[bad]) as stub:
+            with pytest.raises(phc.ApiError) as e:
+                phc.read_sent(stub.origin, "admin-token", STUB_CLIENT_ID)
+            assert e.value.code == "invalid_response", bad
+
+    # --follow: 429 waits max(Retry-After, delay), a 502 backs off like an empty read, a page resets.
+    limited = (429, {"Retry-After": "5"}, {"error": {"code": "rate_limited", "message": "slow down"}})
+    with Stub(sent=[(204,), limited, _error(502, "http_502"), page(1), (204,), (204,)]) as stub:
+        stop = threading.Event()
+        reasons = []
+        sleep = Recorder({5: stop.set})
+        got = [m.id for m in phc.iter_sent(stub.origin, "admin-token", STUB_CLIENT_ID, follow=True, stop=stop,
+                                           sleep=sleep, on_wait=lambda s, r: reasons.append(r))]
+        assert got == [1]
+        assert sleep.sleeps == [3, 6, 6, 3, 6]
+        assert reasons == ["empty", "rate_limited", "error", "empty", "empty"]
+        afters = [p.split("after=")[1] for m, p, _ in stub.requests]
+        assert afters == ["0", "0", "0", "0", "1", "1"]
+
+
+def test_cli_inbox(phc, server):
+    creds, client = _sender(phc, server, "cli-inbox")
+    cid = creds.client_id
+    env = {"PIGEONHOLE_ADMIN_TOKEN": server.admin_token}
+
+    out = _run(CLIENT_PY, "inbox", cid, "--url", server.origin, "--json", "--limit", "1", env=env)
+    assert out.returncode == 0, out.stderr
+    lines = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [(m["id"], m["type"], m["payload"], m["aad"]) for m in lines] == \
+        [(i, "reply", {"n": i}, {"client_id": cid}) for i in (1, 2, 3)]
+
+    out = _run(CLIENT_PY, "inbox", cid.upper(), "--after", "2", "--url", server.origin, env=env)
+    assert out.returncode == 0, out.stderr
+    assert len(out.stdout.splitlines()) == 1 and out.stdout.rstrip().endswith('] #3 reply: {"n":3}'), out.stdout
+
+    unknown = _run(CLIENT_PY, "inbox", str(uuid.uuid4()), "--url", server.origin, env=env)
+    assert unknown.returncode == 1 and "not_found" in unknown.stderr, unknown.stderr
+    not_uuid = _run(CLIENT_PY, "inbox", "laptop", "--url", server.origin, env=env)
+    assert not_uuid.returncode == 2 and "not a client id" in not_uuid.stderr
+    no_token = _run(CLIENT_PY, "inbox", cid, "--url", server.origin)
+    assert no_token.returncode == 2 and "PIGEONHOLE_ADMIN_TOKEN" in no_token.stderr
+
+    # --follow: prints what is there, picks up what comes, and Ctrl-C ends it with 0.
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("PIGEONHOLE_")}
+    full_env.update(env)
+    proc = subprocess.Popen([sys.executable, CLIENT_PY.name, "inbox", cid, "--url", server.origin, "--follow",
+                             "--json"], cwd=CLIENT_DIR, env=full_env, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    watchdog = threading.Timer(30, proc.kill)  # a readline below never blocks for ever
+    watchdog.start()
+    try:
+        got = [json.loads(proc.stdout.readline())["id"] for _ in range(3)]
+        assert got == [1, 2, 3]
+        client.send("reply", {"n": 4})
+        line = json.loads(proc.stdout.readline())  # within the first 3 s step
+        assert (line["id"], line["payload"]) == (4, {"n": 4})
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=15)
+        assert proc.returncode == 0, err
+        assert "--after 4" in err, err
+    finally:
+        watchdog.cancel()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_cli_inbox_escapes_what_clients_sent(phc):
+    evil = "a\x1b[2J\x9b31m\u202eb\u200b"
+    page = (200, None, {"messages": [{"id": 1, "type": "t\x07", "payload": {"text": evil}, "aad": None,
+                                      "created_at": "2026-11-25T12:00:00.000Z"}], "next_after": 1})
+    raw = {"\x1b", "\x07", "\x9b", "\u202e", "\u200b"}
+    for as_json in (False, True):
+        with Stub(sent=[page, (204,)]) as stub:
+            out = _run(CLIENT_PY, "inbox", STUB_CLIENT_ID, "--url", stub.origin, *(["--json"] if as_json else []),
+                       env={"PIGEONHOLE_ADMIN_TOKEN": "admin-token"})
+            assert out.returncode == 0, out.stderr
+            assert not raw & set(out.stdout), repr(out.stdout)
+            if as_json:
+                assert json.loads(out.stdout)["payload"] == {"text": evil}
+            else:
+                assert "#1 t\\x07: " in out.stdout and "\\u202eb" in out.stdout, out.stdout

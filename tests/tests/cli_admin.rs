@@ -6,7 +6,10 @@
 //! retrying a 422, `listen` waiting out a 503's `Retry-After`, register and
 //! send waiting out a 429, `rotate` completing a rotation whose answer was
 //! lost, `Content-Type: application/json` on every POST, names with terminal
-//! escapes, and `--insecure-http` through a proxy.
+//! escapes, and `--insecure-http` through a proxy. `inbox` (what clients
+//! sent, read by the admin) runs against both: order, `--after`, `--json`,
+//! errors and `--follow` against the real server; retries, Retry-After, the
+//! backoff and escaping against the fake one.
 
 mod support;
 
@@ -131,7 +134,7 @@ async fn clients_lists_sorts_filters_and_prints_json() {
     let lines = out.stdout_lines();
     assert_eq!(lines.len(), 4, "header, two rows, total: {out:#?}");
     let header: Vec<&str> = lines[0].split_whitespace().collect();
-    assert_eq!(header, ["ID", "NAME", "STATUS", "LAST", "SEEN"]);
+    assert_eq!(header, ["ID", "NAME", "STATUS", "SENT", "LAST", "SEEN"]);
     // Online first, even though its name sorts last.
     assert!(lines[1].starts_with(&id_a), "{out:#?}");
     assert!(lines[1].contains("zulu-online") && lines[1].contains(" online "));
@@ -401,6 +404,158 @@ async fn registrations_and_sends_are_rate_limited_except_with_the_admin_token() 
     out.expect_code(1);
     assert!(out.stderr.starts_with("error: rate_limited: "), "{out:#?}");
     assert!(out.stderr.contains("retry after"), "{out:#?}");
+}
+
+// ---------------------------------------------------------------------------
+// inbox: what clients sent, read back by the admin (issue 9)
+// ---------------------------------------------------------------------------
+
+/// Sends `{"n": n}` as type `reply` from the CLI's default profile; returns the id.
+fn send_numbered(cli: &Cli, n: u64) -> u64 {
+    let out = cli.run(&[
+        "send",
+        "--type",
+        "reply",
+        "--payload",
+        &format!("{{\"n\": {n}}}"),
+    ]);
+    out.expect_ok();
+    out.stdout
+        .split(|c: char| !c.is_ascii_digit())
+        .find(|part| !part.is_empty())
+        .and_then(|id| id.parse().ok())
+        .unwrap_or_else(|| panic!("no id in {out:#?}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn inbox_prints_what_a_client_sent_in_order() {
+    let s = Server::start().await;
+    let sender = Cli::new(&s);
+    let id = sender.register("sender");
+    let ids: Vec<u64> = (1..=3).map(|n| send_numbered(&sender, n)).collect();
+    assert_eq!(ids, [1, 2, 3]);
+    let admin = Cli::new(&s);
+    let env = [("PIGEONHOLE_ADMIN_TOKEN", s.admin_token())];
+
+    let out = admin.run_env(&["inbox", &id], &env);
+    out.expect_ok();
+    let lines = out.stdout_lines();
+    assert_eq!(lines.len(), 3, "{out:#?}");
+    for (n, line) in (1..=3).zip(&lines) {
+        assert!(line.starts_with('['), "{line}");
+        assert!(
+            line.ends_with(&format!("] #{n} reply: {{\"n\":{n}}}")),
+            "in order, one line each: {line}"
+        );
+    }
+    // Paging one message at a time prints the same; an upper-case id works.
+    let out = admin.run_env(&["inbox", &id.to_uppercase(), "--limit", "1"], &env);
+    out.expect_ok();
+    assert_eq!(out.stdout_lines(), lines, "{out:#?}");
+
+    let out = admin.run_env(&["inbox", &id, "--after", "2"], &env);
+    out.expect_ok();
+    assert_eq!(out.stdout_lines(), [lines[2]], "{out:#?}");
+    let out = admin.run_env(&["inbox", &id, "--after", "3"], &env);
+    out.expect_ok();
+    assert!(out.stdout.is_empty(), "nothing newer: {out:#?}");
+
+    let out = admin.run_env(&["inbox", &id, "--json"], &env);
+    out.expect_ok();
+    let msgs: Vec<Value> = out
+        .stdout_lines()
+        .iter()
+        .map(|l| serde_json::from_str(l).expect("each line is JSON"))
+        .collect();
+    assert_eq!(msgs.len(), 3, "{out:#?}");
+    for (n, m) in (1..=3).zip(&msgs) {
+        assert_keys(m, &["id", "type", "payload", "aad", "created_at"]);
+        assert_eq!(m["id"], json!(n));
+        assert_eq!(m["type"], json!("reply"));
+        assert_eq!(m["payload"], json!({"n": n}));
+        assert_eq!(m["aad"], json!({"client_id": id}), "the CLI's send aad");
+        assert_timestamp(m["created_at"].as_str().unwrap());
+    }
+
+    // The operators' listing shows the newest sent id.
+    let op = [("PIGEONHOLE_OPERATOR_TOKEN", s.operator_token())];
+    let out = admin.run_env(&["clients", "--json"], &op);
+    out.expect_ok();
+    let listed: Vec<Value> = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(listed[0]["sent_head"], json!(3), "{listed:?}");
+    let out = admin.run_env(&["clients"], &op);
+    out.expect_ok();
+    let row: Vec<&str> = out.stdout_lines()[1].split_whitespace().collect();
+    assert_eq!(
+        &row[..4],
+        [id.as_str(), "sender", "online", "3"],
+        "{out:#?}"
+    );
+
+    // Errors: an unknown client, not a UUID, a wrong or missing admin token.
+    let unknown = uuid::Uuid::new_v4().to_string();
+    let out = admin.run_env(&["inbox", &unknown], &env);
+    out.expect_code(1);
+    assert!(
+        out.stderr.starts_with("error: not_found: "),
+        "a clear error: {out:#?}"
+    );
+    assert!(out.stdout.is_empty(), "{out:#?}");
+    let out = admin.run_env(&["inbox", "laptop"], &env);
+    out.expect_code(2);
+    assert!(out.stderr.contains("not a client id"), "{out:#?}");
+    let out = admin.run_env(&["inbox", &id], &[("PIGEONHOLE_ADMIN_TOKEN", "wrong")]);
+    out.expect_code(1);
+    assert!(out.stderr.starts_with("error: unauthorized: "), "{out:#?}");
+    let out = admin.run(&["inbox", &id]);
+    out.expect_code(2);
+    assert!(out.stderr.contains("--admin-token"), "{out:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn inbox_follow_picks_up_a_message_sent_after_it_started() {
+    let s = Server::start().await;
+    let sender = Cli::new(&s);
+    let id = sender.register("follower");
+    send_numbered(&sender, 1);
+
+    let admin = Cli::new(&s);
+    let mut cmd = admin.command(&[
+        "inbox",
+        &id,
+        "--follow",
+        "--json",
+        "--interval-base-ms",
+        "100",
+    ]);
+    cmd.env("PIGEONHOLE_ADMIN_TOKEN", s.admin_token());
+    let mut child = admin.spawn_with(cmd);
+    let lines = child.wait_for_lines(1, Duration::from_secs(20));
+    assert_eq!(
+        serde_json::from_str::<Value>(&lines[0]).unwrap()["id"],
+        json!(1)
+    );
+
+    // Let it reach the end and poll a few times on the (scaled) schedule.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(send_numbered(&sender, 2), 2);
+    let lines = child.wait_for_lines(2, Duration::from_secs(20));
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    let second: Value = serde_json::from_str(&lines[1]).unwrap();
+    assert_eq!(second["id"], json!(2));
+    assert_eq!(second["payload"], json!({"n": 2}));
+
+    // Ctrl-C ends it cleanly and says where to go on from.
+    child.interrupt();
+    let status = child.wait_timeout(Duration::from_secs(10));
+    let out = child.output(status);
+    out.expect_ok();
+    assert!(out.stderr.contains("--after 2"), "{out:#?}");
+    assert_eq!(
+        out.stdout_lines().len(),
+        2,
+        "nothing printed twice: {out:#?}"
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -1318,4 +1473,177 @@ async fn clients_delete_on_a_terminal_names_the_client_and_asks() {
         "{printed}"
     );
     cli.run(&["listen", "--once"]).expect_code(1);
+}
+
+// ---------------------------------------------------------------------------
+// inbox against the fake server: retries, Retry-After, escaping
+// ---------------------------------------------------------------------------
+
+fn sent_path() -> &'static str {
+    Box::leak(format!("/api/v1/clients/{RECIPIENT}/sent").into_boxed_str())
+}
+
+fn sent_page(ids: &[u64], payload: Value) -> Reply {
+    let messages: Vec<Value> = ids
+        .iter()
+        .map(|&id| {
+            json!({"id": id, "type": "reply", "payload": payload, "aad": {"client_id": RECIPIENT},
+                   "created_at": "2026-11-25T12:00:00.000Z"})
+        })
+        .collect();
+    (
+        200,
+        Vec::new(),
+        Some(json!({"messages": messages, "next_after": ids.last()})),
+    )
+}
+
+/// The `after` of a recorded read.
+fn after_of(r: &Seen) -> u64 {
+    r.target
+        .split(['?', '&'])
+        .find_map(|p| p.strip_prefix("after="))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no after in {}", r.target))
+}
+
+#[test]
+fn inbox_retries_a_503_after_retry_after_and_escapes_what_it_prints() {
+    let path = sent_path();
+    let evil = json!({"text": "a\u{1b}[2J\u{9b}31m\u{202e}b\u{200b}"});
+    let fake = FakeServer::start(vec![
+        (
+            path,
+            (
+                503,
+                vec![("Retry-After", "1".to_string())],
+                Some(
+                    json!({"error": {"code": "unavailable", "message": "storage is unavailable"}}),
+                ),
+            ),
+        ),
+        (path, sent_page(&[1, 2], evil.clone())),
+        (path, sent_page(&[4], json!(null))),
+        (path, (204, Vec::new(), None)),
+    ]);
+    let cli = Cli::with_url(&fake.url);
+    let out = cli.run(&[
+        "inbox",
+        RECIPIENT,
+        "--admin-token",
+        "fake-admin-token",
+        "--limit",
+        "2",
+    ]);
+    out.expect_ok();
+    assert!(out.stderr.contains("retrying in"), "{out:#?}");
+    let lines = out.stdout_lines();
+    assert_eq!(lines.len(), 3, "{out:#?}");
+    assert!(lines[2].ends_with("] #4 reply: null"), "{out:#?}");
+    let raw = |text: &str| {
+        text.chars()
+            .any(|c| matches!(c, '\u{1b}' | '\u{9b}' | '\u{202e}' | '\u{200b}'))
+    };
+    assert!(!raw(&out.stdout), "{:?}", out.stdout);
+    assert!(lines[0].contains("\\u{9b}31m\\u{202e}b"), "{}", lines[0]);
+
+    let reads = fake.seen_on(path);
+    assert_eq!(reads.len(), 4, "{reads:#?}");
+    let afters: Vec<u64> = reads.iter().map(after_of).collect();
+    assert_eq!(
+        afters,
+        [0, 0, 2, 4],
+        "next_after each time, the same after a 503"
+    );
+    for r in &reads {
+        assert_eq!(r.method, "GET");
+        assert_eq!(r.header("x-admin-token"), Some("fake-admin-token"));
+        assert!(r.target.contains("limit=2"), "{}", r.target);
+    }
+    let waited = reads[1].at - reads[0].at;
+    assert!(
+        waited >= Duration::from_secs(1),
+        "Retry-After: 1, waited {waited:?}"
+    );
+
+    // --json: the same value, escaped.
+    let fake = FakeServer::start(vec![
+        (path, sent_page(&[1], evil.clone())),
+        (path, (204, Vec::new(), None)),
+    ]);
+    let cli = Cli::with_url(&fake.url);
+    let out = cli.run_env(
+        &["inbox", RECIPIENT, "--json"],
+        &[("PIGEONHOLE_ADMIN_TOKEN", "fake-admin-token")],
+    );
+    out.expect_ok();
+    assert!(!raw(&out.stdout), "{:?}", out.stdout);
+    let line: Value = serde_json::from_str(out.stdout.trim()).unwrap();
+    assert_eq!(line["payload"], evil);
+
+    // A page that does not move forward is an error, not an endless loop.
+    let fake = FakeServer::start(vec![(path, sent_page(&[1], json!(1)))]);
+    let cli = Cli::with_url(&fake.url);
+    let out = cli.run_env(
+        &["inbox", RECIPIENT, "--after", "5"],
+        &[("PIGEONHOLE_ADMIN_TOKEN", "fake-admin-token")],
+    );
+    out.expect_code(1);
+    assert!(out.stderr.contains("unexpected response"), "{out:#?}");
+}
+
+#[test]
+fn inbox_follow_waits_out_a_429_and_backs_off_while_nothing_comes() {
+    let path = sent_path();
+    let mut script = vec![
+        (path, (204, Vec::new(), None)),
+        (
+            path,
+            (
+                429,
+                vec![("Retry-After", "1".to_string())],
+                Some(json!({"error": {"code": "rate_limited", "message": "slow down"}})),
+            ),
+        ),
+        (path, sent_page(&[7], json!("late"))),
+    ];
+    script.extend((0..40).map(|_| (path, (204, Vec::new(), None))));
+    let fake = FakeServer::start(script);
+    let cli = Cli::with_url(&fake.url);
+    let mut cmd = cli.command(&["inbox", RECIPIENT, "--follow", "--interval-base-ms", "100"]);
+    cmd.env("PIGEONHOLE_ADMIN_TOKEN", "fake-admin-token");
+    let mut child = cli.spawn_with(cmd);
+    let lines = child.wait_for_lines(1, Duration::from_secs(20));
+    assert!(lines[0].ends_with("] #7 reply: \"late\""), "{lines:?}");
+    // A few empty reads after it.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while fake.seen_on(path).len() < 7 {
+        assert!(Instant::now() < deadline, "{:#?}", fake.seen_on(path));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.interrupt();
+    let status = child.wait_timeout(Duration::from_secs(10));
+    let out = child.output(status);
+    out.expect_ok();
+    assert!(out.stderr.contains("rate limited"), "{out:#?}");
+    assert!(out.stderr.contains("--after 7"), "{out:#?}");
+
+    let reads = fake.seen_on(path);
+    let afters: Vec<u64> = reads.iter().take(5).map(after_of).collect();
+    assert_eq!(afters, [0, 0, 0, 7, 7], "{reads:#?}");
+    let gap = |i: usize| reads[i + 1].at - reads[i].at;
+    assert!(
+        gap(1) >= Duration::from_secs(1),
+        "Retry-After: 1, waited {:?}",
+        gap(1)
+    );
+    // Empty reads back off on the (scaled) schedule, 100 ms more each time;
+    // the reset after messages is unit-tested in backoff.rs.
+    for (i, at_least) in [(3, 100), (4, 200), (5, 300)] {
+        assert!(
+            gap(i) >= Duration::from_millis(at_least),
+            "read {i}: {:?} < {at_least} ms",
+            gap(i)
+        );
+    }
 }

@@ -25,7 +25,9 @@ Examples:
 All pages are fetched. Sort orders: `status` (default) puts online clients
 first, then orders by name (clients without a name last), then by id; `name`
 orders by name, then id; `created` orders oldest first.
---json prints one JSON array of {id, name, created_at, last_seen_at, status}.
+--json prints one JSON array of {id, name, created_at, last_seen_at, status,
+sent_head}. SENT (sent_head) is the id of the newest message the client sent
+(0: none); `pigeonhole inbox ID` reads them (admin).
 Control and format characters in names (escape sequences, bidi overrides,
 zero-width characters) are shown escaped, e.g. \\u{1b}, in the table and in
 --json.";
@@ -172,20 +174,23 @@ fn shown_name(name: Option<&str>) -> String {
 }
 
 /// The table, header first. Names are cleaned of control characters (anyone
-/// can register a name) and shortened.
+/// can register a name) and shortened. SENT is the client's newest sent id
+/// (`sent_head`: `pigeonhole inbox ID --after N` reads what came after N),
+/// `-` from a server that does not report it.
 pub fn table(clients: &[ClientInfo], now: OffsetDateTime) -> Vec<String> {
-    let rows: Vec<[String; 4]> = clients
+    let rows: Vec<[String; 5]> = clients
         .iter()
         .map(|c| {
             [
                 printable(&c.id),
                 shown_name(c.name.as_deref()),
                 printable(&c.status),
+                c.sent_head.map_or_else(|| "-".into(), |n| n.to_string()),
                 last_seen(c.last_seen_at.as_deref(), now),
             ]
         })
         .collect();
-    let header = ["ID", "NAME", "STATUS", "LAST SEEN"].map(String::from);
+    let header = ["ID", "NAME", "STATUS", "SENT", "LAST SEEN"].map(String::from);
     let mut widths = header.clone().map(|h| h.chars().count());
     for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {
@@ -355,6 +360,7 @@ mod tests {
             created_at: "2026-11-25T23:00:00.000Z".into(),
             last_seen_at: seen.map(String::from),
             status: status.into(),
+            sent_head: Some(0),
         }
     }
 
@@ -420,13 +426,15 @@ mod tests {
         let now = parse("2026-11-25T23:52:10.000Z").unwrap();
         let mut rows = sample();
         rows[1].name = Some("evil\x1b[2Jname".into());
+        rows[2].sent_head = None; // an older server
+        rows[3].sent_head = Some(12);
         let lines = table(&filter_and_sort(rows, None, SortBy::Status), now);
-        assert_eq!(lines[0], "ID  NAME               STATUS   LAST SEEN");
-        assert_eq!(lines[1], "d   alpha              online   11 s ago");
-        assert_eq!(lines[2], "c   zeta               online   2 min ago");
-        assert_eq!(lines[3], "e   -                  online   1 min ago");
-        assert_eq!(lines[4], "b   Alpha              offline  3 h ago");
-        assert_eq!(lines[5], "a   evil\\u{1b}[2Jname  offline  never");
+        assert_eq!(lines[0], "ID  NAME               STATUS   SENT  LAST SEEN");
+        assert_eq!(lines[1], "d   alpha              online   12    11 s ago");
+        assert_eq!(lines[2], "c   zeta               online   0     2 min ago");
+        assert_eq!(lines[3], "e   -                  online   0     1 min ago");
+        assert_eq!(lines[4], "b   Alpha              offline  -     3 h ago");
+        assert_eq!(lines[5], "a   evil\\u{1b}[2Jname  offline  0     never");
     }
 
     #[test]

@@ -9,7 +9,6 @@ use pigeonhole::crypto::Key;
 use pigeonhole::domain::{DEFAULT_POLL_LIMIT, MAX_POLL_LIMIT};
 use serde::Serialize;
 use serde_json::Value;
-use tokio::time::Instant;
 
 use super::{ctrl_c, print_line, profile_key, Ctx};
 use crate::api::{Api, Credentials, Delivered, Poll, PollPage};
@@ -307,26 +306,15 @@ impl Listener {
 
     /// Sleeps `delay`, counting down in the status line on a terminal.
     async fn wait(&mut self, delay: Duration, interval: Duration) {
-        if !self.status.enabled() {
-            tokio::time::sleep(delay).await;
-            return;
-        }
-        let end = Instant::now() + delay;
-        loop {
-            let left = end.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return;
-            }
-            let whole = left.as_secs_f64().ceil().max(1.0) as u64;
-            self.status.show(&format!(
-                "next poll in {whole} s (interval {}) · cursor {} · Ctrl-C to stop",
-                seconds(interval),
-                self.cursor
-            ));
-            // Wake when the displayed number changes.
-            let tick = left.saturating_sub(Duration::from_secs(whole - 1));
-            tokio::time::sleep(tick.max(Duration::from_millis(1))).await;
-        }
+        let cursor = self.cursor;
+        self.status
+            .countdown(delay, |whole| {
+                format!(
+                    "next poll in {whole} s (interval {}) · cursor {cursor} · Ctrl-C to stop",
+                    seconds(interval)
+                )
+            })
+            .await;
     }
 }
 

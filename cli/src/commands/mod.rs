@@ -3,6 +3,7 @@
 
 pub mod clients;
 pub mod completions;
+pub mod inbox;
 pub mod listen;
 pub mod profiles;
 pub mod publish;
