@@ -3,10 +3,15 @@
 //! template is the one source of truth for what they look like.
 //!
 //! The tables get names `<prefix>clients`, `<prefix>fingerprints`, … exactly as
-//! [`TableNames::with_prefix`] names them. The queues get names `<prefix>fanout`
-//! and `<prefix>fanout-dlq`. Running it twice is fine: what exists already is
-//! left in place (its key schema is checked), and its TTL, point-in-time
-//! recovery and queue attributes are brought in line with the template.
+//! [`TableNames::with_prefix`] names them. The queues get names `<prefix>fanout`,
+//! `<prefix>fanout-dlq` and `<prefix>inbound.fifo` (the inbound queue is FIFO,
+//! and SQS wants the suffix). The inbound queue is created even though the
+//! template makes it conditional (`InboundNotifications`): offline, the local
+//! server announces sends on it whenever `INBOUND_QUEUE_URL` is set. Running
+//! it twice is fine: what exists already is left in place (its key schema is
+//! checked), and its TTL, point-in-time recovery and queue attributes are
+//! brought in line with the template (except `FifoQueue`, which SQS fixes at
+//! creation).
 
 pub mod template;
 
@@ -21,7 +26,7 @@ use pigeonhole::store::dynamodb::TableNames;
 use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
-use template::{AttributeValue, Plan, QueueRole, QueueSpec, TableSpec};
+use template::{AttributeValue, Plan, QueueRole, QueueSpec, TableSpec, FIFO_QUEUE};
 
 #[derive(Debug, thiserror::Error)]
 pub enum InfraError {
@@ -61,6 +66,8 @@ pub struct Provisioned {
     pub queue_url: String,
     /// The fan-out dead-letter queue's URL.
     pub dlq_url: String,
+    /// The inbound (FIFO) queue's URL (`INBOUND_QUEUE_URL`).
+    pub inbound_queue_url: String,
     /// What was done, one line per step ("created table …", "table …
     /// exists"). Only meant for people to read.
     pub log: Vec<String>,
@@ -68,7 +75,8 @@ pub struct Provisioned {
 
 impl Provisioned {
     /// The environment the functions and the local server's `--backend aws`
-    /// read: `CLIENTS_TABLE=…` through `DEDUP_TABLE=…`, then `FANOUT_QUEUE_URL=…`.
+    /// read: `CLIENTS_TABLE=…` through `DEDUP_TABLE=…`, then
+    /// `FANOUT_QUEUE_URL=…` and `INBOUND_QUEUE_URL=…`.
     pub fn env_lines(&self) -> Vec<String> {
         let mut lines: Vec<String> = TableNames::ENV
             .iter()
@@ -80,12 +88,17 @@ impl Provisioned {
             pigeonhole::aws::FANOUT_QUEUE_URL,
             self.queue_url
         ));
+        lines.push(format!(
+            "{}={}",
+            pigeonhole::aws::INBOUND_QUEUE_URL,
+            self.inbound_queue_url
+        ));
         lines
     }
 }
 
 /// Table names allow `[a-zA-Z0-9_.-]` and queue names `[a-zA-Z0-9_-]` (at
-/// most 80 characters, and `fanout-dlq` takes 10 of them).
+/// most 80 characters, and `inbound.fifo` takes 12 of them).
 fn check_prefix(prefix: &str) -> Result<(), InfraError> {
     let ok = prefix.len() <= 60
         && prefix
@@ -149,6 +162,7 @@ pub async fn apply(
     Ok(Provisioned {
         queue_url: url(QueueRole::Fanout)?,
         dlq_url: url(QueueRole::FanoutDeadLetter)?,
+        inbound_queue_url: url(QueueRole::Inbound)?,
         tables,
         log,
     })
@@ -452,6 +466,9 @@ async fn create_queue(
                 .map_err(aws(format!("GetQueueUrl {name}")))?
                 .queue_url
                 .unwrap_or_default();
+            // Whether a queue is FIFO is fixed at creation (and by its
+            // name): SQS refuses the attribute here.
+            attributes.remove(&QueueAttributeName::from(FIFO_QUEUE));
             client
                 .set_queue_attributes()
                 .queue_url(&url)
@@ -490,6 +507,7 @@ mod tests {
             tables: TableNames::with_prefix("p-"),
             queue_url: "http://localhost:1/000000000000/p-fanout".into(),
             dlq_url: "http://localhost:1/000000000000/p-fanout-dlq".into(),
+            inbound_queue_url: "http://localhost:1/000000000000/p-inbound.fifo".into(),
             log: Vec::new(),
         };
         assert_eq!(
@@ -501,6 +519,7 @@ mod tests {
                 "CLIENT_MESSAGES_TABLE=p-client-messages",
                 "DEDUP_TABLE=p-dedup",
                 "FANOUT_QUEUE_URL=http://localhost:1/000000000000/p-fanout",
+                "INBOUND_QUEUE_URL=http://localhost:1/000000000000/p-inbound.fifo",
             ]
         );
         let lines = provisioned.env_lines();
@@ -513,6 +532,19 @@ mod tests {
             TableNames::from_lookup(env).unwrap(),
             provisioned.tables,
             "the store reads back what infra writes"
+        );
+        // And the send path finds its inbound queue there.
+        let sdk = aws_config::SdkConfig::builder()
+            .behavior_version(aws_config::BehaviorVersion::latest())
+            .build();
+        let vars = pigeonhole::aws::Env::from_pairs(
+            lines.iter().map(|l| l.split_once('=').expect("NAME=value")),
+        );
+        assert_eq!(
+            pigeonhole::aws::inbound_from(&sdk, &vars)
+                .expect("INBOUND_QUEUE_URL is read")
+                .queue_url(),
+            provisioned.inbound_queue_url
         );
     }
 

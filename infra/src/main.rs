@@ -9,7 +9,8 @@ Usage: pigeonhole-infra [OPTIONS]
 
 Creates the DynamoDB tables and SQS queues declared in template.yaml on any
 endpoint (AWS, LocalStack, moto). Running it again is safe. Then prints the
-environment the service reads (CLIENTS_TABLE=... FANOUT_QUEUE_URL=...).
+environment the service reads (CLIENTS_TABLE=... FANOUT_QUEUE_URL=...
+INBOUND_QUEUE_URL=...).
 
 Options:
   --template FILE      the SAM template [default: template.yaml]

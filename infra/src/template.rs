@@ -77,20 +77,27 @@ impl TableRole {
     }
 }
 
-/// The queues: the fan-out queue and its dead-letter queue.
+/// The queues: the fan-out queue, its dead-letter queue, and the inbound
+/// queue on which send announces each stored message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum QueueRole {
     Fanout,
     FanoutDeadLetter,
+    Inbound,
 }
 
 impl QueueRole {
-    pub const ALL: [QueueRole; 2] = [QueueRole::Fanout, QueueRole::FanoutDeadLetter];
+    pub const ALL: [QueueRole; 3] = [
+        QueueRole::Fanout,
+        QueueRole::FanoutDeadLetter,
+        QueueRole::Inbound,
+    ];
 
     pub fn logical_id(self) -> &'static str {
         match self {
             QueueRole::Fanout => "FanoutQueue",
             QueueRole::FanoutDeadLetter => "FanoutDeadLetterQueue",
+            QueueRole::Inbound => "InboundQueue",
         }
     }
 
@@ -98,11 +105,21 @@ impl QueueRole {
         QueueRole::ALL.into_iter().find(|r| r.logical_id() == id)
     }
 
-    /// The queue's physical name: `<prefix>fanout`, `<prefix>fanout-dlq`.
+    /// Whether the queue is FIFO. The code relies on it: send gives each
+    /// notice a message group and a deduplication id, which only a FIFO
+    /// queue takes.
+    pub fn is_fifo(self) -> bool {
+        self == QueueRole::Inbound
+    }
+
+    /// The queue's physical name: `<prefix>fanout`, `<prefix>fanout-dlq`,
+    /// `<prefix>inbound.fifo` (SQS wants `.fifo` at the end of exactly the
+    /// FIFO queues' names).
     pub fn name(self, prefix: &str) -> String {
         match self {
             QueueRole::Fanout => format!("{prefix}fanout"),
             QueueRole::FanoutDeadLetter => format!("{prefix}fanout-dlq"),
+            QueueRole::Inbound => format!("{prefix}inbound.fifo"),
         }
     }
 }
@@ -172,9 +189,10 @@ pub struct Plan {
 }
 
 /// Queue properties with the same name as an SQS attribute, passed through
-/// unchanged. (`FifoQueue` and friends are missing on purpose: a FIFO queue
-/// needs a `.fifo` name, which the naming here does not produce.)
-const PLAIN_QUEUE_ATTRIBUTES: [&str; 9] = [
+/// unchanged. `FifoQueue` must say what [`QueueRole::is_fifo`] says (the
+/// name ends in `.fifo` for exactly those queues), and the FIFO attributes
+/// after it are for FIFO queues only: SQS refuses them on others.
+const PLAIN_QUEUE_ATTRIBUTES: [&str; 13] = [
     "DelaySeconds",
     "KmsDataKeyReusePeriodSeconds",
     "KmsMasterKeyId",
@@ -184,6 +202,21 @@ const PLAIN_QUEUE_ATTRIBUTES: [&str; 9] = [
     "SqsManagedSseEnabled",
     "VisibilityTimeout",
     "RedriveAllowPolicy",
+    FIFO_QUEUE,
+    "ContentBasedDeduplication",
+    "DeduplicationScope",
+    "FifoThroughputLimit",
+];
+
+/// The attribute that makes a queue FIFO. SQS takes it only when the queue
+/// is created, never in `SetQueueAttributes`.
+pub const FIFO_QUEUE: &str = "FifoQueue";
+
+/// Attributes SQS accepts on FIFO queues only.
+const FIFO_ONLY_ATTRIBUTES: [&str; 3] = [
+    "ContentBasedDeduplication",
+    "DeduplicationScope",
+    "FifoThroughputLimit",
 ];
 
 /// Table properties `infra` does not apply. They change nothing that the
@@ -473,7 +506,43 @@ fn queue_spec(role: QueueRole, properties: Option<&Yaml>) -> Result<QueueSpec, I
             }
         }
     }
+    check_fifo(&spec)?;
     Ok(spec)
+}
+
+/// A queue is FIFO exactly when its role is: the code sends the inbound
+/// queue's notices with a message group and a deduplication id (a
+/// standard queue refuses them), and infra names exactly the FIFO queues
+/// `….fifo`, as SQS requires.
+fn check_fifo(spec: &QueueSpec) -> Result<(), InfraError> {
+    let id = spec.role.logical_id();
+    let literal = |name: &str| {
+        spec.attributes.iter().find_map(|(key, value)| match value {
+            AttributeValue::Literal(text) if key == name => Some(text.as_str()),
+            _ => None,
+        })
+    };
+    let fifo = literal(FIFO_QUEUE) == Some("true");
+    if spec.role.is_fifo() && !fifo {
+        return Err(err(format!(
+            "{id} must be a FIFO queue (FifoQueue: true): send gives each notice a \
+             message group and a deduplication id"
+        )));
+    }
+    if !spec.role.is_fifo() {
+        if fifo {
+            return Err(err(format!(
+                "{id} says FifoQueue: true; infra creates it as a standard queue ({})",
+                spec.role.name("<prefix>")
+            )));
+        }
+        if let Some(name) = FIFO_ONLY_ATTRIBUTES.iter().find(|n| literal(n).is_some()) {
+            return Err(err(format!(
+                "{id} sets {name}, which only a FIFO queue takes"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Orders queues so each comes after the queues it refers to.
@@ -650,6 +719,15 @@ mod tests {
     Type: AWS::SQS::Queue
     Properties:
       MessageRetentionPeriod: 1209600
+  InboundQueue:
+    Type: AWS::SQS::Queue
+    Condition: InboundEnabled
+    Properties:
+      FifoQueue: true
+      ContentBasedDeduplication: false
+      DeduplicationScope: messageGroup
+      FifoThroughputLimit: perMessageGroupId
+      MessageRetentionPeriod: 345600
 Outputs:
   ApiUrl: { Value: !Sub "https://${HttpApi}.execute-api.${AWS::Region}.${AWS::URLSuffix}/" }
 "#;
@@ -692,6 +770,16 @@ Outputs:
         assert_eq!(all, expected, "every TableNames field has exactly one role");
         assert_eq!(QueueRole::Fanout.name("dev-"), "dev-fanout");
         assert_eq!(QueueRole::FanoutDeadLetter.name("dev-"), "dev-fanout-dlq");
+        assert_eq!(QueueRole::Inbound.name("dev-"), "dev-inbound.fifo");
+        for role in QueueRole::ALL {
+            assert_eq!(
+                role.name("p-").ends_with(".fifo"),
+                role.is_fifo(),
+                "SQS wants .fifo on exactly the FIFO queues: {role:?}"
+            );
+            // SQS allows 80 characters, and prefixes may take 60.
+            assert!(role.name(&"p".repeat(60)).len() <= 80, "{role:?}");
+        }
     }
 
     #[test]
@@ -722,7 +810,14 @@ Outputs:
     fn creates_the_dead_letter_queue_first_and_resolves_its_arn() {
         let plan = plan();
         let order: Vec<QueueRole> = plan.queues.iter().map(|q| q.role).collect();
-        assert_eq!(order, vec![QueueRole::FanoutDeadLetter, QueueRole::Fanout]);
+        assert_eq!(
+            order,
+            vec![
+                QueueRole::FanoutDeadLetter,
+                QueueRole::Fanout,
+                QueueRole::Inbound
+            ]
+        );
         let fanout = &plan.queues[1];
         assert_eq!(
             fanout.attributes,
@@ -745,6 +840,71 @@ Outputs:
             ]
         );
         assert_eq!(fanout.depends_on(), vec![QueueRole::FanoutDeadLetter]);
+    }
+
+    /// The inbound queue is FIFO, with its attributes as the template says
+    /// (the condition that makes it optional on AWS does not matter here:
+    /// infra always creates it).
+    #[test]
+    fn reads_the_fifo_inbound_queue() {
+        let plan = plan();
+        let inbound = plan
+            .queues
+            .iter()
+            .find(|q| q.role == QueueRole::Inbound)
+            .expect("the inbound queue");
+        let literal = |text: &str| AttributeValue::Literal(text.into());
+        assert_eq!(
+            inbound.attributes,
+            vec![
+                ("FifoQueue".into(), literal("true")),
+                ("ContentBasedDeduplication".into(), literal("false")),
+                ("DeduplicationScope".into(), literal("messageGroup")),
+                ("FifoThroughputLimit".into(), literal("perMessageGroupId")),
+                ("MessageRetentionPeriod".into(), literal("345600")),
+            ]
+        );
+        assert!(inbound.depends_on().is_empty());
+    }
+
+    #[test]
+    fn refuses_a_fifo_queue_infra_names_as_standard_and_the_reverse() {
+        let standard_inbound = QUEUES.replace("      FifoQueue: true\n", "");
+        let msg = message(Plan::from_yaml(&template(&format!(
+            "{TABLES}{standard_inbound}"
+        ))));
+        assert!(
+            msg.contains("InboundQueue") && msg.contains("FifoQueue: true"),
+            "{msg}"
+        );
+        let off = QUEUES.replace("FifoQueue: true", "FifoQueue: false");
+        let msg = message(Plan::from_yaml(&template(&format!("{TABLES}{off}"))));
+        assert!(msg.contains("InboundQueue"), "{msg}");
+
+        let fifo_fanout = QUEUES.replace(
+            "      VisibilityTimeout: 360",
+            "      FifoQueue: true\n      VisibilityTimeout: 360",
+        );
+        let msg = message(Plan::from_yaml(&template(&format!(
+            "{TABLES}{fifo_fanout}"
+        ))));
+        assert!(
+            msg.contains("FanoutQueue") && msg.contains("standard queue"),
+            "{msg}"
+        );
+        let dedup_on_fanout = QUEUES.replace(
+            "      VisibilityTimeout: 360",
+            "      ContentBasedDeduplication: true\n      VisibilityTimeout: 360",
+        );
+        let msg = message(Plan::from_yaml(&template(&format!(
+            "{TABLES}{dedup_on_fanout}"
+        ))));
+        assert!(msg.contains("ContentBasedDeduplication"), "{msg}");
+
+        let no_inbound =
+            QUEUES.split("  InboundQueue:").next().unwrap().to_string() + "Outputs: {}\n";
+        let msg = message(Plan::from_yaml(&template(&format!("{TABLES}{no_inbound}"))));
+        assert!(msg.contains("InboundQueue"), "{msg}");
     }
 
     #[test]
@@ -857,7 +1017,7 @@ Outputs:
         );
         let plan = Plan::from_yaml(&text).unwrap();
         assert_eq!(plan.tables.len(), 5);
-        assert_eq!(plan.queues.len(), 2);
+        assert_eq!(plan.queues.len(), 3);
     }
 
     #[test]
@@ -868,7 +1028,18 @@ Outputs:
         assert_eq!(plan.tables.len(), 5);
         assert_eq!(
             plan.queues.iter().map(|q| q.role).collect::<Vec<_>>(),
-            vec![QueueRole::FanoutDeadLetter, QueueRole::Fanout]
+            vec![
+                QueueRole::FanoutDeadLetter,
+                QueueRole::Fanout,
+                QueueRole::Inbound
+            ]
         );
+        let inbound = &plan.queues[2];
+        let has = |key: &str, value: &str| {
+            inbound
+                .attributes
+                .contains(&(key.into(), AttributeValue::Literal(value.into())))
+        };
+        assert!(has("FifoQueue", "true") && has("ContentBasedDeduplication", "false"));
     }
 }

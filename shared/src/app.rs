@@ -6,7 +6,7 @@ use crate::config::{Config, ConfigError, Secret};
 use crate::crypto::ServerKeys;
 use crate::error::ApiError;
 use crate::handlers::fanout::Fanout;
-use crate::queue::{InProcessQueue, Queue};
+use crate::queue::{InProcessQueue, Inbound, Queue};
 use crate::rate_limit::{PollRateLimit, WindowLimit};
 use crate::store::Store;
 use std::sync::Arc;
@@ -15,6 +15,9 @@ use std::time::Duration;
 pub struct App {
     pub store: Arc<dyn Store>,
     queue: Option<Arc<dyn Queue>>,
+    /// Where send announces each stored message (AWS only; see
+    /// [`App::with_inbound`]).
+    inbound: Option<Arc<dyn Inbound>>,
     keys: Arc<ServerKeys>,
     pub clock: Arc<dyn Clock>,
     pub admin_token: Option<String>,
@@ -53,6 +56,7 @@ impl App {
         App {
             store,
             queue,
+            inbound: None,
             keys: server_keys(config),
             clock,
             admin_token: config.admin_token.clone(),
@@ -71,6 +75,20 @@ impl App {
     /// route needs and refuses to start without them).
     pub fn keys(&self) -> &Arc<ServerKeys> {
         &self.keys
+    }
+
+    /// This app announces every message a client sends on `inbound`
+    /// ([`crate::aws`] gives it one when `INBOUND_QUEUE_URL` is set: the
+    /// send function, and the local server's `--backend aws`). Without
+    /// one, sends notify no one, as on the embedded server.
+    pub fn with_inbound(mut self, inbound: Arc<dyn Inbound>) -> App {
+        self.inbound = Some(inbound);
+        self
+    }
+
+    /// The inbound notifier, if this app has one.
+    pub fn inbound(&self) -> Option<&Arc<dyn Inbound>> {
+        self.inbound.as_ref()
     }
 }
 

@@ -22,7 +22,7 @@ use crate::clock::SystemClock;
 use crate::config::{Config, ConfigError, Secret};
 use crate::handlers::fanout::Fanout;
 use crate::handlers::sqs_batch::FanoutFunction;
-use crate::queue::{Queue, SqsQueue};
+use crate::queue::{Inbound, Queue, SqsInbound, SqsQueue};
 use crate::retry::aws::{classify, SECRETS_MANAGER_ERRORS};
 use crate::retry::{self, Failed, GaveUp};
 use crate::store::dynamodb::{DynamoStore, TableNames};
@@ -37,6 +37,13 @@ use std::time::{Duration, Instant};
 
 /// The variable naming the fan-out queue, for the functions that publish.
 pub const FANOUT_QUEUE_URL: &str = "FANOUT_QUEUE_URL";
+
+/// The variable naming the inbound queue (a FIFO queue, `InboundQueue` in
+/// template.yaml) on which send announces every stored message. Only the
+/// send function gets it, and only while the stack's
+/// `InboundNotifications` parameter is `Enabled`; unset, sends notify no
+/// one.
+pub const INBOUND_QUEUE_URL: &str = "INBOUND_QUEUE_URL";
 
 /// `<NAME>_SECRET_ARN` names the Secrets Manager secret holding `<NAME>`.
 pub const SECRET_ARN_SUFFIX: &str = "_SECRET_ARN";
@@ -327,11 +334,33 @@ pub fn queue_from_env(sdk: &aws_config::SdkConfig) -> Result<SqsQueue, ConfigErr
     queue_from(sdk, &Env::from_process())
 }
 
+/// The inbound queue named by `INBOUND_QUEUE_URL` in `env`, if it names
+/// one.
+pub fn inbound_from(sdk: &aws_config::SdkConfig, env: &Env) -> Option<SqsInbound> {
+    let url = env.get(INBOUND_QUEUE_URL)?;
+    Some(SqsInbound::new(aws_sdk_sqs::Client::new(sdk), url.trim()))
+}
+
+/// `app`, announcing sends on the inbound queue when `env` names one.
+fn with_inbound(app: App, sdk: &aws_config::SdkConfig, env: &Env) -> App {
+    match inbound_from(sdk, env) {
+        Some(inbound) => {
+            tracing::info!(
+                queue_url = inbound.queue_url(),
+                "sends are announced on the inbound queue"
+            );
+            app.with_inbound(Arc::new(inbound) as Arc<dyn Inbound>)
+        }
+        None => app,
+    }
+}
+
 // ------------------------------------------------------------- cold start ---
 
 /// A Lambda function's cold start: an app over DynamoDB (and SQS when
 /// `with_queue`) holding the secrets in `secrets` (each must be set),
-/// from the process environment.
+/// from the process environment. It announces sends on the inbound queue
+/// when `INBOUND_QUEUE_URL` is set.
 pub async fn app_from_env(secrets: &[Secret], with_queue: bool) -> Result<App, ConfigError> {
     let sdk = sdk_config().await;
     app_from(&sdk, &Env::from_process(), secrets, with_queue).await
@@ -348,7 +377,8 @@ pub async fn app_from(
 ) -> Result<App, ConfigError> {
     let (store, queue) = store_and_queue(sdk, env, with_queue)?;
     let config = config_from(sdk, env, secrets).await?;
-    Ok(App::new(&config, store, queue, Arc::new(SystemClock)))
+    let app = App::new(&config, store, queue, Arc::new(SystemClock));
+    Ok(with_inbound(app, sdk, env))
 }
 
 type StoreAndQueue = (Arc<dyn Store>, Option<Arc<dyn Queue>>);
@@ -369,11 +399,14 @@ fn store_and_queue(
 
 /// An app over DynamoDB (and SQS when `with_queue`) for a configuration
 /// read elsewhere (the local server layers its secrets file under the
-/// environment).
+/// environment). Like [`app_from_env`], it announces sends on the inbound
+/// queue when `INBOUND_QUEUE_URL` is set.
 pub async fn app_with_config(config: &Config, with_queue: bool) -> Result<App, ConfigError> {
     let sdk = sdk_config().await;
-    let (store, queue) = store_and_queue(&sdk, &Env::from_process(), with_queue)?;
-    Ok(App::new(config, store, queue, Arc::new(SystemClock)))
+    let env = Env::from_process();
+    let (store, queue) = store_and_queue(&sdk, &env, with_queue)?;
+    let app = App::new(config, store, queue, Arc::new(SystemClock));
+    Ok(with_inbound(app, &sdk, &env))
 }
 
 /// The fan-out function over DynamoDB, for the SQS-triggered function:
@@ -483,6 +516,22 @@ mod tests {
             Some("s3cret-admin-value")
         );
         assert_eq!(Env::from_pairs([("X", " ")]).get("X"), None);
+    }
+
+    #[test]
+    fn the_inbound_queue_is_used_only_when_named() {
+        let sdk = aws_config::SdkConfig::builder()
+            .behavior_version(aws_config::BehaviorVersion::latest())
+            .build();
+        let url = "https://sqs.us-east-1.amazonaws.com/1/p-InboundQueue.fifo";
+        let env = Env::from_pairs([(INBOUND_QUEUE_URL, format!(" {url} "))]);
+        assert_eq!(inbound_from(&sdk, &env).unwrap().queue_url(), url);
+        for env in [
+            Env::from_pairs([(INBOUND_QUEUE_URL, "  ")]),
+            Env::from_pairs([(FANOUT_QUEUE_URL, url)]),
+        ] {
+            assert!(inbound_from(&sdk, &env).is_none(), "{env:?}");
+        }
     }
 
     #[test]

@@ -344,9 +344,15 @@ pub async fn run(ctx: &Ctx, args: ListenArgs) -> Result<u8, CliError> {
         }
     };
     tokio::select! {
-        result = work => result,
-        () = ctrl_c() => Ok(EXIT_OK),
+        result = work => return result,
+        () = ctrl_c() => {}
     }
+    // Ctrl-C may land between printing a message and acking it: ack what
+    // was printed and save the cursor before exiting, so a restart does not
+    // print it again. Bounded, since the server may be what the user is
+    // giving up on.
+    let _ = tokio::time::timeout(Duration::from_secs(5), listener.ack()).await;
+    Ok(EXIT_OK)
 }
 
 #[cfg(test)]

@@ -3,6 +3,10 @@
 //! plaintext's shape, and stores it re-encrypted under its at-rest key.
 //! A retry with the same nonce is answered with the original id.
 //!
+//! On AWS each stored message is also announced on the inbound queue
+//! (`{"client_id", "id", "type", "created_at"}`, see [`announce`]); a
+//! retry announces it again, and the FIFO queue keeps one.
+//!
 //! The message's `type` is stored only inside the sealed body: the outbox
 //! row's `kind` column is the constant [`OUTBOX_KIND`], and [`open_sent`]
 //! reads a stored message back.
@@ -15,6 +19,7 @@ use crate::crypto::{
 };
 use crate::domain::{valid_type, ClientId, Seq, MAX_TYPE_CHARS};
 use crate::error::ApiError;
+use crate::queue::SentNotice;
 use crate::store::{
     Appended, Bucket, Dedup, Mailbox, NewMessage, RateCharge, Sealer, StoreError, StoredMessage,
     Touch,
@@ -22,7 +27,7 @@ use crate::store::{
 use crate::App;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SendInput {
@@ -237,26 +242,100 @@ pub async fn send(app: &App, client: &ClientAuth, input: SendInput) -> Result<Se
         Arc::clone(&app.clock),
         Arc::new(plaintext),
     );
+    // The stored message's `created_at`, for its notice. An append that
+    // loses the race for a number seals again, so the last call is the one
+    // stored.
+    let sealed_at = Arc::new(Mutex::new(None::<Timestamp>));
+    let sealed_at_in = Arc::clone(&sealed_at);
     let sealer: Sealer = Arc::new(move |seq| {
+        let created_at = clock.now();
+        *sealed_at_in.lock().unwrap_or_else(|p| p.into_inner()) = Some(created_at);
         Ok(NewMessage {
             kind: OUTBOX_KIND.to_string(),
             body: keys
                 .seal_at_rest(&outbox_context(id, seq), &plaintext)
                 .map_err(|e| StoreError::Seal(e.to_string()))?,
-            created_at: clock.now(),
+            created_at,
             key_generation: 0,
         })
     });
     match app.store.append(Mailbox::Outbox, id, dedup, sealer).await? {
         Appended::Stored { seq } => {
             tracing::info!(client_id = %id, id = seq, "message received from client");
+            let created_at = sealed_at.lock().unwrap_or_else(|p| p.into_inner()).take();
+            announce(app, id, seq, &kind, created_at.unwrap_or_else(|| app.clock.now())).await?;
             Ok(Sent { id: seq, created: true })
         }
-        Appended::Duplicate { seq, same_content: true } => Ok(Sent { id: seq, created: false }),
+        Appended::Duplicate { seq, same_content: true } => {
+            announce_again(app, id, seq, &kind).await?;
+            Ok(Sent { id: seq, created: false })
+        }
         Appended::Duplicate { same_content: false, .. } => Err(ApiError::validation(
             "this nonce was already used for a different message; encrypt every message under a fresh random nonce",
         )),
         Appended::UnknownClient => Err(ApiError::unauthorized()),
+    }
+}
+
+/// Announces a stored message on the inbound queue, when this app has one
+/// (on AWS; see [`crate::queue::Inbound`]). A notice that does not get
+/// there fails the send: 503 `unavailable` after transient failures (500
+/// if the queue refuses it for good). The message stays stored, and the
+/// client's retry of the same send is a duplicate that announces it again;
+/// if the first notice did arrive after all, the FIFO queue drops the
+/// second (same deduplication id, within 5 minutes).
+async fn announce(
+    app: &App,
+    client: ClientId,
+    id: Seq,
+    kind: &str,
+    created_at: Timestamp,
+) -> Result<(), ApiError> {
+    let Some(inbound) = app.inbound() else {
+        return Ok(());
+    };
+    let notice = SentNotice {
+        client_id: client,
+        id,
+        kind: kind.to_string(),
+        created_at,
+    };
+    inbound.notify(notice).await.map_err(|e| {
+        tracing::warn!(
+            client_id = %client, id, error = %e,
+            "the message is stored but its notice is not on the inbound queue; \
+             the client's retry of the send announces it"
+        );
+        ApiError::from(e)
+    })
+}
+
+/// A retried send announces its message again, in case the first attempt
+/// stored it but could not announce it: with the stored message's
+/// `created_at`, so every notice of one message is the same (one more
+/// strongly consistent read of the outbox, only for a retry, and only when
+/// there is an inbound queue). A message cleanup has already removed
+/// (older than `SENT_RETENTION_SECS`) is not announced: there is nothing
+/// left to read.
+async fn announce_again(app: &App, client: ClientId, id: Seq, kind: &str) -> Result<(), ApiError> {
+    if app.inbound().is_none() {
+        return Ok(());
+    }
+    let stored = app
+        .store
+        .read(Mailbox::Outbox, client, id.saturating_sub(1), 1)
+        .await?;
+    match stored.first() {
+        Some(message) if message.seq == id => {
+            announce(app, client, id, kind, message.created_at).await
+        }
+        _ => {
+            tracing::info!(
+                client_id = %client, id,
+                "a retried send whose message cleanup has removed: no notice"
+            );
+            Ok(())
+        }
     }
 }
 

@@ -1,5 +1,6 @@
 //! The fan-out port: publish hands [`FanoutJob`]s to a [`Queue`], and a
-//! worker delivers each job to its recipients.
+//! worker delivers each job to its recipients. Also the inbound port
+//! ([`Inbound`]): on AWS, send announces each stored message on a queue.
 //!
 //! A job carries the payload sealed under the server's at-rest key, so
 //! plaintext never sits in a queue. Jobs are sized to fit one queue message
@@ -7,12 +8,18 @@
 //! recipients may become several jobs.
 
 mod in_process;
+mod inbound;
 #[cfg(feature = "aws")]
 mod sqs;
+#[cfg(feature = "aws")]
+mod sqs_inbound;
 
 pub use in_process::InProcessQueue;
+pub use inbound::{Inbound, SentNotice};
 #[cfg(feature = "aws")]
 pub use sqs::SqsQueue;
+#[cfg(feature = "aws")]
+pub use sqs_inbound::SqsInbound;
 
 use crate::crypto::{decode_base64, encode_base64, Sealed};
 use crate::domain::ClientId;

@@ -56,6 +56,18 @@ pub const SQS_ERRORS: &[(&str, Class)] = &[
     ("InvalidParameterValue", Class::Permanent),
     ("BatchRequestTooLong", Class::Permanent),
     ("AccessDenied", Class::Permanent),
+    // SendMessage (the inbound queue's notices): a body or attribute SQS
+    // will never take, a FIFO parameter on a standard queue (or none on a
+    // FIFO queue), and a queue whose KMS key cannot be used.
+    ("InvalidMessageContents", Class::Permanent),
+    ("UnsupportedOperation", Class::Permanent),
+    ("InvalidSecurity", Class::Permanent),
+    ("KmsAccessDenied", Class::Permanent),
+    ("KmsDisabled", Class::Permanent),
+    ("KmsInvalidKeyUsage", Class::Permanent),
+    ("KmsInvalidState", Class::Permanent),
+    ("KmsNotFound", Class::Permanent),
+    ("KmsOptInRequired", Class::Permanent),
 ];
 
 /// Secrets Manager error codes (`GetSecretValue` at cold start). A secret
@@ -215,6 +227,12 @@ mod tests {
             ("QueueDoesNotExist", 400, Class::Permanent),
             ("BatchRequestTooLong", 400, Class::Permanent),
             ("InvalidParameterValue", 400, Class::Permanent),
+            ("InvalidMessageContents", 400, Class::Permanent),
+            ("UnsupportedOperation", 400, Class::Permanent),
+            ("KmsDisabled", 400, Class::Permanent),
+            ("KmsAccessDenied", 400, Class::Permanent),
+            ("SomethingNew", 500, Class::Transient),
+            ("SomethingNew", 400, Class::Permanent),
         ];
         for (code, status, class) in rows {
             assert_eq!(

@@ -8,7 +8,10 @@
 //! - `aws`: `--backend aws`, DynamoDB and SQS on moto (see `aws_support`:
 //!   `PIGEONHOLE_TEST_AWS_ENDPOINT`, or a moto server of this test process).
 //!   Every `Server` gets tables and queues of its own under a fresh prefix,
-//!   kept across restarts, and the fan-out runs on what the server receives
+//!   kept across restarts, and the server gets their names as infra writes
+//!   them (`CLIENTS_TABLE=…`, `FANOUT_QUEUE_URL=…`, `INBOUND_QUEUE_URL=…`:
+//!   sends are announced on the inbound queue, see `inbound.rs`; a test's
+//!   `extra_env` may blank one). The fan-out runs on what the server receives
 //!   from its queue, so it finishes after publish answers 202: `publish`
 //!   waits for it ([`Server::settle`]).
 #![allow(dead_code)]
@@ -545,6 +548,7 @@ impl Server {
                 cmd.env_remove(name);
             }
             cmd.env_remove(pigeonhole::aws::FANOUT_QUEUE_URL);
+            cmd.env_remove(pigeonhole::aws::INBOUND_QUEUE_URL);
         }
         cmd.stdout(Self::open_log(&server.stdout_path()))
             .stderr(Self::open_log(&server.stderr_path()));
