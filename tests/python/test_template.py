@@ -23,7 +23,7 @@ actions the DynamoDB store needs, that the cleanup needs no secret, the
 fan-out's sizing from docs/architecture.md) is written down here.
 
 The template has conditions (MasterKey, ReservedConcurrency,
-AlarmEmail). Checks that depend on them run once per combination that
+AlarmEmail, InboundNotifications). Checks that depend on them run once per combination that
 matters, with `Fn::If` resolved the way CloudFormation would.
 """
 import json
@@ -68,6 +68,8 @@ CLEANUP_SECRETS: set[str] = set()
 ONLY_FOR = {
     # The fan-out enqueues the continuation of a job it could not finish.
     "FANOUT_QUEUE_URL": {"publish", "fanout"},
+    # Send announces each stored message on the inbound queue.
+    "INBOUND_QUEUE_URL": {"send"},
     "POLL_RATE_LIMIT": {"poll"},
     "SEND_RATE_LIMIT": {"send"},
     "REGISTER_RATE_LIMIT": {"register"},
@@ -89,14 +91,26 @@ SECRET_RESOURCES = {
 PURPOSE_KEYS = {"TOKEN_KEY", "FINGERPRINT_KEY", "WRAPPING_KEY", "AT_REST_KEY"}
 
 # The condition values a deployment can have: a new stack, a legacy one
-# (MasterKey set), each with and without reserved concurrency.
+# (MasterKey set), each with and without reserved concurrency, and each
+# kind with send's inbound notifications turned off.
 MODES = [
-    {"UsePurposeKeys": True, "UseMasterKey": False, "ReserveConcurrency": False, "HasAlarmEmail": False},
-    {"UsePurposeKeys": True, "UseMasterKey": False, "ReserveConcurrency": True, "HasAlarmEmail": True},
-    {"UsePurposeKeys": False, "UseMasterKey": True, "ReserveConcurrency": False, "HasAlarmEmail": False},
-    {"UsePurposeKeys": False, "UseMasterKey": True, "ReserveConcurrency": True, "HasAlarmEmail": True},
+    {"UsePurposeKeys": True, "UseMasterKey": False, "ReserveConcurrency": False, "HasAlarmEmail": False,
+     "InboundEnabled": True},
+    {"UsePurposeKeys": True, "UseMasterKey": False, "ReserveConcurrency": True, "HasAlarmEmail": True,
+     "InboundEnabled": True},
+    {"UsePurposeKeys": False, "UseMasterKey": True, "ReserveConcurrency": False, "HasAlarmEmail": False,
+     "InboundEnabled": True},
+    {"UsePurposeKeys": False, "UseMasterKey": True, "ReserveConcurrency": True, "HasAlarmEmail": True,
+     "InboundEnabled": True},
+    {"UsePurposeKeys": True, "UseMasterKey": False, "ReserveConcurrency": False, "HasAlarmEmail": False,
+     "InboundEnabled": False},
+    {"UsePurposeKeys": False, "UseMasterKey": True, "ReserveConcurrency": True, "HasAlarmEmail": True,
+     "InboundEnabled": False},
 ]
-MODE_IDS = ["purpose-keys", "purpose-keys-reserved", "legacy", "legacy-reserved"]
+MODE_IDS = [
+    "purpose-keys", "purpose-keys-reserved", "legacy", "legacy-reserved",
+    "purpose-keys-no-inbound", "legacy-reserved-no-inbound",
+]
 
 # LogLevel may offer only levels at which nothing logs a raw event, a
 # header or a body: lambda_runtime logs whole events at trace, and the AWS
@@ -178,6 +192,24 @@ EXPECTED_IAM = {
         "DedupTable": {"dynamodb:GetItem", "dynamodb:PutItem"},
     },
 }
+
+# What send adds when InboundNotifications is Enabled: it announces each
+# stored message on the inbound queue, and for a retried send reads the
+# stored message's created_at (a Query of one item) to announce it again.
+INBOUND_IAM = {
+    "InboundQueue": {"sqs:SendMessage"},
+    "ClientMessagesTable": {"dynamodb:Query"},
+}
+
+
+def expected_iam(binary, mode):
+    """EXPECTED_IAM[binary] in `mode`."""
+    expected = {k: set(v) for k, v in EXPECTED_IAM[binary].items()}
+    if binary == "send" and mode["InboundEnabled"]:
+        for target, actions in INBOUND_IAM.items():
+            expected.setdefault(target, set()).update(actions)
+    return expected
+
 
 # Upper-case string literals in the Rust sources that are not environment
 # variables. Empty today; add a name here if the env-var check picks up a
@@ -756,7 +788,7 @@ def test_iam_is_least_privilege(template):
     for mode in MODES:
         for binary, [(logical_id, res)] in functions_by_binary(template).items():
             data, _ = split_grants(template, granted_actions(template, res, mode))
-            assert data == EXPECTED_IAM[binary], f"{logical_id}: {data}"
+            assert data == expected_iam(binary, mode), f"{logical_id}: {data}"
             for statement in policy_statements(template, res, mode):
                 assert "*" not in json.dumps(statement["Action"]), f"{logical_id}: wildcard action"
 
@@ -777,7 +809,7 @@ def test_the_tables_and_queue_the_store_uses_exist(template):
     for binary in ("publish", "fanout"):
         _, res = function_for(template, binary)
         assert ref_target(function_env(template, res)["FANOUT_QUEUE_URL"]) == "FanoutQueue", binary
-    assert set(queues) == {"FanoutQueue", "FanoutDeadLetterQueue"}
+    assert set(queues) == {"FanoutQueue", "FanoutDeadLetterQueue", "InboundQueue"}
 
 
 def test_fanout_reports_partial_batch_failures(template):
@@ -893,6 +925,65 @@ def test_cleanup_runs_on_a_schedule(template):
     _, cleanup = function_for(template, "cleanup")
     schedules = [e for e in cleanup["Properties"]["Events"].values() if e["Type"] == "Schedule"]
     assert len(schedules) == 1
+
+
+def rust_str_const(path, name):
+    """The value of `const NAME: &str = "value";` in a Rust source."""
+    source = (ROOT / path).read_text(encoding="utf-8")
+    match = re.search(rf'const {name}: &str = "([^"]*)";', source)
+    assert match, f"const {name} not found in {path}"
+    return match.group(1)
+
+
+@pytest.mark.parametrize("mode", MODES, ids=MODE_IDS)
+def test_send_announces_on_the_fifo_inbound_queue_when_enabled(template, mode):
+    params, conditions = template["Parameters"], template["Conditions"]
+    param = params["InboundNotifications"]
+    assert param["Type"] == "String" and param["Default"] == "Enabled"
+    assert set(param["AllowedValues"]) == {"Enabled", "Disabled"}
+    assert conditions["InboundEnabled"] == {"Fn::Equals": [{"Ref": "InboundNotifications"}, "Enabled"]}
+    # The queue exists only when enabled; FIFO, so that the send function's
+    # MessageGroupId (the client) and MessageDeduplicationId
+    # (<client_id>:<id>) keep each client's notices in order and drop a
+    # retried send's repeat; high-throughput FIFO (one group per client);
+    # kept 4 days; encrypted at rest.
+    queue = template["Resources"]["InboundQueue"]
+    assert queue["Type"] == "AWS::SQS::Queue" and queue["Condition"] == "InboundEnabled"
+    props = queue["Properties"]
+    assert props["FifoQueue"] is True
+    assert props["ContentBasedDeduplication"] is False
+    assert props["DeduplicationScope"] == "messageGroup"
+    assert props["FifoThroughputLimit"] == "perMessageGroupId"
+    assert props["MessageRetentionPeriod"] == 4 * 86400
+    assert props["SqsManagedSseEnabled"] is True
+    assert "QueueName" not in props, "infra names it <prefix>inbound.fifo; CloudFormation adds .fifo itself"
+    # Only the send function is told where it is, and only when enabled.
+    variable = rust_str_const("shared/src/aws.rs", "INBOUND_QUEUE_URL")
+    for binary, [(logical_id, res)] in functions_by_binary(template).items():
+        env = function_env(template, res, mode)
+        if binary == "send" and mode["InboundEnabled"]:
+            assert ref_target(env[variable]) == "InboundQueue", logical_id
+        else:
+            assert variable not in env, logical_id
+    _, send = function_for(template, "send")
+    granted = granted_actions(template, send, mode)
+    if mode["InboundEnabled"]:
+        assert granted["InboundQueue"] == {"sqs:SendMessage"}
+    else:
+        assert "InboundQueue" not in granted
+    # Outputs for the user's own function, only when the queue exists.
+    outputs = template["Outputs"]
+    for name in ("InboundQueueUrl", "InboundQueueArn"):
+        assert outputs[name]["Condition"] == "InboundEnabled", name
+    assert outputs["InboundQueueUrl"]["Value"] == {"Ref": "InboundQueue"}
+    assert outputs["InboundQueueArn"]["Value"] == {"Fn::GetAtt": ["InboundQueue", "Arn"]}
+    # Nothing else refers to the queue unconditionally: CloudFormation
+    # refuses a reference to a resource whose condition is false.
+    for logical_id, res in template["Resources"].items():
+        if logical_id == "InboundQueue":
+            continue
+        resolved = json.dumps(resolve(res, {**mode, "InboundEnabled": False}))
+        assert "InboundQueue" not in resolved, f"{logical_id} refers to InboundQueue when it does not exist"
 
 
 def test_outputs(template):
