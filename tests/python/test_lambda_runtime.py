@@ -288,7 +288,7 @@ def test_whole_contract_through_function_urls(stack):
                           "id": raw["id"]}
     key = pc.key_from_token(alice["personal_token"])
     assert pc.decrypt(key, raw) == {"type": "greeting", "payload": payload}
-    client = pc.PigeonholeClient("http://unused.invalid", alice["client_id"], alice["api_token"],
+    client = pc.PigeonholeClient("http://127.0.0.1:9", alice["client_id"], alice["api_token"],
                                  alice["personal_token"])
     assert client.decrypt(raw).payload == payload  # the reference client's aad check too
     # Bob's copy is sealed under bob's key, not alice's.
