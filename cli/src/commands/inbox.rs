@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::Args;
 use pigeonhole::domain::{ClientId, MAX_POLL_LIMIT};
 
-use super::{ctrl_c, print_line, Ctx};
+use super::{ctrl_c, follow_outcome, print_line, Ctx};
 use crate::api::{Api, ApiError, Sent, SentMessage, SentPage};
 use crate::backoff::{Backoff, PollOutcome};
 use crate::error::{CliError, EXIT_OK};
@@ -189,25 +189,9 @@ impl Reader {
     }
 }
 
-/// What a failed read means for `--follow`: 429, or 503 with Retry-After,
-/// waits as asked; a network error or another 5xx backs off; anything else
-/// ends the command.
+/// What a failed read means for `--follow` (see [`follow_outcome`]).
 fn problem_of(e: ApiError) -> Result<(PollOutcome, Option<String>), CliError> {
-    Ok(match e.retry_after() {
-        Some(wait) if e.rate_limited().is_some() => (
-            PollOutcome::RetryAfter { wait },
-            Some(format!("rate limited by the server ({e})")),
-        ),
-        Some(wait) => (
-            PollOutcome::RetryAfter { wait },
-            Some(format!("warning: server unavailable ({e})")),
-        ),
-        None if e.is_retryable() => (
-            PollOutcome::Failed,
-            Some(format!("warning: read failed: {e}")),
-        ),
-        None => return Err(e.into()),
-    })
+    follow_outcome(e, "read")
 }
 
 /// The client id argument as the API spells it (lower-case UUID).

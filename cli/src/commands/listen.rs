@@ -10,7 +10,7 @@ use pigeonhole::domain::{DEFAULT_POLL_LIMIT, MAX_POLL_LIMIT};
 use serde::Serialize;
 use serde_json::Value;
 
-use super::{ctrl_c, print_line, profile_key, Ctx};
+use super::{ctrl_c, follow_outcome, print_line, profile_key, Ctx};
 use crate::api::{Api, Credentials, Delivered, Poll, PollPage};
 use crate::backoff::{Backoff, PollOutcome};
 use crate::config;
@@ -278,21 +278,7 @@ impl Listener {
                 }
                 // 429, or 503 `unavailable` with Retry-After: wait as asked;
                 // the cursor stays where it is.
-                Err(e) => match e.retry_after() {
-                    Some(wait) if e.rate_limited().is_some() => (
-                        PollOutcome::RetryAfter { wait },
-                        Some(format!("rate limited by the server ({e})")),
-                    ),
-                    Some(wait) => (
-                        PollOutcome::RetryAfter { wait },
-                        Some(format!("warning: server unavailable ({e})")),
-                    ),
-                    None if e.is_retryable() => (
-                        PollOutcome::Failed,
-                        Some(format!("warning: poll failed: {e}")),
-                    ),
-                    None => return Err(e.into()),
-                },
+                Err(e) => follow_outcome(e, "poll")?,
             };
             let interval = backoff.current();
             let delay = backoff.next_delay(outcome);

@@ -226,6 +226,32 @@ pub fn check_type(kind: &str) -> Result<(), CliError> {
 
 /// Writes one line to stdout and flushes it, so a reader sees each message
 /// before it is acknowledged.
+/// What a failed read means for a command that keeps polling (`listen`,
+/// `inbox --follow`): 429, or 503 with Retry-After, waits as asked; a
+/// network error or another 5xx backs off; anything else ends the command.
+/// `what` names the request in the warning ("poll", "read").
+pub fn follow_outcome(
+    e: crate::api::ApiError,
+    what: &str,
+) -> Result<(crate::backoff::PollOutcome, Option<String>), CliError> {
+    use crate::backoff::PollOutcome;
+    Ok(match e.retry_after() {
+        Some(wait) if e.rate_limited().is_some() => (
+            PollOutcome::RetryAfter { wait },
+            Some(format!("rate limited by the server ({e})")),
+        ),
+        Some(wait) => (
+            PollOutcome::RetryAfter { wait },
+            Some(format!("warning: server unavailable ({e})")),
+        ),
+        None if e.is_retryable() => (
+            PollOutcome::Failed,
+            Some(format!("warning: {what} failed: {e}")),
+        ),
+        None => return Err(e.into()),
+    })
+}
+
 pub fn print_line(line: &str) -> Result<(), CliError> {
     let mut out = std::io::stdout().lock();
     writeln!(out, "{line}")
