@@ -21,6 +21,16 @@ pub const DEFAULT_POLL_LIMIT: u32 = 100;
 pub const MAX_POLL_LIMIT: u32 = 500;
 pub const DEFAULT_LIST_LIMIT: u32 = 100;
 pub const MAX_LIST_LIMIT: u32 = 1000;
+/// Tags one client may carry.
+pub const MAX_TAGS: usize = 20;
+pub const MAX_TAG_CHARS: usize = 64;
+/// Tags one publish may name (`to_tags`).
+pub const MAX_AUDIENCE_TAGS: usize = 10;
+/// The longest `ttl_secs` a publish may ask for: 30 days.
+pub const MAX_TTL_SECS: u64 = 30 * 86_400;
+/// How long a publish's delivery status stays readable: as long as the
+/// idempotency markers it is computed from.
+pub const PUBLISH_STATUS_DAYS: i64 = 15;
 /// A client counts as online this long after its last authenticated request.
 pub const ONLINE_WINDOW_MS: i64 = 120_000;
 
@@ -58,6 +68,14 @@ impl std::fmt::Display for ClientId {
 /// A position in one client's message sequence. The first message is 1;
 /// 0 means "before everything".
 pub type Seq = u64;
+
+/// Checks a tag: 1 to 64 characters of `a-z 0-9 _ . -`.
+pub fn valid_tag(tag: &str) -> bool {
+    (1..=MAX_TAG_CHARS).contains(&tag.len())
+        && tag
+            .bytes()
+            .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'_' | b'.' | b'-'))
+}
 
 /// Checks a message `type`: 1 to 64 characters.
 pub fn valid_type(kind: &str) -> bool {

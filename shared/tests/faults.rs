@@ -722,6 +722,7 @@ async fn a_page_of_sent_messages_stops_before_one_still_being_written() {
                     .unwrap(),
                 created_at: pigeonhole::clock::Clock::now(&SystemClock),
                 key_generation: 0,
+                expires_at: None,
             })
         });
         let dedup = Dedup {

@@ -58,6 +58,7 @@ fn sealer(kind: &str) -> Sealer {
             body: seal(&key, &seq.to_be_bytes(), b""),
             created_at: T0,
             key_generation: 0,
+            expires_at: None,
         })
     })
 }
@@ -664,6 +665,8 @@ async fn an_interrupted_deletion_is_finished_by_purge_or_a_second_delete() {
             acked_before: T0,
             sent_before: Timestamp(0),
             keys_before: Timestamp(0),
+            now: Timestamp(0),
+            publishes_before: Timestamp(0),
         })
         .await
         .unwrap();
@@ -859,6 +862,7 @@ async fn the_largest_message_and_client_record_fit_in_a_dynamodb_item() {
             body: body.clone(),
             created_at: T0,
             key_generation: 0,
+            expires_at: None,
         })
     });
     let dedup = Dedup {

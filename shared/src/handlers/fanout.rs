@@ -231,6 +231,7 @@ impl Fanout {
                 body: seal(&key, &plaintext, &aad),
                 created_at,
                 key_generation: generation,
+                expires_at: None, // TEMP
             })
         }))
     }

@@ -257,6 +257,7 @@ pub async fn send(app: &App, client: &ClientAuth, input: SendInput) -> Result<Se
                 .map_err(|e| StoreError::Seal(e.to_string()))?,
             created_at,
             key_generation: 0,
+            expires_at: None,
         })
     });
     match app.store.append(Mailbox::Outbox, id, dedup, sealer).await? {
@@ -434,6 +435,7 @@ mod tests {
                 .unwrap(),
             created_at: Timestamp(1_700_000_000_123),
             key_generation: 0,
+            expires_at: None,
         };
         // The type is in the sealed body only.
         assert!(!stored

@@ -289,6 +289,9 @@ pub struct NewMessage {
     /// The credential generation whose personal key sealed `body` (0 for
     /// messages sealed under a server key).
     pub key_generation: u32,
+    /// From this time on the message is never delivered (publish
+    /// `ttl_secs`); `None`: it never expires.
+    pub expires_at: Option<Timestamp>,
 }
 
 /// A stored message.
@@ -299,6 +302,17 @@ pub struct StoredMessage {
     pub body: Sealed,
     pub created_at: Timestamp,
     pub key_generation: u32,
+    /// See [`NewMessage::expires_at`]. Once cleanup has seen an expired,
+    /// unacknowledged message, only its position is kept: `kind` is empty
+    /// and `body` has no bytes (a tombstone), so a page can tell an expired
+    /// id from one still being written.
+    pub expires_at: Option<Timestamp>,
+}
+
+impl StoredMessage {
+    pub fn expired(&self, now: Timestamp) -> bool {
+        self.expires_at.is_some_and(|at| at <= now)
+    }
 }
 
 /// How much one read may return: at most `count` messages, and it stops
@@ -351,12 +365,20 @@ pub struct Cutoffs {
     pub sent_before: Timestamp,
     /// Idempotency keys claimed before this are forgotten.
     pub keys_before: Timestamp,
+    /// Unacknowledged inbox messages whose `expires_at` is at or before
+    /// this become tombstones (see [`StoredMessage::expires_at`]).
+    pub now: Timestamp,
+    /// Publish records ([`PublishHeader`], pages) created before this are
+    /// forgotten (the DynamoDB store leaves that to the table's TTL).
+    pub publishes_before: Timestamp,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Purged {
     pub inbox: u64,
     pub outbox: u64,
+    /// Expired messages whose bodies were removed.
+    pub expired: u64,
     /// False when the run stopped at its deadline; the next run resumes.
     pub finished: bool,
 }
@@ -374,6 +396,8 @@ pub struct ClientSummary {
     pub last_seen_at: Option<Timestamp>,
     /// The newest sent (outbox) id, 0 when none.
     pub sent_head: Seq,
+    /// The client's tags, sorted.
+    pub tags: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -383,11 +407,179 @@ pub struct ClientPage {
     pub next: Option<String>,
 }
 
+/// Who a publish is for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Audience {
+    /// The ids the publish named (`to_client_ids`); `count` distinct ones.
+    Clients { count: u64 },
+    /// Every client carrying any of these tags (`to_tags`), in the order
+    /// given.
+    Tags(Vec<String>),
+    /// Every client (`to_all`).
+    All,
+}
+
+impl Audience {
+    /// How adapters keep an audience: one JSON text, the request's form.
+    pub fn to_json(&self) -> serde_json::Value {
+        match self {
+            Audience::Clients { count } => serde_json::json!({ "to_client_ids": count }),
+            Audience::Tags(tags) => serde_json::json!({ "to_tags": tags }),
+            Audience::All => serde_json::json!({ "to_all": true }),
+        }
+    }
+
+    pub fn from_json(value: &serde_json::Value) -> Option<Audience> {
+        if let Some(count) = value.get("to_client_ids") {
+            return Some(Audience::Clients {
+                count: count.as_u64()?,
+            });
+        }
+        if let Some(tags) = value.get("to_tags") {
+            let tags = tags
+                .as_array()?
+                .iter()
+                .map(|t| t.as_str().map(str::to_string))
+                .collect::<Option<Vec<_>>>()?;
+            return Some(Audience::Tags(tags));
+        }
+        (value.get("to_all") == Some(&serde_json::Value::Bool(true))).then_some(Audience::All)
+    }
+}
+
+/// What a publish's status is computed from, saved when it is accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishHeader {
+    pub publish_id: String,
+    pub kind: String,
+    /// When the publish was accepted. Clients registered later are not in
+    /// a tag or everyone audience.
+    pub created_at: Timestamp,
+    pub audience: Audience,
+    pub expires_at: Option<Timestamp>,
+    /// Known once every recipient is on a page: at once for
+    /// `to_client_ids`, at the end of the fan-out's enumeration otherwise.
+    pub enumerated: Option<Enumerated>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Enumerated {
+    pub pages: u32,
+    pub recipients: u64,
+}
+
+/// One page of a publish's recipients, numbered from 0. A page is written
+/// once: its recipients never change afterwards, so a redelivered
+/// enumeration step finds what the first attempt chose.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecipientPage {
+    pub number: u32,
+    pub recipients: Vec<ClientId>,
+    /// Where the enumeration continues after this page (an
+    /// [`AudiencePage::next`] token); `None` on the last page and on the
+    /// pages of a `to_client_ids` publish.
+    pub next: Option<String>,
+    /// Set once the step for the next page has been enqueued, so that a
+    /// redelivered step does not enqueue it twice.
+    pub continued: bool,
+}
+
+/// A publish as its status call reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishState {
+    pub header: PublishHeader,
+    /// Every page written so far, in page order.
+    pub pages: Vec<RecipientPage>,
+}
+
+/// A page of an audience, as the fan-out enumerates it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AudiencePage {
+    /// Distinct across the whole enumeration; may be empty even when more
+    /// follow (everything on this stretch was filtered out).
+    pub recipients: Vec<ClientId>,
+    /// Opaque; present when more clients follow.
+    pub next: Option<String>,
+}
+
+/// One forward move of a client's acknowledged cursor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AckMark {
+    pub cursor: Seq,
+    pub at: Timestamp,
+}
+
+/// How many of its latest cursor moves a client keeps ([`AckState`]).
+pub const ACK_HISTORY: usize = 4;
+
+/// A client's acknowledged cursor and its latest moves: enough to tell,
+/// without a write per message, whether a message was acknowledged before
+/// it expired.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AckState {
+    pub acked: Seq,
+    /// Newest first, at most [`ACK_HISTORY`].
+    pub history: Vec<AckMark>,
+}
+
+impl AckState {
+    /// Whether the cursor had passed `seq` at time `at`: `None` when the
+    /// history does not reach back that far.
+    pub fn acked_by(&self, seq: Seq, at: Timestamp) -> Option<bool> {
+        if self.acked < seq {
+            return Some(false);
+        }
+        match self.history.iter().find(|m| m.at <= at) {
+            Some(mark) => Some(mark.cursor >= seq),
+            // Every known move is later than `at`: before the oldest of
+            // them the cursor stood lower, and if the history is complete
+            // (fewer moves than it keeps), at 0.
+            None if self.history.len() < ACK_HISTORY => Some(false),
+            None => None,
+        }
+    }
+
+    /// The history after the cursor moved to `cursor` at `at`.
+    pub fn after_move(history: &[AckMark], cursor: Seq, at: Timestamp) -> Vec<AckMark> {
+        std::iter::once(AckMark { cursor, at })
+            .chain(history.iter().copied())
+            .take(ACK_HISTORY)
+            .collect()
+    }
+
+    /// How adapters keep the history: `"cursor:at,cursor:at"`, newest
+    /// first.
+    pub fn encode_history(history: &[AckMark]) -> String {
+        history
+            .iter()
+            .map(|m| format!("{}:{}", m.cursor, m.at.millis()))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    pub fn decode_history(text: &str) -> StoreResult<Vec<AckMark>> {
+        if text.is_empty() {
+            return Ok(Vec::new());
+        }
+        text.split(',')
+            .map(|mark| {
+                let (cursor, at) = mark.split_once(':')?;
+                Some(AckMark {
+                    cursor: cursor.parse().ok()?,
+                    at: Timestamp(at.parse().ok()?),
+                })
+            })
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| StoreError::Corrupt("acknowledgement history".into()))
+    }
+}
+
 /// A page token that an adapter could not read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BadPageToken;
 
 #[async_trait]
+#[allow(unused_variables)] // TEMP until adapters implement the audience calls
 pub trait Store: Send + Sync + 'static {
     /// Stores `candidate` under `fingerprint`, unless the fingerprint is
     /// already registered, in which case the existing client is returned.
@@ -415,7 +607,8 @@ pub trait Store: Send + Sync + 'static {
     /// optionally a new fingerprint.
     async fn rotate_client(&self, rotation: Rotation) -> StoreResult<Rotated>;
 
-    /// Deletes a client: its record, fingerprint entry, inbox and outbox.
+    /// Deletes a client: its record, fingerprint entry, tags, inbox and
+    /// outbox.
     /// Its tokens stop working before anything else is removed; a deletion
     /// interrupted part-way is finished by the next [`Store::purge`].
     async fn delete_client(&self, id: ClientId) -> StoreResult<Deleted>;
@@ -473,8 +666,9 @@ pub trait Store: Send + Sync + 'static {
             .await
     }
 
-    /// Moves the acknowledged cursor forward to `upto` (never backwards) and
-    /// records the contact at `now`; like [`Store::touch_client`], only
+    /// Moves the acknowledged cursor forward to `upto` (never backwards),
+    /// adds the move to the client's [`AckState::history`] and records the
+    /// contact at `now`; like [`Store::touch_client`], only
     /// for the client's current credential generation.
     async fn acknowledge(
         &self,
@@ -492,6 +686,116 @@ pub trait Store: Send + Sync + 'static {
         page_token: Option<&str>,
     ) -> StoreResult<Result<ClientPage, BadPageToken>>;
 
+    /// Replaces a client's tags (already validated, distinct, sorted);
+    /// `None` when the client is unknown or deleted.
+    async fn set_tags(&self, id: ClientId, tags: &[String]) -> StoreResult<Option<Vec<String>>> {
+        Err(StoreError::Backend(
+            "set_tags: not implemented by this store".into(),
+        ))
+    }
+
+    /// Like [`Store::list_clients`], only the clients carrying `tag`, found
+    /// through the tag's own index (never a scan of every client).
+    async fn list_tagged(
+        &self,
+        tag: &str,
+        limit: u32,
+        page_token: Option<&str>,
+    ) -> StoreResult<Result<ClientPage, BadPageToken>> {
+        Err(StoreError::Backend(
+            "list_tagged: not implemented by this store".into(),
+        ))
+    }
+
+    /// Up to `limit` clients of a tag or everyone audience
+    /// ([`Audience::Clients`] is never enumerated), in pages, each client
+    /// once across the whole enumeration, leaving out clients created after
+    /// `registered_by` and deleted ones. A client carrying several of the
+    /// tags counts under the first of them, in the order given.
+    async fn audience_page(
+        &self,
+        audience: &Audience,
+        registered_by: Timestamp,
+        limit: u32,
+        page_token: Option<&str>,
+    ) -> StoreResult<Result<AudiencePage, BadPageToken>> {
+        Err(StoreError::Backend(
+            "audience_page: not implemented by this store".into(),
+        ))
+    }
+
+    /// Saves a publish's header, unless one is saved under its id already
+    /// (a retried publish keeps the first).
+    async fn save_publish(&self, header: &PublishHeader) -> StoreResult<()> {
+        Err(StoreError::Backend(
+            "save_publish: not implemented by this store".into(),
+        ))
+    }
+
+    /// Saves a page of a publish's recipients unless that page number is
+    /// saved already, and returns the page as stored (the earlier one, if
+    /// any).
+    async fn save_recipient_page(
+        &self,
+        publish_id: &str,
+        page: RecipientPage,
+    ) -> StoreResult<RecipientPage> {
+        Err(StoreError::Backend(
+            "save_recipient_page: not implemented by this store".into(),
+        ))
+    }
+
+    /// Records that the step after page `number` is enqueued.
+    async fn mark_page_continued(&self, publish_id: &str, number: u32) -> StoreResult<()> {
+        Err(StoreError::Backend(
+            "mark_page_continued: not implemented by this store".into(),
+        ))
+    }
+
+    /// Records that the enumeration ended.
+    async fn finish_enumeration(
+        &self,
+        publish_id: &str,
+        enumerated: Enumerated,
+    ) -> StoreResult<()> {
+        Err(StoreError::Backend(
+            "finish_enumeration: not implemented by this store".into(),
+        ))
+    }
+
+    /// The header and every page saved so far; `None` for an unknown (or
+    /// forgotten) publish id.
+    async fn load_publish(&self, publish_id: &str) -> StoreResult<Option<PublishState>> {
+        Err(StoreError::Backend(
+            "load_publish: not implemented by this store".into(),
+        ))
+    }
+
+    /// For the recipients among `ids` holding a message appended under
+    /// `dedup_key`, its sequence number. Unlike [`Store::already_appended`]
+    /// this is also right after cleanup removed the message.
+    async fn appended_seqs(
+        &self,
+        mailbox: Mailbox,
+        ids: &[ClientId],
+        dedup_key: &str,
+    ) -> StoreResult<std::collections::HashMap<ClientId, Seq>> {
+        Err(StoreError::Backend(
+            "appended_seqs: not implemented by this store".into(),
+        ))
+    }
+
+    /// The acknowledgement state of the known, undeleted clients among
+    /// `ids` (others are left out).
+    async fn ack_states(
+        &self,
+        ids: &[ClientId],
+    ) -> StoreResult<std::collections::HashMap<ClientId, AckState>> {
+        Err(StoreError::Backend(
+            "ack_states: not implemented by this store".into(),
+        ))
+    }
+
     /// Claims a publish idempotency key at `now`, unless an unexpired
     /// record holds it (records older than `expired_before` are free).
     async fn claim_publish_key(
@@ -505,8 +809,10 @@ pub trait Store: Send + Sync + 'static {
     async fn complete_publish_key(&self, key: &str) -> StoreResult<()>;
 
     /// Retention: deletes acknowledged inbox messages and sent messages
-    /// older than the cutoffs, and forgets expired idempotency keys. Never
-    /// removes an unacknowledged inbox message. Stops early at the
+    /// older than the cutoffs, turns expired unacknowledged inbox messages
+    /// into tombstones (the position stays, the body goes), forgets expired
+    /// idempotency keys and old publish records. Never removes an
+    /// unacknowledged inbox message that has not expired. Stops early at the
     /// deadline set with [`crate::retry::within`], if any; a later call
     /// resumes.
     async fn purge(&self, cutoffs: Cutoffs) -> StoreResult<Purged>;

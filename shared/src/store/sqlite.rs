@@ -435,6 +435,7 @@ impl Store for SqliteStore {
                     },
                     created_at: Timestamp(row.get(5).map_err(sql)?),
                     key_generation: row.get(6).map_err(sql)?,
+                    expires_at: None, // TEMP
                 });
             }
             Ok(messages)
@@ -811,6 +812,7 @@ impl Store for SqliteStore {
                     created_at: Timestamp(created_at),
                     last_seen_at: last_seen.map(Timestamp),
                     sent_head: sent_head as Seq,
+                    tags: Vec::new(), // TEMP
                 });
             }
             let next = if clients.len() > limit as usize {
@@ -944,6 +946,7 @@ impl Store for SqliteStore {
         Ok(Purged {
             inbox,
             outbox,
+            expired: 0, // TEMP
             finished: true,
         })
     }

@@ -117,6 +117,7 @@ fn sealer_under(kind: &str, key_generation: u32) -> Sealer {
             body: seal(&key, &seq.to_be_bytes(), b""),
             created_at: T0.plus_millis(seq as i64),
             key_generation,
+            expires_at: None,
         })
     })
 }
@@ -554,6 +555,8 @@ fn inbox_cutoffs(acked_before: Timestamp) -> Cutoffs {
         acked_before,
         sent_before: Timestamp(0),
         keys_before: Timestamp(0),
+        now: Timestamp(0),
+        publishes_before: Timestamp(0),
     }
 }
 
@@ -616,6 +619,8 @@ pub async fn purge_removes_old_sent_messages(store: &dyn Store) {
             acked_before: T0.plus_millis(1_000),
             sent_before: T0.plus_millis(3),
             keys_before: Timestamp(0),
+            now: Timestamp(0),
+            publishes_before: Timestamp(0),
         })
         .await
         .unwrap();

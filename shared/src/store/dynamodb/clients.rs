@@ -547,6 +547,7 @@ impl DynamoStore {
                 created_at: Timestamp(get_n(&item, "created_at")?),
                 last_seen_at: opt_n(&item, "last_seen_at")?.map(Timestamp),
                 sent_head: opt_n(&item, "outbox_head")?.unwrap_or(0),
+                tags: Vec::new(), // TEMP
             });
         }
         let next = if clients.len() > limit as usize {

@@ -49,6 +49,7 @@ impl DynamoStore {
                     created_at: Timestamp(get_n(&item, "created_at")?),
                     // Items from before rotation existed lack it.
                     key_generation: opt_n(&item, "key_generation")?.unwrap_or(0),
+                    expires_at: None, // TEMP
                 };
                 bytes += message.body.ciphertext.len();
                 if !messages.is_empty() && bytes > limit.bytes {
