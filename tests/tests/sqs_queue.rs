@@ -22,6 +22,8 @@ fn job(publish_id: &str, payload_bytes: usize, recipients: usize) -> FanoutJob {
             FanoutJob::payload_context(publish_id).as_bytes(),
         ),
         recipients: (0..recipients).map(|_| ClientId::new()).collect(),
+        expires_at: None,
+        step: None,
     }
 }
 

@@ -106,6 +106,10 @@ impl Fanout {
         self.stop_margin
     }
 
+    pub(crate) fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
     /// Delivers the whole job, or fails: for callers with nobody to hand
     /// the rest to (the in-process queue, inside a publish request).
     pub async fn deliver(&self, job: &FanoutJob) -> Result<FanoutReport, FanoutError> {
@@ -169,7 +173,7 @@ impl Fanout {
                 let done = deliveries.join_next().await;
                 collect(done, &mut report, &mut remaining, &mut error);
             }
-            let Some(sealer) = self.sealer(&client, &job.kind, &plaintext) else {
+            let Some(sealer) = self.sealer(&client, job, &plaintext) else {
                 tracing::error!(publish_id = %job.publish_id, client_id = %client.id, "skipping a recipient whose personal key does not unwrap");
                 report.skipped += 1;
                 continue;
@@ -210,15 +214,21 @@ impl Fanout {
 
     /// Encrypts the payload for one recipient once its position is known;
     /// `None` when the recipient's personal key does not unwrap.
-    fn sealer(&self, client: &ClientRecord, kind: &str, plaintext: &Arc<[u8]>) -> Option<Sealer> {
+    fn sealer(
+        &self,
+        client: &ClientRecord,
+        job: &FanoutJob,
+        plaintext: &Arc<[u8]>,
+    ) -> Option<Sealer> {
         let key = self
             .keys
             .unwrap_personal_key(client.id, &client.wrapped_key)
             .ok()?;
         let generation = client.generation;
+        let expires_at = job.expires_at;
         let (id, kind, clock, plaintext) = (
             client.id,
-            kind.to_string(),
+            job.kind.clone(),
             Arc::clone(&self.clock),
             Arc::clone(plaintext),
         );
@@ -231,7 +241,7 @@ impl Fanout {
                 body: seal(&key, &plaintext, &aad),
                 created_at,
                 key_generation: generation,
-                expires_at: None, // TEMP
+                expires_at,
             })
         }))
     }

@@ -1,4 +1,5 @@
-//! `GET /operators/clients`: every client with its online status, paged.
+//! `GET /operators/clients`: every client with its online status and tags,
+//! paged; `?tag=` lists only the clients carrying a tag.
 
 use super::auth::OperatorAuth;
 use super::input::{query_number, query_pairs};
@@ -11,6 +12,7 @@ use serde::Serialize;
 pub struct ListInput {
     pub limit: u32,
     pub page_token: Option<String>,
+    pub tag: Option<String>,
 }
 
 impl ListInput {
@@ -29,7 +31,17 @@ impl ListInput {
             .find(|(k, _)| k == "page_token")
             .map(|(_, v)| v.clone())
             .filter(|v| !v.is_empty());
-        Ok(ListInput { limit, page_token })
+        let tag = pairs
+            .iter()
+            .rev()
+            .find(|(k, _)| k == "tag")
+            .map(|(_, v)| super::tags::checked_tag("tag", &serde_json::Value::from(v.as_str())))
+            .transpose()?;
+        Ok(ListInput {
+            limit,
+            page_token,
+            tag,
+        })
     }
 }
 
@@ -43,6 +55,7 @@ pub struct ClientView {
     /// The client's newest sent id (0 when none): compare with what was
     /// read last to find the clients with new sends in one listing.
     pub sent_head: u64,
+    pub tags: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -57,11 +70,12 @@ pub async fn list_clients(
     _operator: &OperatorAuth,
     input: ListInput,
 ) -> Result<ClientList, ApiError> {
-    let page = app
-        .store
-        .list_clients(input.limit, input.page_token.as_deref())
-        .await?
-        .map_err(|_| ApiError::validation("page_token is not a token this endpoint issued"))?;
+    let token = input.page_token.as_deref();
+    let page = match &input.tag {
+        Some(tag) => app.store.list_tagged(tag, input.limit, token).await?,
+        None => app.store.list_clients(input.limit, token).await?,
+    }
+    .map_err(|_| ApiError::validation("page_token is not a token this endpoint issued"))?;
     let now = app.clock.now();
     let clients = page
         .clients
@@ -77,6 +91,7 @@ pub async fn list_clients(
                 last_seen_at: c.last_seen_at.map(|t| t.to_rfc3339()),
                 status: if online { "online" } else { "offline" },
                 sent_head: c.sent_head,
+                tags: c.tags,
             }
         })
         .collect();

@@ -3,6 +3,7 @@
 //! The HTTP adapter in [`crate::http`] parses requests into these inputs.
 
 pub mod ack;
+pub mod audience;
 pub mod auth;
 pub mod delete_client;
 pub mod fanout;
@@ -10,9 +11,11 @@ pub mod input;
 pub mod list_clients;
 pub mod poll;
 pub mod publish;
+pub mod publish_status;
 pub mod register;
 pub mod rotate;
 pub mod send;
 pub mod sent;
 #[cfg(feature = "aws")]
 pub mod sqs_batch;
+pub mod tags;

@@ -8,9 +8,16 @@
 //! message `n + 1` while `n` is still committing (a DynamoDB `Query` is
 //! only read-committed against transactions): a page that skipped `n`
 //! would move the client's cursor past it for good.
+//!
+//! Expired messages (publish `ttl_secs`) are left out but covered: their ids
+//! stay taken, and `next_cursor` moves past them, so a page may even hold no
+//! message at all. They are told from a message still being written because
+//! their rows stay (cleanup keeps an expired message's position as a
+//! tombstone until the cursor passes it).
 
 use super::auth::ClientAuth;
 use super::input::{query_number, query_pairs};
+use crate::clock::Timestamp;
 use crate::crypto::encode_base64;
 use crate::crypto::{canonical_aad, open, seal, ServerKeys};
 use crate::domain::{Seq, DEFAULT_POLL_LIMIT, MAX_POLL_BODY_BYTES, MAX_POLL_LIMIT};
@@ -107,14 +114,15 @@ pub async fn poll(app: &App, client: &ClientAuth, input: PollInput) -> Result<Po
     {
         stored.truncate(newer);
     }
-    current_key(app.keys(), &state.record, &mut stored);
-    let messages = page(id, after, state.acked, stored);
-    let Some(last) = messages.last().map(|m| m.id) else {
+    let now = app.clock.now();
+    current_key(app.keys(), &state.record, &mut stored, now);
+    let (messages, covered) = page(id, after, state.acked, stored, now);
+    if covered == after {
         return Ok(Polled::Nothing);
-    };
+    }
     Ok(Polled::Messages {
         messages,
-        next_cursor: last,
+        next_cursor: covered,
     })
 }
 
@@ -125,8 +133,13 @@ pub async fn poll(app: &App, client: &ClientAuth, input: PollInput) -> Result<Po
 /// A message that cannot be re-sealed (its retired key was dropped) is
 /// logged and handed out as stored: the client reports it undecryptable
 /// and moves on, rather than every poll failing on it.
-fn current_key(keys: &ServerKeys, record: &ClientRecord, stored: &mut [StoredMessage]) {
-    let stale = |m: &&mut StoredMessage| m.key_generation != record.generation;
+fn current_key(
+    keys: &ServerKeys,
+    record: &ClientRecord,
+    stored: &mut [StoredMessage],
+    now: Timestamp,
+) {
+    let stale = |m: &&mut StoredMessage| m.key_generation != record.generation && !m.expired(now);
     if !stored.iter_mut().any(|m| stale(&m)) {
         return;
     }
@@ -160,14 +173,16 @@ fn current_key(keys: &ServerKeys, record: &ClientRecord, stored: &mut [StoredMes
 const ENVELOPE_BYTES: usize = 64;
 
 /// The contiguous run of messages right after `after`, within the body
-/// limit. Ids at or below the acknowledged cursor may be gone (cleanup
-/// removed them), so only a gap above it stops the page.
+/// limit, with expired ones left out, and the id the run covers up to. Ids
+/// at or below the acknowledged cursor may be gone (cleanup removed them),
+/// so only a gap above it stops the page.
 fn page(
     id: crate::domain::ClientId,
     after: Seq,
     acked: Seq,
     stored: Vec<StoredMessage>,
-) -> Vec<DeliveredMessage> {
+    now: Timestamp,
+) -> (Vec<DeliveredMessage>, Seq) {
     let mut messages = Vec::with_capacity(stored.len());
     let mut bytes = ENVELOPE_BYTES;
     let mut previous = after;
@@ -175,6 +190,10 @@ fn page(
         if m.seq > previous + 1 && m.seq - 1 > acked {
             tracing::info!(client_id = %id, missing = previous + 1, "page stops before a message still being written");
             break;
+        }
+        if m.expired(now) {
+            previous = m.seq;
+            continue;
         }
         let message = DeliveredMessage {
             id: m.seq,
@@ -193,5 +212,56 @@ fn page(
         previous = m.seq;
         messages.push(message);
     }
-    messages
+    (messages, previous)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::Sealed;
+    use crate::domain::ClientId;
+
+    fn stored(seq: Seq, expires_at: Option<i64>) -> StoredMessage {
+        StoredMessage {
+            seq,
+            kind: "t".into(),
+            body: Sealed {
+                ciphertext: vec![1, 2, 3],
+                nonce: [0; 12],
+                tag: [0; 16],
+            },
+            created_at: Timestamp(1),
+            key_generation: 0,
+            expires_at: expires_at.map(Timestamp),
+        }
+    }
+
+    fn ids(messages: &[DeliveredMessage]) -> Vec<Seq> {
+        messages.iter().map(|m| m.id).collect()
+    }
+
+    #[test]
+    fn expired_messages_are_left_out_but_covered() {
+        let (id, now) = (ClientId::new(), Timestamp(100));
+        let (messages, covered) = page(
+            id,
+            0,
+            0,
+            vec![stored(1, Some(100)), stored(2, Some(101)), stored(3, None)],
+            now,
+        );
+        assert_eq!((ids(&messages), covered), (vec![2, 3], 3));
+        // A page of nothing but expired messages still moves the cursor.
+        let (messages, covered) = page(
+            id,
+            4,
+            4,
+            vec![stored(5, Some(50)), stored(6, Some(99))],
+            now,
+        );
+        assert_eq!((ids(&messages), covered), (vec![], 6));
+        // An expired message does not excuse a gap after it.
+        let (messages, covered) = page(id, 0, 0, vec![stored(1, Some(50)), stored(3, None)], now);
+        assert_eq!((ids(&messages), covered), (vec![], 1));
+    }
 }

@@ -91,27 +91,34 @@ async fn handle_sqs_batch(
                 None => Err("the record has no body".to_string()),
                 Some(Err(e)) => Err(format!("the record is not a fan-out job: {e}")),
                 Some(Ok(job)) => {
-                    let run = fanout.deliver_some(&job);
+                    let run = async {
+                        let job = expand(fanout, continuation, &job, deadline).await?;
+                        let delivery = fanout.deliver_some(&job).await;
+                        Ok::<_, String>((job, delivery))
+                    };
                     let ran = match work_deadline {
                         Some(d) => retry::within(d, run).await,
                         None => run.await,
                     };
                     match ran {
-                        Ok(Delivery::Complete(_)) => Ok(()),
-                        Ok(Delivery::Unfinished {
-                            report,
-                            remaining,
-                            error: None,
-                        }) if report.settled() > 0 => {
-                            hand_on(continuation, &job, remaining, deadline).await
-                        }
-                        Ok(Delivery::Unfinished {
-                            remaining, error, ..
-                        }) => Err(match error {
-                            Some(e) => e.to_string(),
-                            None => format!("no progress; {} recipients left", remaining.len()),
-                        }),
-                        Err(e) => Err(e.to_string()),
+                        Err(e) => Err(e),
+                        Ok((job, delivery)) => match delivery {
+                            Ok(Delivery::Complete(_)) => Ok(()),
+                            Ok(Delivery::Unfinished {
+                                report,
+                                remaining,
+                                error: None,
+                            }) if report.settled() > 0 => {
+                                hand_on(continuation, &job, remaining, deadline).await
+                            }
+                            Ok(Delivery::Unfinished {
+                                remaining, error, ..
+                            }) => Err(match error {
+                                Some(e) => e.to_string(),
+                                None => format!("no progress; {} recipients left", remaining.len()),
+                            }),
+                            Err(e) => Err(e.to_string()),
+                        },
                     }
                 }
             }
@@ -124,6 +131,37 @@ async fn handle_sqs_batch(
         }
     }
     response
+}
+
+/// Turns a step of an audience into this page's delivery, after handing
+/// the step for the next page to `continuation` (a plain job is returned
+/// as it is).
+async fn expand(
+    fanout: &Fanout,
+    continuation: Option<&dyn Queue>,
+    job: &FanoutJob,
+    deadline: Option<Instant>,
+) -> Result<FanoutJob, String> {
+    if job.step.is_none() {
+        return Ok(job.clone());
+    }
+    let expanded = fanout.expand(job).await.map_err(|e| e.to_string())?;
+    if let Some(next) = expanded.next {
+        let Some(queue) = continuation else {
+            return Err("an audience step needs a queue for the next page".into());
+        };
+        let enqueue = queue.enqueue(vec![next.clone()]);
+        match deadline {
+            Some(d) => retry::within(d, enqueue).await,
+            None => enqueue.await,
+        }
+        .map_err(|e| e.to_string())?;
+        fanout
+            .mark_continued(&next)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(expanded.deliver)
 }
 
 /// Enqueues the recipients a run did not reach as a job of their own.

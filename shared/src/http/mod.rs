@@ -18,7 +18,8 @@ use crate::handlers::auth::{
 };
 use crate::handlers::input::JsonBody;
 use crate::handlers::{
-    ack, delete_client, list_clients, poll, publish, register, rotate, send, sent,
+    ack, delete_client, list_clients, poll, publish, publish_status, register, rotate, send, sent,
+    tags,
 };
 use crate::retry;
 use crate::App;
@@ -147,6 +148,14 @@ async fn dispatch(
             let published = publish::publish(app, &admin, input, key).await?;
             Ok(json_response(StatusCode::ACCEPTED, &published))
         }
+        Route::PublishStatus => {
+            let admin = authorize_admin(app, header(headers, "x-admin-token"))?;
+            let input = publish_status::StatusInput::from_query(query)?;
+            Ok(json_response(
+                StatusCode::OK,
+                &publish_status::publish_status(app, &admin, path_param, input).await?,
+            ))
+        }
         Route::Send => {
             let client = authenticate_client(app, &client_credentials(headers))?;
             let input = send::SendInput::from_body(&JsonBody::parse(&body)?)?;
@@ -192,6 +201,14 @@ async fn dispatch(
             let operator = authorize_operator(app, header(headers, "x-operator-token"))?;
             delete_client::delete_client(app, &operator, path_param).await?;
             Ok(no_content())
+        }
+        Route::SetTags => {
+            let operator = authorize_operator(app, header(headers, "x-operator-token"))?;
+            let input = tags::TagsInput::from_body(&JsonBody::parse(&body)?)?;
+            Ok(json_response(
+                StatusCode::OK,
+                &tags::set_tags(app, &operator, path_param, input).await?,
+            ))
         }
     }
 }

@@ -17,28 +17,33 @@ pub enum Route {
     /// `/clients/{client_id}/sent`: what a client sent, for the admin.
     Sent,
     Publish,
+    /// `/messages/publish/{publish_id}`: how far a publish got.
+    PublishStatus,
     Send,
     Poll,
     Ack,
     ListClients,
-    /// `/operators/clients/{client_id}`: the one route with a path
-    /// parameter.
+    /// `/operators/clients/{client_id}`.
     DeleteClient,
+    /// `/operators/clients/{client_id}/tags`.
+    SetTags,
 }
 
 impl Route {
-    pub const ALL: [Route; 11] = [
+    pub const ALL: [Route; 13] = [
         Route::Health,
         Route::HealthUnversioned,
         Route::Register,
         Route::Rotate,
         Route::Sent,
         Route::Publish,
+        Route::PublishStatus,
         Route::Send,
         Route::Poll,
         Route::Ack,
         Route::ListClients,
         Route::DeleteClient,
+        Route::SetTags,
     ];
 
     /// The full path, base path included; a parameter is written
@@ -51,11 +56,13 @@ impl Route {
             Route::Rotate => "/api/v1/clients/rotate",
             Route::Sent => "/api/v1/clients/{client_id}/sent",
             Route::Publish => "/api/v1/messages/publish",
+            Route::PublishStatus => "/api/v1/messages/publish/{publish_id}",
             Route::Send => "/api/v1/messages/send",
             Route::Poll => "/api/v1/messages/poll",
             Route::Ack => "/api/v1/messages/ack",
             Route::ListClients => "/api/v1/operators/clients",
             Route::DeleteClient => "/api/v1/operators/clients/{client_id}",
+            Route::SetTags => "/api/v1/operators/clients/{client_id}/tags",
         }
     }
 
@@ -68,8 +75,10 @@ impl Route {
             | Route::HealthUnversioned
             | Route::Poll
             | Route::ListClients
-            | Route::Sent => Method::GET,
+            | Route::Sent
+            | Route::PublishStatus => Method::GET,
             Route::DeleteClient => Method::DELETE,
+            Route::SetTags => Method::PUT,
         }
     }
 
@@ -95,7 +104,8 @@ impl Route {
             Route::Ack => &[Secret::TokenKey],
             Route::Send => &[Secret::TokenKey, Secret::WrappingKey, Secret::AtRestKey],
             Route::Publish | Route::Sent => &[Secret::AdminToken, Secret::AtRestKey],
-            Route::ListClients | Route::DeleteClient => &[Secret::OperatorTokens],
+            Route::PublishStatus => &[Secret::AdminToken],
+            Route::ListClients | Route::DeleteClient | Route::SetTags => &[Secret::OperatorTokens],
         }
     }
 
@@ -121,6 +131,7 @@ impl Route {
         match self.method() {
             Method::POST => "POST",
             Method::DELETE => "DELETE",
+            Method::PUT => "PUT",
             _ => "GET",
         }
     }
@@ -180,6 +191,15 @@ mod tests {
             Some(Route::Register)
         );
         assert_eq!(Route::find("/api/v1/clients//sent"), None);
+        assert_eq!(Route::find(&format!("{id}/tags")), Some(Route::SetTags));
+        assert_eq!(
+            Route::find("/api/v1/messages/publish/5c1f"),
+            Some(Route::PublishStatus)
+        );
+        assert_eq!(
+            Route::find("/api/v1/messages/publish"),
+            Some(Route::Publish)
+        );
         assert_eq!(Route::find("/api/v1/clients/a/b/sent"), None);
         assert!(Route::ALL
             .iter()

@@ -2,7 +2,8 @@
 //!
 //! Running the fan-out inside the publish request means a 202 from the local
 //! server is already delivered, and nothing sits in memory waiting to be lost
-//! when the process stops.
+//! when the process stops. A tag or everyone audience is walked to its end
+//! here too, one page after the other.
 
 use super::{FanoutJob, Queue, QueueError};
 use crate::handlers::fanout::{Fanout, FanoutError};
@@ -27,18 +28,26 @@ impl InProcessQueue {
 #[async_trait]
 impl Queue for InProcessQueue {
     async fn enqueue(&self, jobs: Vec<FanoutJob>) -> Result<(), QueueError> {
-        for job in &jobs {
-            // Each job gets a budget of its own rather than what is left
-            // of the publish request's: a large publish on a slow disk must
-            // not stop half-way only because the request's clock ran out.
-            let deadline = Instant::now() + JOB_BUDGET;
-            let delivered = retry::within(deadline, self.fanout.deliver(job)).await;
-            delivered.map_err(|e| match e {
-                FanoutError::Store(StoreError::Unavailable(cause)) => {
-                    QueueError::Unavailable(cause)
-                }
-                other => QueueError::Delivery(other.to_string()),
-            })?;
+        for job in jobs {
+            let mut next = Some(job);
+            while let Some(job) = next.take() {
+                // Each job (each page of an audience) gets a budget of its
+                // own rather than what is left of the publish request's: a
+                // large publish on a slow disk must not stop half-way only
+                // because the request's clock ran out.
+                let deadline = Instant::now() + JOB_BUDGET;
+                let run = async {
+                    let expanded = self.fanout.expand(&job).await?;
+                    self.fanout.deliver(&expanded.deliver).await?;
+                    Ok::<_, FanoutError>(expanded.next)
+                };
+                next = retry::within(deadline, run).await.map_err(|e| match e {
+                    FanoutError::Store(StoreError::Unavailable(cause)) => {
+                        QueueError::Unavailable(cause)
+                    }
+                    other => QueueError::Delivery(other.to_string()),
+                })?;
+            }
         }
         Ok(())
     }

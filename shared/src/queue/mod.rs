@@ -21,8 +21,10 @@ pub use sqs::SqsQueue;
 #[cfg(feature = "aws")]
 pub use sqs_inbound::SqsInbound;
 
+use crate::clock::Timestamp;
 use crate::crypto::{decode_base64, encode_base64, Sealed};
 use crate::domain::ClientId;
+use crate::store::Audience;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
@@ -66,6 +68,26 @@ pub struct FanoutJob {
     /// publish id (see [`FanoutJob::payload_context`]).
     pub payload: Sealed,
     pub recipients: Vec<ClientId>,
+    /// From then on the message is not delivered (publish `ttl_secs`).
+    pub expires_at: Option<Timestamp>,
+    /// Set on a step of a tag or everyone audience: the worker first
+    /// enumerates the next page of the audience (and `recipients` is
+    /// empty), then delivers to it.
+    pub step: Option<AudienceStep>,
+}
+
+/// Where the enumeration of a tag or everyone audience stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AudienceStep {
+    pub audience: Audience,
+    /// Clients created after the publish was accepted are left out.
+    pub registered_by: Timestamp,
+    /// The page this step writes.
+    pub page: u32,
+    /// Where the audience continues (`None`: from the start).
+    pub page_token: Option<String>,
+    /// Recipients on the pages before this one.
+    pub so_far: u64,
 }
 
 /// The JSON form of a job, as it travels through a queue.
@@ -76,6 +98,20 @@ struct JobWire {
     kind: String,
     sealed_payload: String,
     recipients: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    expires_at: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    step: Option<StepWire>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StepWire {
+    audience: serde_json::Value,
+    registered_by: i64,
+    page: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    page_token: Option<String>,
+    so_far: u64,
 }
 
 impl FanoutJob {
@@ -84,25 +120,32 @@ impl FanoutJob {
         format!("pigeonhole/v1/publish:{publish_id}")
     }
 
+    /// How many recipients one job with this payload may name, so that it
+    /// fits a queue message.
+    pub fn recipients_per_job(kind: &str, payload: &Sealed) -> usize {
+        // Base64 grows the sealed payload by 4/3; 1 KiB covers the rest of
+        // the envelope (an audience step's tags and page token included).
+        let fixed = payload.to_bytes().len().div_ceil(3) * 4 + kind.len() + 1024;
+        (MAX_JOB_BYTES.saturating_sub(fixed) / RECIPIENT_BYTES).clamp(1, MAX_JOB_RECIPIENTS)
+    }
+
     /// Splits one publish into jobs that each fit a queue message.
     pub fn plan(
         publish_id: &str,
         kind: &str,
         payload: &Sealed,
         recipients: &[ClientId],
+        expires_at: Option<Timestamp>,
     ) -> Vec<FanoutJob> {
-        // Base64 grows the sealed payload by 4/3; 512 bytes covers the rest
-        // of the envelope.
-        let fixed = payload.to_bytes().len().div_ceil(3) * 4 + kind.len() + 512;
-        let per_job =
-            (MAX_JOB_BYTES.saturating_sub(fixed) / RECIPIENT_BYTES).clamp(1, MAX_JOB_RECIPIENTS);
         recipients
-            .chunks(per_job)
+            .chunks(Self::recipients_per_job(kind, payload))
             .map(|chunk| FanoutJob {
                 publish_id: publish_id.to_string(),
                 kind: kind.to_string(),
                 payload: payload.clone(),
                 recipients: chunk.to_vec(),
+                expires_at,
+                step: None,
             })
             .collect()
     }
@@ -113,6 +156,14 @@ impl FanoutJob {
             kind: self.kind.clone(),
             sealed_payload: encode_base64(&self.payload.to_bytes()),
             recipients: self.recipients.iter().map(ClientId::to_string).collect(),
+            expires_at: self.expires_at.map(Timestamp::millis),
+            step: self.step.as_ref().map(|s| StepWire {
+                audience: s.audience.to_json(),
+                registered_by: s.registered_by.millis(),
+                page: s.page,
+                page_token: s.page_token.clone(),
+                so_far: s.so_far,
+            }),
         })
         .expect("serializing a job cannot fail")
     }
@@ -127,11 +178,23 @@ impl FanoutJob {
             .iter()
             .map(|r| ClientId::parse(r).ok_or_else(|| format!("recipient {r:?} is not a UUID")))
             .collect::<Result<_, _>>()?;
+        let step = match wire.step {
+            None => None,
+            Some(s) => Some(AudienceStep {
+                audience: Audience::from_json(&s.audience).ok_or("step.audience is not one")?,
+                registered_by: Timestamp(s.registered_by),
+                page: s.page,
+                page_token: s.page_token,
+                so_far: s.so_far,
+            }),
+        };
         Ok(FanoutJob {
             publish_id: wire.publish_id,
             kind: wire.kind,
             payload,
             recipients,
+            expires_at: wire.expires_at.map(Timestamp),
+            step,
         })
     }
 }
@@ -145,7 +208,7 @@ mod tests {
     fn plans_jobs_that_fit_a_queue_message() {
         let payload = seal(&Key::random(), &vec![b'x'; 64 * 1024], b"");
         let recipients: Vec<ClientId> = (0..10_000).map(|_| ClientId::new()).collect();
-        let jobs = FanoutJob::plan("p", "event", &payload, &recipients);
+        let jobs = FanoutJob::plan("p", "event", &payload, &recipients, None);
         assert!(jobs.len() > 1);
         assert!(jobs.iter().all(|j| j.to_json().len() <= MAX_JOB_BYTES));
         assert!(jobs
@@ -159,7 +222,10 @@ mod tests {
     fn small_publishes_are_one_job() {
         let payload = seal(&Key::random(), b"{}", b"");
         let recipients = [ClientId::new(), ClientId::new()];
-        assert_eq!(FanoutJob::plan("p", "t", &payload, &recipients).len(), 1);
+        assert_eq!(
+            FanoutJob::plan("p", "t", &payload, &recipients, None).len(),
+            1
+        );
     }
 
     #[test]
@@ -169,8 +235,23 @@ mod tests {
             kind: "event".into(),
             payload: seal(&Key::random(), b"body", b""),
             recipients: vec![ClientId::new()],
+            expires_at: None,
+            step: None,
         };
         assert_eq!(FanoutJob::from_json(&job.to_json()).unwrap(), job);
+        let step = FanoutJob {
+            recipients: vec![],
+            expires_at: Some(Timestamp(1_700_000_000_000)),
+            step: Some(AudienceStep {
+                audience: Audience::Tags(vec!["eu".into(), "door".into()]),
+                registered_by: Timestamp(1_699_999_999_000),
+                page: 3,
+                page_token: Some("t0k".into()),
+                so_far: 2_000,
+            }),
+            ..job
+        };
+        assert_eq!(FanoutJob::from_json(&step.to_json()).unwrap(), step);
         assert!(FanoutJob::from_json("{}").is_err());
     }
 }

@@ -3,7 +3,7 @@
 
 use super::{FanoutJob, Queue, QueueError};
 use crate::retry::aws::{classify, SQS_ERRORS};
-use crate::retry::{self, Failed, GaveUp};
+use crate::retry::{self, Class, Failed, GaveUp};
 use async_trait::async_trait;
 use aws_sdk_sqs::error::DisplayErrorContext;
 use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
@@ -63,9 +63,19 @@ impl SqsQueue {
                         .set_entries(Some(entries))
                         .send()
                         .await
-                        .map_err(|e| Failed {
-                            class: classify(SQS_ERRORS, &e),
-                            error: QueueError::Unavailable(DisplayErrorContext(e).to_string()),
+                        .map_err(|e| {
+                            // A missing queue or a denied send is a
+                            // deployment fault (500), not a reason for the
+                            // client to retry (503).
+                            let class = classify(SQS_ERRORS, &e);
+                            let text = DisplayErrorContext(e).to_string();
+                            Failed {
+                                class,
+                                error: match class {
+                                    Class::Transient => QueueError::Unavailable(text),
+                                    Class::Permanent => QueueError::Refused(text),
+                                },
+                            }
                         })?;
                     if let Some(refused) = out.failed.iter().find(|f| f.sender_fault) {
                         return Err(Failed::permanent(QueueError::Refused(format!(

@@ -1,0 +1,8 @@
+//! Lambda function for `GET /api/v1/messages/publish/{publish_id}`.
+
+use pigeonhole::http::Route;
+
+#[tokio::main]
+async fn main() -> Result<(), pigeonhole_functions::Error> {
+    pigeonhole_functions::serve_route(Route::PublishStatus).await
+}

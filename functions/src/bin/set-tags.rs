@@ -1,0 +1,8 @@
+//! Lambda function for `PUT /api/v1/operators/clients/{client_id}/tags`.
+
+use pigeonhole::http::Route;
+
+#[tokio::main]
+async fn main() -> Result<(), pigeonhole_functions::Error> {
+    pigeonhole_functions::serve_route(Route::SetTags).await
+}
