@@ -166,7 +166,8 @@ step "sam build (x86_64): one bootstrap per function"
 PATH="$venv/bin:$PATH" CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 \
   "$venv/bin/sam" build --parameter-overrides Architecture=x86_64 --build-dir target/sam-build
 for f in RegisterFunction RotateFunction PublishFunction SendFunction PollFunction AckFunction \
-  ListClientsFunction DeleteClientFunction SentFunction FanoutFunction CleanupFunction; do
+  ListClientsFunction DeleteClientFunction SentFunction PublishStatusFunction SetTagsFunction \
+  FanoutFunction CleanupFunction; do
   test -x "target/sam-build/$f/bootstrap" || { echo "sam build: no bootstrap for $f" >&2; exit 1; }
 done
 export PIGEONHOLE_LAMBDA_BIN_DIR="$root/target/sam-build"

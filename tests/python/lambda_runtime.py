@@ -56,6 +56,8 @@ SECRETS = {
     "list-clients": ("OPERATOR_TOKENS",),
     "delete-client": ("OPERATOR_TOKENS",),
     "sent": ("ADMIN_TOKEN", "AT_REST_KEY"),
+    "publish-status": ("ADMIN_TOKEN",),
+    "set-tags": ("OPERATOR_TOKENS",),
     "fanout": ("WRAPPING_KEY", "AT_REST_KEY"),
     "cleanup": (),
 }
@@ -77,6 +79,7 @@ TABLE_VARS = (
     "MESSAGES_TABLE",
     "CLIENT_MESSAGES_TABLE",
     "DEDUP_TABLE",
+    "AUDIENCES_TABLE",
 )
 
 START_TIMEOUT = 20.0

@@ -52,7 +52,7 @@ EVENTS = ROOT / "events"
 # still match this list, so a new binary gets an entry below).
 EXPECTED_BINARIES = {
     "register", "rotate", "publish", "send", "poll", "ack", "list-clients", "delete-client",
-    "sent", "fanout", "cleanup",
+    "sent", "publish-status", "set-tags", "fanout", "cleanup",
 }
 
 # Health has no function of its own: every HTTP function answers it, and
@@ -124,8 +124,9 @@ SAFE_LOG_LEVELS = {"error", "warn", "info", "debug"}
 EXPECTED_IAM = {
     "register": {
         # The transaction's Put; GetItem checks whether the client a taken
-        # fingerprint names is still alive.
-        "ClientsTable": {"dynamodb:PutItem", "dynamodb:GetItem"},
+        # fingerprint names is still alive; UpdateItem backfills the
+        # fingerprint on a client registered before records carried it.
+        "ClientsTable": {"dynamodb:PutItem", "dynamodb:GetItem", "dynamodb:UpdateItem"},
         "FingerprintsTable": {"dynamodb:PutItem", "dynamodb:GetItem"},
         # The per-address register limit: one counter UpdateItem.
         "DedupTable": {"dynamodb:UpdateItem"},
@@ -144,6 +145,9 @@ EXPECTED_IAM = {
         "FanoutQueue": {"sqs:SendMessage"},
         # Idempotency-Key: claim (conditional PutItem), complete (UpdateItem).
         "DedupTable": {"dynamodb:PutItem", "dynamodb:UpdateItem"},
+        # The status records: the header and the pages of named recipients
+        # (conditional PutItems); GetItem reads back a page saved first.
+        "AudiencesTable": {"dynamodb:PutItem", "dynamodb:GetItem"},
     },
     "send": {
         "ClientsTable": {"dynamodb:GetItem", "dynamodb:UpdateItem"},
@@ -155,7 +159,12 @@ EXPECTED_IAM = {
         "MessagesTable": {"dynamodb:Query"},
     },
     "ack": {"ClientsTable": {"dynamodb:UpdateItem"}},
-    "list-clients": {"ClientsTable": {"dynamodb:Scan"}},
+    "list-clients": {
+        # Every client (Scan), or with ?tag= the tag's entries (Query) and
+        # those clients (BatchGetItem).
+        "ClientsTable": {"dynamodb:Scan", "dynamodb:BatchGetItem"},
+        "AudiencesTable": {"dynamodb:Query"},
+    },
     "sent": {
         # A page of sent messages; when there is none, whether the client
         # exists.
@@ -163,18 +172,41 @@ EXPECTED_IAM = {
         "ClientsTable": {"dynamodb:BatchGetItem"},
     },
     "delete-client": {
-        # Mark the client deleted, then remove its messages, its
-        # fingerprint entry and its item.
+        # Mark the client deleted, then remove its tag entries, its
+        # messages, its fingerprint entry and its item.
         "ClientsTable": {"dynamodb:UpdateItem", "dynamodb:DeleteItem"},
+        "AudiencesTable": {"dynamodb:BatchWriteItem"},
         "MessagesTable": {"dynamodb:Query", "dynamodb:BatchWriteItem"},
         "ClientMessagesTable": {"dynamodb:Query", "dynamodb:BatchWriteItem"},
         "FingerprintsTable": {"dynamodb:DeleteItem"},
     },
+    "publish-status": {
+        # Reads only: the publish's header and pages, the fan-out's
+        # markers (who got it, under which id), the recipients' cursors.
+        "AudiencesTable": {"dynamodb:Query"},
+        "DedupTable": {"dynamodb:BatchGetItem"},
+        "ClientsTable": {"dynamodb:BatchGetItem"},
+    },
+    "set-tags": {
+        # Read the client, then one transaction: the client's Update, a Put
+        # per tag of the new set, a Delete per tag removed.
+        "ClientsTable": {"dynamodb:GetItem", "dynamodb:UpdateItem"},
+        "AudiencesTable": {"dynamodb:PutItem", "dynamodb:DeleteItem"},
+    },
     "fanout": {
-        "ClientsTable": {"dynamodb:BatchGetItem", "dynamodb:GetItem", "dynamodb:UpdateItem"},
+        # Scan: a to_all step enumerates the clients.
+        "ClientsTable": {
+            "dynamodb:BatchGetItem", "dynamodb:GetItem", "dynamodb:UpdateItem", "dynamodb:Scan",
+        },
         "MessagesTable": {"dynamodb:PutItem"},
         # BatchGetItem: which recipients already hold the publish.
         "DedupTable": {"dynamodb:BatchGetItem", "dynamodb:PutItem", "dynamodb:GetItem"},
+        # An audience step: query the tags' entries, save its page (read
+        # back when saved first), mark it continued or the header
+        # enumerated.
+        "AudiencesTable": {
+            "dynamodb:Query", "dynamodb:PutItem", "dynamodb:GetItem", "dynamodb:UpdateItem",
+        },
         # What the event source mapping calls with the function's role, and
         # SendMessage for the continuation of a job cut short.
         "FanoutQueue": {
@@ -186,10 +218,13 @@ EXPECTED_IAM = {
         # DeleteItem finishes a deletion that was cut short.
         "ClientsTable": {"dynamodb:Scan", "dynamodb:UpdateItem", "dynamodb:DeleteItem"},
         "FingerprintsTable": {"dynamodb:DeleteItem"},
-        "MessagesTable": {"dynamodb:Query", "dynamodb:BatchWriteItem"},
+        # UpdateItem: expired unacknowledged messages become tombstones.
+        "MessagesTable": {"dynamodb:Query", "dynamodb:BatchWriteItem", "dynamodb:UpdateItem"},
         "ClientMessagesTable": {"dynamodb:Query", "dynamodb:BatchWriteItem"},
         # The scan segments' saved positions.
         "DedupTable": {"dynamodb:GetItem", "dynamodb:PutItem"},
+        # A cut-short deletion's tag entries (publish records go by TTL).
+        "AudiencesTable": {"dynamodb:BatchWriteItem"},
     },
 }
 
@@ -728,6 +763,14 @@ def test_api_gateway_throttles_every_route(template):
     assert rate["Default"] * len(code_routes()) <= 10_000
 
 
+def test_cors_allows_exactly_the_methods_the_routes_use(template):
+    cors = template["Resources"]["HttpApi"]["Properties"]["DefinitionBody"]["x-amazon-apigateway-cors"]
+    methods = {method for method, _ in code_routes().values()}
+    # OPTIONS is the preflight itself; a method missing here (PUT for the
+    # tags) fails in browsers only.
+    assert set(cors["allowMethods"]) == methods | {"OPTIONS"}, cors["allowMethods"]
+
+
 @pytest.mark.parametrize("mode", MODES, ids=MODE_IDS)
 def test_reserved_concurrency_is_split_per_function(template, mode):
     param = template["Parameters"]["ReservedConcurrency"]
@@ -799,13 +842,16 @@ def test_the_tables_and_queue_the_store_uses_exist(template):
     env = template["Globals"]["Function"]["Environment"]["Variables"]
     for name in table_env_vars():
         assert ref_target(env.get(name)) in tables, f"{name} must be !Ref of a table"
-    for logical_id in ("ClientsTable", "FingerprintsTable", "MessagesTable", "ClientMessagesTable", "DedupTable"):
+    for logical_id in ("ClientsTable", "FingerprintsTable", "MessagesTable", "ClientMessagesTable", "DedupTable",
+                       "AudiencesTable"):
         props = tables[logical_id]["Properties"]
         assert props["BillingMode"] == "PAY_PER_REQUEST", logical_id
         assert props["PointInTimeRecoverySpecification"]["PointInTimeRecoveryEnabled"] is True
-    assert tables["DedupTable"]["Properties"]["TimeToLiveSpecification"] == {
-        "AttributeName": "expires_at", "Enabled": True,
-    }
+    # Dedup markers and keys, and publish status records, expire.
+    for logical_id in ("DedupTable", "AudiencesTable"):
+        assert tables[logical_id]["Properties"]["TimeToLiveSpecification"] == {
+            "AttributeName": "expires_at", "Enabled": True,
+        }, logical_id
     for binary in ("publish", "fanout"):
         _, res = function_for(template, binary)
         assert ref_target(function_env(template, res)["FANOUT_QUEUE_URL"]) == "FanoutQueue", binary

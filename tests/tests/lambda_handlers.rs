@@ -178,6 +178,26 @@ fn delete_client_event(operator_token: &str, client_id: &str) -> Value {
     )
 }
 
+fn set_tags_event(operator_token: &str, client_id: &str, body: &str) -> Value {
+    fixture(
+        "apigw-v2-set-tags.json",
+        &[
+            ("operator_token", operator_token),
+            ("client_id", client_id),
+            ("body", body),
+        ],
+    )
+}
+
+fn publish_status_event(admin_token: &str, publish_id: &str, query: &[(&str, &str)]) -> Value {
+    let mut event = fixture(
+        "apigw-v2-publish-status.json",
+        &[("admin_token", admin_token), ("publish_id", publish_id)],
+    );
+    set_query(&mut event, query);
+    event
+}
+
 fn list_clients_event(operator_token: &str, query: &[(&str, &str)]) -> Value {
     let mut event = fixture(
         "apigw-v2-list-clients.json",
@@ -214,6 +234,14 @@ fn event_for(route: Route) -> Value {
         Route::Rotate => rotate_event(&nobody, "{}"),
         Route::Sent => sent_event("not-the-admin-token", &nobody.client_id, 0),
         Route::DeleteClient => delete_client_event("not-an-operator-token", &nobody.client_id),
+        Route::PublishStatus => publish_status_event(
+            "not-the-admin-token",
+            &uuid::Uuid::new_v4().to_string(),
+            &[],
+        ),
+        Route::SetTags => {
+            set_tags_event("not-an-operator-token", &nobody.client_id, r#"{"tags":[]}"#)
+        }
     }
 }
 
@@ -291,16 +319,18 @@ impl Reply {
 // ---------------------------------------------------------------------------
 
 /// The HTTP functions of template.yaml, by the route each serves.
-const FUNCTIONS: [Route; 9] = [
+const FUNCTIONS: [Route; 11] = [
     Route::Register,
     Route::Rotate,
     Route::Sent,
     Route::Publish,
+    Route::PublishStatus,
     Route::Send,
     Route::Poll,
     Route::Ack,
     Route::ListClients,
     Route::DeleteClient,
+    Route::SetTags,
 ];
 
 struct Secrets {
@@ -856,6 +886,238 @@ async fn send_function_stores_once_per_nonce() {
         .invoke(Route::Sent, &sent_event(&admin, &stranger, 0))
         .await
         .error(404, "not_found");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_status_function_follows_a_publish() {
+    let stack = Stack::new().await;
+    let creds = stack.new_client().await;
+    let admin = stack.secrets.admin_token.clone();
+    let publish_id = stack
+        .publish(&[&creds.client_id], "tracked", json!({"n": 1}))
+        .await;
+    let status = |query: &'static [(&'static str, &'static str)]| {
+        let event = publish_status_event(&admin, &publish_id, query);
+        let stack = &stack;
+        async move { stack.invoke(Route::PublishStatus, &event).await.json(200) }
+    };
+
+    // Accepted, not fanned out yet: its one recipient is pending.
+    let queued = status(&[]).await;
+    assert_eq!(queued["publish_id"], json!(publish_id));
+    assert_eq!(queued["type"], json!("tracked"));
+    assert_eq!(queued["audience"], json!({"to_client_ids": 1}));
+    assert_eq!(queued["expires_at"], Value::Null);
+    assert_eq!(
+        (
+            &queued["recipients"],
+            &queued["pending"],
+            &queued["delivered"],
+            &queued["state"]
+        ),
+        (&json!(1), &json!(1), &json!(0), &json!("queued")),
+        "{queued}"
+    );
+    assert!(queued.get("recipient_status").is_none(), "{queued}");
+
+    // Fanned out: delivered, and done.
+    let messages = stack.receive(1).await;
+    assert!(stack
+        .fan_out(stack.sqs_event(&[&messages[0]]))
+        .await
+        .is_empty());
+    let done = status(&[("recipients", "1")]).await;
+    assert_eq!(
+        (
+            &done["delivered"],
+            &done["acknowledged"],
+            &done["pending"],
+            &done["state"]
+        ),
+        (&json!(1), &json!(0), &json!(0), &json!("done")),
+        "{done}"
+    );
+    assert_eq!(
+        done["recipient_status"],
+        json!([{"client_id": creds.client_id, "message_id": 1, "status": "delivered"}])
+    );
+    assert!(done.get("next_page_token").is_none(), "{done}");
+
+    // Acknowledged: still counted as delivered.
+    assert_eq!(stack.ack(&creds, 1).await, json!({"cursor": 1}));
+    let acked = status(&[]).await;
+    assert_eq!(
+        (&acked["delivered"], &acked["acknowledged"]),
+        (&json!(1), &json!(1)),
+        "{acked}"
+    );
+
+    // Unknown and malformed ids: 404. A bad page token: 422.
+    for unknown in [uuid::Uuid::new_v4().to_string(), "not-a-uuid".to_string()] {
+        stack
+            .invoke(
+                Route::PublishStatus,
+                &publish_status_event(&admin, &unknown, &[]),
+            )
+            .await
+            .error(404, "not_found");
+    }
+    stack
+        .invoke(
+            Route::PublishStatus,
+            &publish_status_event(
+                &admin,
+                &publish_id,
+                &[("recipients", "1"), ("page_token", "garbled")],
+            ),
+        )
+        .await
+        .validation("page_token");
+
+    // The admin token only: a wrong or missing one is 401, however good
+    // the id.
+    stack
+        .invoke(
+            Route::PublishStatus,
+            &publish_status_event("not-the-admin", &publish_id, &[]),
+        )
+        .await
+        .error(401, "unauthorized");
+    let mut event = publish_status_event(&admin, &publish_id, &[]);
+    remove_header(&mut event, "x-admin-token");
+    stack
+        .invoke(Route::PublishStatus, &event)
+        .await
+        .error(401, "unauthorized");
+    let operator = stack.secrets.operator_token.clone();
+    stack
+        .invoke(
+            Route::PublishStatus,
+            &publish_status_event(&operator, &publish_id, &[]),
+        )
+        .await
+        .error(401, "unauthorized");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn set_tags_function_replaces_a_clients_tags() {
+    let stack = Stack::new().await;
+    let creds = stack.new_client().await;
+    let other = stack.new_client().await;
+    let operator = stack.secrets.operator_token.clone();
+    let set = |client_id: &str, body: &str| set_tags_event(&operator, client_id, body);
+    let tagged = |tag: &'static str| {
+        let event = list_clients_event(&operator, &[("tag", tag)]);
+        let stack = &stack;
+        async move {
+            let list = stack.invoke(Route::ListClients, &event).await.json(200);
+            list["clients"]
+                .as_array()
+                .expect("clients")
+                .iter()
+                .map(|c| (c["id"].as_str().unwrap().to_string(), c["tags"].clone()))
+                .collect::<Vec<_>>()
+        }
+    };
+
+    // Sorted, duplicates folded.
+    let reply = stack
+        .invoke(
+            Route::SetTags,
+            &set(&creds.client_id, r#"{"tags":["eu","door-sensors","eu"]}"#),
+        )
+        .await;
+    assert_eq!(
+        reply.json(200),
+        json!({"id": creds.client_id, "tags": ["door-sensors", "eu"]})
+    );
+    // The list function finds it by either tag, and only it.
+    for tag in ["eu", "door-sensors"] {
+        assert_eq!(
+            tagged(tag).await,
+            vec![(creds.client_id.clone(), json!(["door-sensors", "eu"]))],
+            "{tag}"
+        );
+    }
+    // Replaced, not added to.
+    let reply = stack
+        .invoke(Route::SetTags, &set(&creds.client_id, r#"{"tags":["us"]}"#))
+        .await;
+    assert_eq!(
+        reply.json(200),
+        json!({"id": creds.client_id, "tags": ["us"]})
+    );
+    assert!(tagged("eu").await.is_empty());
+    assert_eq!(
+        tagged("us").await,
+        vec![(creds.client_id.clone(), json!(["us"]))]
+    );
+    // [] clears.
+    let reply = stack
+        .invoke(Route::SetTags, &set(&other.client_id, r#"{"tags":[]}"#))
+        .await;
+    assert_eq!(reply.json(200), json!({"id": other.client_id, "tags": []}));
+
+    // Bad tags, or none named: 422.
+    for body in [
+        r#"{"tags":["EU"]}"#,
+        r#"{"tags":[""]}"#,
+        r#"{"tags":"eu"}"#,
+        r#"{}"#,
+    ] {
+        stack
+            .invoke(Route::SetTags, &set(&creds.client_id, body))
+            .await
+            .validation("tags");
+    }
+    stack
+        .invoke(Route::SetTags, &set(&creds.client_id, TRUNCATED_JSON))
+        .await
+        .error(400, "invalid_json");
+
+    // Unknown, malformed and deleted clients: 404.
+    let stranger = uuid::Uuid::new_v4().to_string();
+    for id in [stranger.as_str(), "not-a-uuid"] {
+        stack
+            .invoke(Route::SetTags, &set(id, r#"{"tags":["eu"]}"#))
+            .await
+            .error(404, "not_found");
+    }
+    stack
+        .invoke(
+            Route::DeleteClient,
+            &delete_client_event(&operator, &creds.client_id),
+        )
+        .await
+        .no_content();
+    assert!(
+        tagged("us").await.is_empty(),
+        "a deleted client keeps no tag"
+    );
+    stack
+        .invoke(Route::SetTags, &set(&creds.client_id, r#"{"tags":["eu"]}"#))
+        .await
+        .error(404, "not_found");
+
+    // Operator tokens only: a wrong or missing one (the admin's included)
+    // is 401.
+    for token in ["not-an-operator", stack.secrets.admin_token.as_str()] {
+        stack
+            .invoke(
+                Route::SetTags,
+                &set_tags_event(token, &other.client_id, r#"{"tags":["eu"]}"#),
+            )
+            .await
+            .error(401, "unauthorized");
+    }
+    let mut event = set(&other.client_id, r#"{"tags":["eu"]}"#);
+    remove_header(&mut event, "x-operator-token");
+    stack
+        .invoke(Route::SetTags, &event)
+        .await
+        .error(401, "unauthorized");
+    // Nothing the refused requests named was set.
+    assert!(tagged("eu").await.is_empty());
 }
 
 // ---------------------------------------------------------------------------
