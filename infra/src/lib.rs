@@ -75,7 +75,7 @@ pub struct Provisioned {
 
 impl Provisioned {
     /// The environment the functions and the local server's `--backend aws`
-    /// read: `CLIENTS_TABLE=…` through `DEDUP_TABLE=…`, then
+    /// read: `CLIENTS_TABLE=…` through `AUDIENCES_TABLE=…`, then
     /// `FANOUT_QUEUE_URL=…` and `INBOUND_QUEUE_URL=…`.
     pub fn env_lines(&self) -> Vec<String> {
         let mut lines: Vec<String> = TableNames::ENV
@@ -518,6 +518,7 @@ mod tests {
                 "MESSAGES_TABLE=p-messages",
                 "CLIENT_MESSAGES_TABLE=p-client-messages",
                 "DEDUP_TABLE=p-dedup",
+                "AUDIENCES_TABLE=p-audiences",
                 "FANOUT_QUEUE_URL=http://localhost:1/000000000000/p-fanout",
                 "INBOUND_QUEUE_URL=http://localhost:1/000000000000/p-inbound.fifo",
             ]

@@ -30,15 +30,17 @@ pub enum TableRole {
     Messages,
     ClientMessages,
     Dedup,
+    Audiences,
 }
 
 impl TableRole {
-    pub const ALL: [TableRole; 5] = [
+    pub const ALL: [TableRole; 6] = [
         TableRole::Clients,
         TableRole::Fingerprints,
         TableRole::Messages,
         TableRole::ClientMessages,
         TableRole::Dedup,
+        TableRole::Audiences,
     ];
 
     /// The logical ID the template gives the table.
@@ -49,6 +51,7 @@ impl TableRole {
             TableRole::Messages => "MessagesTable",
             TableRole::ClientMessages => "ClientMessagesTable",
             TableRole::Dedup => "DedupTable",
+            TableRole::Audiences => "AudiencesTable",
         }
     }
 
@@ -66,6 +69,7 @@ impl TableRole {
             messages,
             client_messages,
             dedup,
+            audiences,
         } = names;
         match self {
             TableRole::Clients => clients,
@@ -73,6 +77,7 @@ impl TableRole {
             TableRole::Messages => messages,
             TableRole::ClientMessages => client_messages,
             TableRole::Dedup => dedup,
+            TableRole::Audiences => audiences,
         }
     }
 }
@@ -689,6 +694,17 @@ mod tests {
       KeySchema: [{ AttributeName: dedup_id, KeyType: HASH }]
       TimeToLiveSpecification: { AttributeName: expires_at, Enabled: true }
       PointInTimeRecoverySpecification: { PointInTimeRecoveryEnabled: true }
+  AudiencesTable:
+    Type: AWS::DynamoDB::Table
+    Properties:
+      BillingMode: PAY_PER_REQUEST
+      AttributeDefinitions:
+        - { AttributeName: pk, AttributeType: S }
+        - { AttributeName: sk, AttributeType: S }
+      KeySchema:
+        - { AttributeName: pk, KeyType: HASH }
+        - { AttributeName: sk, KeyType: RANGE }
+      TimeToLiveSpecification: { AttributeName: expires_at, Enabled: true }
 "#;
 
     /// The queue that refers to the DLQ comes first, and the SAM, !Ref, !Sub
@@ -761,6 +777,7 @@ Outputs:
                 ("MessagesTable", "dev-messages"),
                 ("ClientMessagesTable", "dev-client-messages"),
                 ("DedupTable", "dev-dedup"),
+                ("AudiencesTable", "dev-audiences"),
             ]
         );
         let mut all: Vec<&str> = TableRole::ALL.iter().map(|r| r.name(&names)).collect();
@@ -804,6 +821,16 @@ Outputs:
         assert_eq!(dedup.ttl, Some(("expires_at".into(), true)));
         assert_eq!(dedup.point_in_time_recovery, Some(true));
         assert_eq!(plan.tables[0].ttl, None);
+        let audiences = &plan.tables[5];
+        assert_eq!(audiences.role, TableRole::Audiences);
+        assert_eq!(
+            audiences.key_schema,
+            vec![
+                ("pk".to_string(), "HASH".to_string()),
+                ("sk".to_string(), "RANGE".to_string())
+            ]
+        );
+        assert_eq!(audiences.ttl, Some(("expires_at".into(), true)));
     }
 
     #[test]
@@ -1016,7 +1043,7 @@ Outputs:
              Mappings:\n  Split:\n    \"100\": { Poll: 50 }\nResources:",
         );
         let plan = Plan::from_yaml(&text).unwrap();
-        assert_eq!(plan.tables.len(), 5);
+        assert_eq!(plan.tables.len(), 6);
         assert_eq!(plan.queues.len(), 3);
     }
 
@@ -1025,7 +1052,12 @@ Outputs:
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../template.yaml");
         let text = std::fs::read_to_string(&path).expect("template.yaml at the repository root");
         let plan = Plan::from_yaml(&text).unwrap();
-        assert_eq!(plan.tables.len(), 5);
+        assert_eq!(plan.tables.len(), 6);
+        let audiences = &plan.tables[5];
+        assert_eq!(audiences.role, TableRole::Audiences);
+        assert_eq!(audiences.billing_mode.as_deref(), Some("PAY_PER_REQUEST"));
+        assert_eq!(audiences.ttl, Some(("expires_at".into(), true)));
+        assert_eq!(audiences.point_in_time_recovery, Some(true));
         assert_eq!(
             plan.queues.iter().map(|q| q.role).collect::<Vec<_>>(),
             vec![

@@ -147,6 +147,75 @@ impl Store for Faulty {
         self.check()?;
         self.inner.list_clients(limit, token).await
     }
+    async fn set_tags(&self, id: ClientId, tags: &[String]) -> StoreResult<Option<Vec<String>>> {
+        self.check()?;
+        self.inner.set_tags(id, tags).await
+    }
+    async fn list_tagged(
+        &self,
+        tag: &str,
+        limit: u32,
+        token: Option<&str>,
+    ) -> StoreResult<Result<ClientPage, BadPageToken>> {
+        self.check()?;
+        self.inner.list_tagged(tag, limit, token).await
+    }
+    async fn audience_page(
+        &self,
+        audience: &Audience,
+        registered_by: Timestamp,
+        limit: u32,
+        token: Option<&str>,
+    ) -> StoreResult<Result<AudiencePage, BadPageToken>> {
+        self.check()?;
+        self.inner
+            .audience_page(audience, registered_by, limit, token)
+            .await
+    }
+    async fn save_publish(&self, header: &PublishHeader) -> StoreResult<()> {
+        self.check()?;
+        self.inner.save_publish(header).await
+    }
+    async fn save_recipient_page(
+        &self,
+        publish_id: &str,
+        page: RecipientPage,
+    ) -> StoreResult<RecipientPage> {
+        self.check()?;
+        self.inner.save_recipient_page(publish_id, page).await
+    }
+    async fn mark_page_continued(&self, publish_id: &str, number: u32) -> StoreResult<()> {
+        self.check()?;
+        self.inner.mark_page_continued(publish_id, number).await
+    }
+    async fn finish_enumeration(
+        &self,
+        publish_id: &str,
+        enumerated: Enumerated,
+    ) -> StoreResult<()> {
+        self.check()?;
+        self.inner.finish_enumeration(publish_id, enumerated).await
+    }
+    async fn load_publish(&self, publish_id: &str) -> StoreResult<Option<PublishState>> {
+        self.check()?;
+        self.inner.load_publish(publish_id).await
+    }
+    async fn appended_seqs(
+        &self,
+        mailbox: Mailbox,
+        ids: &[ClientId],
+        key: &str,
+    ) -> StoreResult<std::collections::HashMap<ClientId, Seq>> {
+        self.check()?;
+        self.inner.appended_seqs(mailbox, ids, key).await
+    }
+    async fn ack_states(
+        &self,
+        ids: &[ClientId],
+    ) -> StoreResult<std::collections::HashMap<ClientId, AckState>> {
+        self.check()?;
+        self.inner.ack_states(ids).await
+    }
     async fn claim_publish_key(
         &self,
         key: &str,
@@ -327,6 +396,8 @@ impl Harness {
                 .seal_at_rest(&FanoutJob::payload_context(publish_id), &plaintext)
                 .unwrap(),
             recipients,
+            expires_at: None,
+            step: None,
         }
     }
 

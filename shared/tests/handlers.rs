@@ -165,6 +165,8 @@ async fn a_redelivered_fanout_job_stores_nothing_twice() {
             .seal_at_rest(&FanoutJob::payload_context("p-1"), &plaintext)
             .unwrap(),
         recipients: vec![id, pigeonhole::domain::ClientId::new()],
+        expires_at: None,
+        step: None,
     };
     let fanout = Fanout::new(Arc::clone(&h.store), keys, h.clock.clone());
     let first = fanout.deliver(&job).await.unwrap();
@@ -208,6 +210,8 @@ async fn a_job_sealed_under_another_master_key_is_refused() {
             .seal_at_rest(&FanoutJob::payload_context("p-2"), b"{}")
             .unwrap(),
         recipients: vec![],
+        expires_at: None,
+        step: None,
     };
     let fanout = Fanout::new(
         Arc::clone(&h.store),
@@ -384,6 +388,59 @@ impl Store for BrokenStore {
         _: u32,
         _: Option<&str>,
     ) -> s::StoreResult<Result<s::ClientPage, s::BadPageToken>> {
+        unreachable!()
+    }
+    async fn set_tags(&self, _: ClientId, _: &[String]) -> s::StoreResult<Option<Vec<String>>> {
+        unreachable!()
+    }
+    async fn list_tagged(
+        &self,
+        _: &str,
+        _: u32,
+        _: Option<&str>,
+    ) -> s::StoreResult<Result<s::ClientPage, s::BadPageToken>> {
+        unreachable!()
+    }
+    async fn audience_page(
+        &self,
+        _: &s::Audience,
+        _: Timestamp,
+        _: u32,
+        _: Option<&str>,
+    ) -> s::StoreResult<Result<s::AudiencePage, s::BadPageToken>> {
+        unreachable!()
+    }
+    async fn save_publish(&self, _: &s::PublishHeader) -> s::StoreResult<()> {
+        unreachable!()
+    }
+    async fn save_recipient_page(
+        &self,
+        _: &str,
+        _: s::RecipientPage,
+    ) -> s::StoreResult<s::RecipientPage> {
+        unreachable!()
+    }
+    async fn mark_page_continued(&self, _: &str, _: u32) -> s::StoreResult<()> {
+        unreachable!()
+    }
+    async fn finish_enumeration(&self, _: &str, _: s::Enumerated) -> s::StoreResult<()> {
+        unreachable!()
+    }
+    async fn load_publish(&self, _: &str) -> s::StoreResult<Option<s::PublishState>> {
+        unreachable!()
+    }
+    async fn appended_seqs(
+        &self,
+        _: s::Mailbox,
+        _: &[ClientId],
+        _: &str,
+    ) -> s::StoreResult<std::collections::HashMap<ClientId, u64>> {
+        unreachable!()
+    }
+    async fn ack_states(
+        &self,
+        _: &[ClientId],
+    ) -> s::StoreResult<std::collections::HashMap<ClientId, s::AckState>> {
         unreachable!()
     }
     async fn claim_publish_key(

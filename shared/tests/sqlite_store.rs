@@ -213,6 +213,19 @@ async fn a_version_2_database_is_upgraded_in_place() {
         .await
         .unwrap();
     assert_eq!(sent[0].kind, "sealed", "a send's type no longer in clear");
+    // Version 4: old messages never expire; acks keep a history; tags.
+    assert_eq!(messages[0].expires_at, None);
+    store.acknowledge(id, 0, 1, Timestamp(9)).await.unwrap();
+    let states = store.ack_states(&[id]).await.unwrap();
+    assert_eq!(
+        states[&id].history,
+        vec![pigeonhole::store::AckMark {
+            cursor: 1,
+            at: Timestamp(9)
+        }]
+    );
+    let tags = vec!["eu".to_string()];
+    assert_eq!(store.set_tags(id, &tags).await.unwrap(), Some(tags));
     drop(store);
     // Opening again finds the columns in place.
     SqliteStore::open(&path).unwrap();
@@ -230,6 +243,22 @@ async fn a_deleted_client_leaves_nothing_readable_in_the_files() {
         .unwrap()
         .client
         .id;
+    // Its tags, and the marker cleanup keeps of a removed message, too.
+    let tags = ["door-sensors".to_string()];
+    store.set_tags(id, &tags).await.unwrap();
+    store_contract::append_expiring(&store, id, "publish:p1", None).await;
+    store.acknowledge(id, 0, 1, Timestamp(6)).await.unwrap();
+    let purged = store
+        .purge(pigeonhole::store::Cutoffs {
+            acked_before: Timestamp(i64::MAX),
+            sent_before: Timestamp(0),
+            keys_before: Timestamp(0),
+            now: Timestamp(0),
+            publishes_before: Timestamp(0),
+        })
+        .await
+        .unwrap();
+    assert_eq!(purged.inbox, 1, "only the marker is left");
     let files = || -> Vec<u8> {
         std::fs::read_dir(dir.path())
             .unwrap()
@@ -249,4 +278,105 @@ async fn a_deleted_client_leaves_nothing_readable_in_the_files() {
     let after = files();
     assert!(!contains(&after, &name), "the name is gone from every file");
     assert!(!contains(&after, &id.to_string()), "so is the client id");
+}
+
+/// Cleanup forgets publish records, and the markers their status is
+/// computed from, once they are older than `publishes_before` (DynamoDB
+/// leaves that to its tables' TTL, so this is not in the contract).
+#[tokio::test]
+async fn purge_forgets_old_publish_records_and_markers() {
+    use pigeonhole::store::*;
+    use store_contract::T0;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("test.db");
+    let store = SqliteStore::open(&path).unwrap();
+    let id = store_contract::registered(&store, "a", T0).await;
+    // Created at T0 + 1 and T0 + 2.
+    store_contract::append_expiring(&store, id, "publish:old", None).await;
+    store_contract::append_expiring(&store, id, "publish:new", None).await;
+    store.acknowledge(id, 0, 2, T0).await.unwrap();
+    for (publish_id, created_at) in [("old", T0.plus_millis(1)), ("new", T0.plus_millis(2))] {
+        store
+            .save_publish(&PublishHeader {
+                publish_id: publish_id.into(),
+                kind: "event".into(),
+                created_at,
+                audience: Audience::All,
+                expires_at: None,
+                enumerated: None,
+            })
+            .await
+            .unwrap();
+        let page = RecipientPage {
+            number: 0,
+            recipients: vec![id],
+            next: None,
+            continued: false,
+        };
+        store.save_recipient_page(publish_id, page).await.unwrap();
+    }
+
+    let purged = store
+        .purge(Cutoffs {
+            acked_before: T0.plus_millis(1_000),
+            sent_before: Timestamp(0),
+            keys_before: Timestamp(0),
+            now: Timestamp(0),
+            publishes_before: T0.plus_millis(2),
+        })
+        .await
+        .unwrap();
+    assert_eq!(purged.inbox, 2);
+    assert_eq!(store.load_publish("old").await.unwrap(), None);
+    let kept = store.load_publish("new").await.unwrap().expect("kept");
+    assert_eq!(kept.pages.len(), 1);
+    let ids = [id];
+    let seqs = |key: &'static str| store.appended_seqs(Mailbox::Inbox, &ids, key);
+    assert!(seqs("publish:old").await.unwrap().is_empty());
+    assert_eq!(
+        seqs("publish:new").await.unwrap(),
+        std::collections::HashMap::from([(id, 2)])
+    );
+    let pages: i64 = rusqlite::Connection::open(&path)
+        .unwrap()
+        .query_row("SELECT COUNT(*) FROM publish_pages", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(pages, 1, "the old publish's pages went with it");
+}
+
+/// More expired messages than one cleanup batch reads, the first batches
+/// all acknowledged (left alone): cleanup goes on past them.
+#[tokio::test(flavor = "multi_thread")]
+async fn tombstoning_goes_on_past_batches_of_acknowledged_messages() {
+    use pigeonhole::store::*;
+    use store_contract::T0;
+    let subject = fresh().await;
+    let store = subject.store.as_ref();
+    let read = store_contract::registered(store, "read", T0).await;
+    let unread = store_contract::registered(store, "unread", T0).await;
+    for i in 0..700 {
+        let key = format!("m{i}");
+        store_contract::append_expiring(store, read, &key, Some(T0.plus_millis(10))).await;
+    }
+    store.acknowledge(read, 0, 700, T0).await.unwrap();
+    for i in 0..300 {
+        let key = format!("m{i}");
+        store_contract::append_expiring(store, unread, &key, Some(T0.plus_millis(20))).await;
+    }
+    let purged = store
+        .purge(Cutoffs {
+            acked_before: Timestamp(0),
+            sent_before: Timestamp(0),
+            keys_before: Timestamp(0),
+            now: T0.plus_millis(100),
+            publishes_before: Timestamp(0),
+        })
+        .await
+        .unwrap();
+    assert_eq!((purged.expired, purged.inbox), (300, 0));
+    let left = store.read(Mailbox::Inbox, unread, 0, 500).await.unwrap();
+    assert!(left.iter().all(|m| m.kind.is_empty()));
+    let acknowledged = store.read(Mailbox::Inbox, read, 0, 1000).await.unwrap();
+    assert_eq!(acknowledged.len(), 700);
+    assert!(acknowledged.iter().all(|m| m.kind == "event"));
 }

@@ -15,7 +15,7 @@ use aws_sdk_dynamodb::config::interceptors::BeforeTransmitInterceptorContextRef;
 use aws_sdk_dynamodb::config::{ConfigBag, Intercept, RuntimeComponents};
 use aws_sdk_dynamodb::error::BoxError;
 use aws_sdk_dynamodb::types::{AttributeValue, TimeToLiveStatus};
-use pigeonhole::clock::Timestamp;
+use pigeonhole::clock::{Clock, SystemClock, Timestamp};
 use pigeonhole::crypto::{seal, Key};
 use pigeonhole::domain::{ClientId, Seq};
 use pigeonhole::rate_limit::{PollRateLimit, WindowLimit};
@@ -47,6 +47,20 @@ async fn register(store: &dyn Store, fingerprint: u8) -> ClientId {
         .unwrap()
         .client
         .id
+}
+
+/// Like [`sealer`], for messages that expire at `expires_at`.
+fn expiring_sealer(expires_at: Timestamp) -> Sealer {
+    let key = Key::from_bytes([5; 32]);
+    Arc::new(move |seq: Seq| {
+        Ok(NewMessage {
+            kind: "event".into(),
+            body: seal(&key, &seq.to_be_bytes(), b""),
+            created_at: T0,
+            key_generation: 0,
+            expires_at: Some(expires_at),
+        })
+    })
 }
 
 fn sealer(kind: &str) -> Sealer {
@@ -338,6 +352,22 @@ async fn each_store_call_costs_the_expected_dynamodb_requests() {
         ops(&["GetItem", "TransactWriteItems"]),
         "a duplicate append learns its seq from the cancelled transaction"
     );
+    let other_id = register(&store, 5).await;
+    log.take();
+    store
+        .append(
+            Mailbox::Inbox,
+            other_id,
+            publish_dedup("p-ttl"),
+            expiring_sealer(T0.plus_millis(60_000)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        log.take(),
+        ops(&["GetItem", "TransactWriteItems"]),
+        "an expiring message flags its client in the same transaction"
+    );
 
     // A poll after the bucket refilled: one conditional update, which also
     // returns head and cursor. With messages, one query more.
@@ -478,6 +508,146 @@ async fn each_store_call_costs_the_expected_dynamodb_requests() {
     store.list_clients(10, None).await.unwrap().unwrap();
     assert_eq!(log.take(), ops(&["Scan"]), "list clients");
 
+    // Tags: a read of the client, then one transaction writes the client
+    // and an entry per tag; tags as they are cost the read alone.
+    let tags = vec!["eu".to_string(), "north".to_string()];
+    assert_eq!(store.set_tags(id, &tags).await.unwrap(), Some(tags.clone()));
+    assert_eq!(
+        log.take(),
+        ops(&["GetItem", "TransactWriteItems"]),
+        "set tags"
+    );
+    store.set_tags(id, &tags).await.unwrap();
+    assert_eq!(log.take(), ops(&["GetItem"]), "set the tags a client has");
+    assert_eq!(store.set_tags(ClientId::new(), &tags).await.unwrap(), None);
+    assert_eq!(log.take(), ops(&["GetItem"]), "tag an unknown client");
+    let tagged = store.list_tagged("eu", 10, None).await.unwrap().unwrap();
+    assert_eq!(tagged.clients.len(), 1);
+    assert_eq!(tagged.clients[0].tags, tags);
+    assert_eq!(
+        log.take(),
+        ops(&["Query", "BatchGetItem"]),
+        "list a tag: its entries, then its clients"
+    );
+    store
+        .list_tagged("nobody", 10, None)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(log.take(), ops(&["Query"]), "list a tag nobody carries");
+
+    // Enumerating an audience: a query per tag the page reaches (never a
+    // scan of the clients), or one scan of everyone.
+    let page = store
+        .audience_page(&Audience::Tags(tags.clone()), later, 10, None)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((page.recipients, page.next), (vec![id], None));
+    assert_eq!(
+        log.take(),
+        ops(&["Query", "Query"]),
+        "a page of two small tags"
+    );
+    let page = store
+        .audience_page(&Audience::Tags(tags.clone()), later, 1, None)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(page.recipients, vec![id]);
+    assert_eq!(log.take(), ops(&["Query"]), "a full page of one tag");
+    store
+        .audience_page(&Audience::All, later, 10, None)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(log.take(), ops(&["Scan"]), "a page of everyone");
+
+    // Publish records. Their TTL counts from their time, so these are
+    // made now: DynamoDB Local deletes items whose TTL has passed.
+    let now = SystemClock.now();
+    let header = PublishHeader {
+        publish_id: "pub-1".into(),
+        kind: "event".into(),
+        created_at: now,
+        audience: Audience::Tags(tags.clone()),
+        expires_at: Some(now.plus_millis(60_000)),
+        enumerated: None,
+    };
+    store.save_publish(&header).await.unwrap();
+    store.save_publish(&header).await.unwrap();
+    assert_eq!(
+        log.take(),
+        ops(&["PutItem", "PutItem"]),
+        "save a publish, and again"
+    );
+    let first = RecipientPage {
+        number: 0,
+        recipients: vec![id],
+        next: Some("more".into()),
+        continued: false,
+    };
+    store
+        .save_recipient_page("pub-1", first.clone())
+        .await
+        .unwrap();
+    assert_eq!(log.take(), ops(&["PutItem"]), "save a page");
+    let again = RecipientPage {
+        recipients: vec![other_id],
+        ..first.clone()
+    };
+    assert_eq!(
+        store.save_recipient_page("pub-1", again).await.unwrap(),
+        first
+    );
+    assert_eq!(
+        log.take(),
+        ops(&["PutItem"]),
+        "save a page saved before: the refusal hands it back"
+    );
+    store.mark_page_continued("pub-1", 0).await.unwrap();
+    assert_eq!(log.take(), ops(&["UpdateItem"]), "mark a page continued");
+    let enumerated = Enumerated {
+        pages: 1,
+        recipients: 1,
+    };
+    store.finish_enumeration("pub-1", enumerated).await.unwrap();
+    assert_eq!(log.take(), ops(&["UpdateItem"]), "finish an enumeration");
+    let state = store.load_publish("pub-1").await.unwrap().unwrap();
+    assert_eq!(state.header.enumerated, Some(enumerated));
+    assert_eq!(state.pages.len(), 1);
+    assert_eq!(log.take(), ops(&["Query"]), "load a publish");
+    assert_eq!(store.load_publish("pub-0").await.unwrap(), None);
+    assert_eq!(log.take(), ops(&["Query"]), "load an unknown publish");
+
+    // A status call's look-ups: one request per 100 recipients each.
+    let seqs = store
+        .appended_seqs(Mailbox::Inbox, &many, "publish:p1")
+        .await
+        .unwrap();
+    assert_eq!(seqs, std::collections::HashMap::from([(id, 1)]));
+    assert_eq!(
+        log.take(),
+        ops(&["BatchGetItem", "BatchGetItem"]),
+        "the sequence numbers of 151 recipients"
+    );
+    let acks = store.ack_states(&many).await.unwrap();
+    assert_eq!(acks[&id].acked, 1);
+    assert_eq!(acks[&id].history.len(), 1);
+    assert_eq!(
+        log.take(),
+        ops(&["BatchGetItem", "BatchGetItem"]),
+        "the acknowledgement states of 151 recipients"
+    );
+    // Untagged again for the deletion below; the tag entries go in the
+    // same transaction.
+    store.set_tags(id, &[]).await.unwrap();
+    assert_eq!(
+        log.take(),
+        ops(&["GetItem", "TransactWriteItems"]),
+        "clear tags"
+    );
+
     // A refused poll costs one request and changes nothing.
     let strict = polls(1);
     let other = register(&store, 4).await;
@@ -564,6 +734,23 @@ async fn each_store_call_costs_the_expected_dynamodb_requests() {
     );
     assert_eq!(store.delete_client(id).await.unwrap(), Deleted::Unknown);
     assert_eq!(log.take(), ops(&["UpdateItem"]), "delete an unknown client");
+
+    // A tagged client's entries go in one BatchWriteItem more.
+    store.set_tags(other, &tags).await.unwrap();
+    log.take();
+    assert_eq!(store.delete_client(other).await.unwrap(), Deleted::Deleted);
+    assert_eq!(
+        log.take(),
+        ops(&[
+            "UpdateItem",
+            "BatchWriteItem",
+            "Query",
+            "Query",
+            "DeleteItem",
+            "DeleteItem"
+        ]),
+        "delete a tagged client without messages"
+    );
 }
 
 async fn append_one(store: &DynamoStore, id: ClientId, publish: &str, log: &RequestLog) {
@@ -629,8 +816,18 @@ async fn an_interrupted_deletion_is_finished_by_purge_or_a_second_delete() {
             .await
             .unwrap();
     }
+    let eu = vec!["eu".to_string()];
+    for id in [by_purge, by_delete, kept] {
+        store.set_tags(id, &eu).await.unwrap();
+    }
     mark_deleted(&env, by_purge).await;
     mark_deleted(&env, by_delete).await;
+    let tagged = store.list_tagged("eu", 10, None).await.unwrap().unwrap();
+    assert_eq!(
+        tagged.clients.iter().map(|c| c.id).collect::<Vec<_>>(),
+        vec![kept],
+        "an entry whose client is marked deleted is not listed"
+    );
 
     for id in [by_purge, by_delete] {
         assert_eq!(
@@ -678,6 +875,11 @@ async fn an_interrupted_deletion_is_finished_by_purge_or_a_second_delete() {
     assert_eq!(item_count(&env, &tables.messages).await, 30);
     assert_eq!(item_count(&env, &tables.client_messages).await, 1);
     assert_eq!(
+        item_count(&env, &tables.audiences).await,
+        1,
+        "only the kept client's tag entry"
+    );
+    assert_eq!(
         store
             .read(Mailbox::Inbox, kept, 0, 100)
             .await
@@ -697,6 +899,154 @@ async fn an_interrupted_deletion_is_finished_by_purge_or_a_second_delete() {
             .unwrap();
         assert_eq!((again.client, again.created), (fresh, true));
     }
+}
+
+/// The acknowledgement history lives in slots on the client item that the
+/// ack's one `UpdateItem` shifts (`ack_m3 = if_not_exists(ack_m2, …), …,
+/// ack_m0 = :mark`): every operand reads the item as it was before the
+/// update, so each slot takes its neighbour's old value, not the new mark.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ack_history_shifts_its_slots_in_one_update() {
+    let env = aws_support::fresh_env().await;
+    let store = DynamoStore::new(env.dynamodb(), env.tables().clone());
+    let id = register(&store, 21).await;
+    for i in 0..6 {
+        append_message(&store, id, &format!("m{i}")).await;
+    }
+    let slots = |item: &std::collections::HashMap<String, AttributeValue>| {
+        (0..ACK_HISTORY)
+            .map(|i| match item.get(&format!("ack_m{i}")) {
+                Some(AttributeValue::S(mark)) => mark.clone(),
+                other => panic!("slot {i} is {other:?}"),
+            })
+            .collect::<Vec<_>>()
+    };
+    store
+        .acknowledge(id, 0, 1, T0.plus_millis(1))
+        .await
+        .unwrap();
+    let item = client_item(&env, id).await;
+    assert_eq!(
+        slots(&item),
+        vec![
+            format!("1:{}", T0.millis() + 1),
+            "".into(),
+            "".into(),
+            "".into()
+        ]
+    );
+    for cursor in 2..=6u64 {
+        let at = T0.plus_millis(cursor as i64);
+        store.acknowledge(id, 0, cursor, at).await.unwrap();
+    }
+    // A move back or to where it stands is no move.
+    store
+        .acknowledge(id, 0, 6, T0.plus_millis(99))
+        .await
+        .unwrap();
+    let item = client_item(&env, id).await;
+    assert_eq!(
+        slots(&item),
+        (3..=6u64)
+            .rev()
+            .map(|c| format!("{c}:{}", T0.millis() + c as i64))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(number(&item, "acked"), 6);
+}
+
+/// An expiring inbox message flags its client (`inbox_expiring`, the
+/// lowest number to look from) in the append's own transaction; cleanup
+/// looks only at flagged clients, moves the flag to the next message still
+/// to expire and removes it when none is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cleanup_follows_the_expiry_flag() {
+    let env = aws_support::fresh_env().await;
+    let store = DynamoStore::new(env.dynamodb(), env.tables().clone());
+    let id = register(&store, 22).await;
+    let plain = register(&store, 23).await;
+    let flag = |item: &std::collections::HashMap<String, AttributeValue>| {
+        item.get("inbox_expiring")
+            .map(|v| v.as_n().unwrap().parse::<u64>().unwrap())
+    };
+    append_message(&store, id, "m1").await;
+    append_message(&store, plain, "m1").await;
+    assert_eq!(flag(&client_item(&env, id).await), None);
+    let soon = T0.plus_millis(1_000);
+    let later = T0.plus_millis(5_000);
+    for (key, at) in [("m2", soon), ("m3", later)] {
+        store
+            .append(Mailbox::Inbox, id, publish_dedup(key), expiring_sealer(at))
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        flag(&client_item(&env, id).await),
+        Some(2),
+        "from the first"
+    );
+    let cutoffs = |now: Timestamp| Cutoffs {
+        acked_before: Timestamp(0),
+        sent_before: Timestamp(0),
+        keys_before: Timestamp(0),
+        now,
+        publishes_before: Timestamp(0),
+    };
+
+    let purged = store.purge(cutoffs(T0)).await.unwrap();
+    assert_eq!(purged.expired, 0);
+    assert_eq!(
+        flag(&client_item(&env, id).await),
+        Some(2),
+        "nothing expired"
+    );
+    let purged = store.purge(cutoffs(soon)).await.unwrap();
+    assert_eq!(purged.expired, 1);
+    assert_eq!(
+        flag(&client_item(&env, id).await),
+        Some(3),
+        "moved to the message still to expire"
+    );
+    let purged = store.purge(cutoffs(later)).await.unwrap();
+    assert_eq!(purged.expired, 1);
+    assert_eq!(flag(&client_item(&env, id).await), None, "none left");
+    assert_eq!(flag(&client_item(&env, plain).await), None);
+
+    let messages = store.read(Mailbox::Inbox, id, 0, 10).await.unwrap();
+    let kinds: Vec<&str> = messages.iter().map(|m| m.kind.as_str()).collect();
+    assert_eq!(kinds, vec!["event", "", ""]);
+    assert!(messages[1].body.ciphertext.is_empty());
+    assert_eq!(messages[2].expires_at, Some(later));
+    // A tombstone needs no key: once message 1 is acknowledged, a rotation
+    // keeps no retired key for the expired messages above it.
+    store.acknowledge(id, 0, 1, T0).await.unwrap();
+    let far = Timestamp(i64::MAX / 2);
+    for from in [0, 1] {
+        let rotated = store
+            .rotate_client(Rotation {
+                id,
+                from_generation: from,
+                wrapped_key: vec![from as u8 + 1; 60],
+                fingerprint: None,
+                now: T0,
+                keep_retired_since: far,
+            })
+            .await
+            .unwrap();
+        let Rotated::Rotated(record) = rotated else {
+            panic!("{rotated:?}")
+        };
+        let kept: Vec<u32> = record.retired_keys.iter().map(|k| k.generation).collect();
+        assert_eq!(kept, vec![from], "rotation from generation {from}");
+    }
+}
+
+async fn append_message(store: &DynamoStore, id: ClientId, key: &str) {
+    let appended = store
+        .append(Mailbox::Inbox, id, publish_dedup(key), sealer("event"))
+        .await
+        .unwrap();
+    assert!(matches!(appended, Appended::Stored { .. }), "{appended:?}");
 }
 
 /// Items written before credentials had generations: a client item with
@@ -878,6 +1228,48 @@ async fn the_largest_message_and_client_record_fit_in_a_dynamodb_item() {
         let read = store.read(mailbox, id, 0, 1).await.unwrap();
         assert_eq!(read[0].body.ciphertext.len(), biggest);
     }
+
+    // The most tags a client may carry, each as long as a tag may be, on
+    // the client item and in every entry.
+    let tags: Vec<String> = (0..pigeonhole::domain::MAX_TAGS)
+        .map(|i| {
+            format!(
+                "{i:02}{}",
+                "t".repeat(pigeonhole::domain::MAX_TAG_CHARS - 2)
+            )
+        })
+        .collect();
+    assert_eq!(store.set_tags(id, &tags).await.unwrap(), Some(tags.clone()));
+    // The largest page of recipients: every id a publish may name.
+    let now = SystemClock.now();
+    let header = PublishHeader {
+        publish_id: "big".into(),
+        kind: "k".repeat(pigeonhole::domain::MAX_TYPE_CHARS * 4),
+        created_at: now,
+        audience: Audience::Clients {
+            count: pigeonhole::domain::MAX_RECIPIENTS as u64,
+        },
+        expires_at: Some(now),
+        enumerated: None,
+    };
+    store.save_publish(&header).await.unwrap();
+    let page = RecipientPage {
+        number: 0,
+        recipients: (0..pigeonhole::domain::MAX_RECIPIENTS)
+            .map(|_| ClientId::new())
+            .collect(),
+        next: None,
+        continued: false,
+    };
+    assert_eq!(
+        store
+            .save_recipient_page("big", page.clone())
+            .await
+            .unwrap(),
+        page
+    );
+    let loaded = store.load_publish("big").await.unwrap().unwrap();
+    assert_eq!((loaded.header, loaded.pages), (header, vec![page]));
 }
 
 /// `pigeonhole-infra` run again over existing tables and queues changes

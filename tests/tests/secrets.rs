@@ -749,6 +749,7 @@ fn ack_env(arn: &str) -> Env {
         ("MESSAGES_TABLE", "m"),
         ("CLIENT_MESSAGES_TABLE", "cm"),
         ("DEDUP_TABLE", "d"),
+        ("AUDIENCES_TABLE", "a"),
         ("TOKEN_KEY_SECRET_ARN", arn),
     ])
 }

@@ -303,9 +303,9 @@ pub struct StoredMessage {
     pub created_at: Timestamp,
     pub key_generation: u32,
     /// See [`NewMessage::expires_at`]. Once cleanup has seen an expired,
-    /// unacknowledged message, only its position is kept: `kind` is empty
-    /// and `body` has no bytes (a tombstone), so a page can tell an expired
-    /// id from one still being written.
+    /// unacknowledged message, only its position and expiry are kept:
+    /// `kind` is empty and the ciphertext has no bytes (a tombstone), so a
+    /// page can tell an expired id from one still being written.
     pub expires_at: Option<Timestamp>,
 }
 
@@ -579,7 +579,6 @@ impl AckState {
 pub struct BadPageToken;
 
 #[async_trait]
-#[allow(unused_variables)] // TEMP until adapters implement the audience calls
 pub trait Store: Send + Sync + 'static {
     /// Stores `candidate` under `fingerprint`, unless the fingerprint is
     /// already registered, in which case the existing client is returned.
@@ -688,11 +687,7 @@ pub trait Store: Send + Sync + 'static {
 
     /// Replaces a client's tags (already validated, distinct, sorted);
     /// `None` when the client is unknown or deleted.
-    async fn set_tags(&self, id: ClientId, tags: &[String]) -> StoreResult<Option<Vec<String>>> {
-        Err(StoreError::Backend(
-            "set_tags: not implemented by this store".into(),
-        ))
-    }
+    async fn set_tags(&self, id: ClientId, tags: &[String]) -> StoreResult<Option<Vec<String>>>;
 
     /// Like [`Store::list_clients`], only the clients carrying `tag`, found
     /// through the tag's own index (never a scan of every client).
@@ -701,11 +696,7 @@ pub trait Store: Send + Sync + 'static {
         tag: &str,
         limit: u32,
         page_token: Option<&str>,
-    ) -> StoreResult<Result<ClientPage, BadPageToken>> {
-        Err(StoreError::Backend(
-            "list_tagged: not implemented by this store".into(),
-        ))
-    }
+    ) -> StoreResult<Result<ClientPage, BadPageToken>>;
 
     /// Up to `limit` clients of a tag or everyone audience
     /// ([`Audience::Clients`] is never enumerated), in pages, each client
@@ -718,58 +709,33 @@ pub trait Store: Send + Sync + 'static {
         registered_by: Timestamp,
         limit: u32,
         page_token: Option<&str>,
-    ) -> StoreResult<Result<AudiencePage, BadPageToken>> {
-        Err(StoreError::Backend(
-            "audience_page: not implemented by this store".into(),
-        ))
-    }
+    ) -> StoreResult<Result<AudiencePage, BadPageToken>>;
 
     /// Saves a publish's header, unless one is saved under its id already
     /// (a retried publish keeps the first).
-    async fn save_publish(&self, header: &PublishHeader) -> StoreResult<()> {
-        Err(StoreError::Backend(
-            "save_publish: not implemented by this store".into(),
-        ))
-    }
+    async fn save_publish(&self, header: &PublishHeader) -> StoreResult<()>;
 
     /// Saves a page of a publish's recipients unless that page number is
     /// saved already, and returns the page as stored (the earlier one, if
-    /// any).
+    /// any). The publish's header is saved first: records are forgotten
+    /// through it.
     async fn save_recipient_page(
         &self,
         publish_id: &str,
         page: RecipientPage,
-    ) -> StoreResult<RecipientPage> {
-        Err(StoreError::Backend(
-            "save_recipient_page: not implemented by this store".into(),
-        ))
-    }
+    ) -> StoreResult<RecipientPage>;
 
     /// Records that the step after page `number` is enqueued.
-    async fn mark_page_continued(&self, publish_id: &str, number: u32) -> StoreResult<()> {
-        Err(StoreError::Backend(
-            "mark_page_continued: not implemented by this store".into(),
-        ))
-    }
+    async fn mark_page_continued(&self, publish_id: &str, number: u32) -> StoreResult<()>;
 
-    /// Records that the enumeration ended.
-    async fn finish_enumeration(
-        &self,
-        publish_id: &str,
-        enumerated: Enumerated,
-    ) -> StoreResult<()> {
-        Err(StoreError::Backend(
-            "finish_enumeration: not implemented by this store".into(),
-        ))
-    }
+    /// Records that the enumeration ended; the first call wins, like
+    /// pages are written once.
+    async fn finish_enumeration(&self, publish_id: &str, enumerated: Enumerated)
+        -> StoreResult<()>;
 
     /// The header and every page saved so far; `None` for an unknown (or
     /// forgotten) publish id.
-    async fn load_publish(&self, publish_id: &str) -> StoreResult<Option<PublishState>> {
-        Err(StoreError::Backend(
-            "load_publish: not implemented by this store".into(),
-        ))
-    }
+    async fn load_publish(&self, publish_id: &str) -> StoreResult<Option<PublishState>>;
 
     /// For the recipients among `ids` holding a message appended under
     /// `dedup_key`, its sequence number. Unlike [`Store::already_appended`]
@@ -779,22 +745,14 @@ pub trait Store: Send + Sync + 'static {
         mailbox: Mailbox,
         ids: &[ClientId],
         dedup_key: &str,
-    ) -> StoreResult<std::collections::HashMap<ClientId, Seq>> {
-        Err(StoreError::Backend(
-            "appended_seqs: not implemented by this store".into(),
-        ))
-    }
+    ) -> StoreResult<std::collections::HashMap<ClientId, Seq>>;
 
     /// The acknowledgement state of the known, undeleted clients among
     /// `ids` (others are left out).
     async fn ack_states(
         &self,
         ids: &[ClientId],
-    ) -> StoreResult<std::collections::HashMap<ClientId, AckState>> {
-        Err(StoreError::Backend(
-            "ack_states: not implemented by this store".into(),
-        ))
-    }
+    ) -> StoreResult<std::collections::HashMap<ClientId, AckState>>;
 
     /// Claims a publish idempotency key at `now`, unless an unexpired
     /// record holds it (records older than `expired_before` are free).

@@ -7,6 +7,10 @@
 //! `clients` keyed by id (holding the cursor, the heads of both sequences and
 //! the rate-limit state on the same row, as one DynamoDB item would),
 //! `fingerprints` as the lookup, and `inbox`/`outbox` keyed `(client_id, seq)`.
+//! Tags live in `client_tags` keyed `(tag, client_id)`, as DynamoDB's tag
+//! index is; publish status in `publishes` and `publish_pages`; and
+//! `inbox_markers` keeps the idempotency key of an inbox message cleanup
+//! removed, as DynamoDB's dedup table outlives the message it marks.
 //!
 //! One connection behind a mutex serves all requests on the blocking thread
 //! pool: SQLite allows one writer at a time anyway, and every statement here
@@ -16,13 +20,16 @@ use super::*;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Mutex;
 
 /// 2 added publish idempotency keys and the age indexes cleanup uses;
 /// 3 credential generations, retired keys, the send limit and request
-/// counters (see [`COLUMNS_ADDED`]).
-const SCHEMA_VERSION: i64 = 3;
+/// counters; 4 message expiry, the acknowledgement history, tags, publish
+/// status records and the markers of removed inbox messages (see
+/// [`COLUMNS_ADDED`]).
+const SCHEMA_VERSION: i64 = 4;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS clients (
@@ -37,7 +44,8 @@ CREATE TABLE IF NOT EXISTS clients (
     poll_tat     INTEGER,
     send_tat     INTEGER,
     generation   INTEGER NOT NULL DEFAULT 0,
-    retired_keys TEXT
+    retired_keys TEXT,
+    ack_history  TEXT NOT NULL DEFAULT ''
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS clients_by_creation ON clients (created_at, client_id);
 CREATE TABLE IF NOT EXISTS fingerprints (
@@ -56,6 +64,7 @@ CREATE TABLE IF NOT EXISTS inbox (
     dedup_key    TEXT NOT NULL,
     dedup_digest BLOB NOT NULL,
     key_generation INTEGER NOT NULL DEFAULT 0,
+    expires_at   INTEGER,
     PRIMARY KEY (client_id, seq)
 ) WITHOUT ROWID;
 CREATE UNIQUE INDEX IF NOT EXISTS inbox_dedup ON inbox (client_id, dedup_key);
@@ -88,21 +97,70 @@ CREATE TABLE IF NOT EXISTS request_counts (
     count      INTEGER NOT NULL,
     expires_at INTEGER NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS client_tags (
+    tag       TEXT NOT NULL,
+    client_id TEXT NOT NULL,
+    PRIMARY KEY (tag, client_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS client_tags_by_client ON client_tags (client_id);
+CREATE TABLE IF NOT EXISTS publishes (
+    publish_id TEXT PRIMARY KEY,
+    kind       TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    audience   TEXT NOT NULL,
+    expires_at INTEGER,
+    pages      INTEGER,
+    recipients INTEGER
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS publishes_by_age ON publishes (created_at);
+CREATE TABLE IF NOT EXISTS publish_pages (
+    publish_id TEXT NOT NULL,
+    number     INTEGER NOT NULL,
+    recipients TEXT NOT NULL,
+    next       TEXT,
+    continued  INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (publish_id, number)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS inbox_markers (
+    client_id    TEXT NOT NULL,
+    dedup_key    TEXT NOT NULL,
+    seq          INTEGER NOT NULL,
+    dedup_digest BLOB NOT NULL,
+    created_at   INTEGER NOT NULL,
+    PRIMARY KEY (client_id, dedup_key)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS inbox_markers_by_age ON inbox_markers (created_at);
+";
+
+/// Indexes on columns of [`COLUMNS_ADDED`]: created once those exist.
+///
+/// Cleanup looks for expired messages not yet made tombstones (whose `kind`
+/// is empty); the partial index holds only those, so a tombstone drops out
+/// of it and each cleanup run reads only what it has to change.
+const INDEXES_ON_ADDED_COLUMNS: &str = "
+CREATE INDEX IF NOT EXISTS inbox_expiring ON inbox (expires_at)
+    WHERE expires_at IS NOT NULL AND kind != '';
 ";
 
 /// Columns added after a table was first created: `CREATE TABLE IF NOT
 /// EXISTS` leaves an older database's tables as they are, so these are
 /// added to them on open.
-const COLUMNS_ADDED: [(&str, &str, &str); 5] = [
+const COLUMNS_ADDED: [(&str, &str, &str); 7] = [
     ("clients", "send_tat", "INTEGER"),
     ("clients", "generation", "INTEGER NOT NULL DEFAULT 0"),
     ("clients", "retired_keys", "TEXT"),
     ("inbox", "key_generation", "INTEGER NOT NULL DEFAULT 0"),
     ("outbox", "key_generation", "INTEGER NOT NULL DEFAULT 0"),
+    ("inbox", "expires_at", "INTEGER"),
+    ("clients", "ack_history", "TEXT NOT NULL DEFAULT ''"),
 ];
 
 /// The client columns [`client_from_row`] reads, in its order.
 const CLIENT_COLUMNS: &str = "client_id, name, wrapped_key, created_at, generation, retired_keys";
+
+/// The client columns [`summary_from_row`] reads, in its order, from
+/// `clients` named `c`.
+const SUMMARY_COLUMNS: &str = "c.client_id, c.name, c.created_at, c.last_seen_at, c.outbox_head";
 
 /// Rows one cleanup statement deletes: small enough that a request
 /// waiting for the connection waits milliseconds, not seconds.
@@ -112,6 +170,50 @@ fn table(mailbox: Mailbox) -> &'static str {
     match mailbox {
         Mailbox::Inbox => "inbox",
         Mailbox::Outbox => "outbox",
+    }
+}
+
+/// Finds the message appended to a client's mailbox (`?1`) under a dedup
+/// key (`?2`): its sequence number and content digest. For the inbox also
+/// the marker cleanup leaves when it removes an acknowledged message, so a
+/// fan-out redelivered after cleanup still delivers nothing twice.
+fn appended_query(mailbox: Mailbox) -> &'static str {
+    match mailbox {
+        Mailbox::Inbox => {
+            "SELECT seq, dedup_digest FROM inbox WHERE client_id = ?1 AND dedup_key = ?2
+             UNION ALL
+             SELECT seq, dedup_digest FROM inbox_markers WHERE client_id = ?1 AND dedup_key = ?2
+             LIMIT 1"
+        }
+        Mailbox::Outbox => {
+            "SELECT seq, dedup_digest FROM outbox WHERE client_id = ?1 AND dedup_key = ?2"
+        }
+    }
+}
+
+/// Inserts a message: `?1` to `?10` as [`Store::append`] binds them, and
+/// for the inbox `?11`, when it expires (only publishes set `ttl_secs`).
+fn insert_message(mailbox: Mailbox) -> &'static str {
+    match mailbox {
+        Mailbox::Inbox => {
+            "INSERT INTO inbox (client_id, seq, kind, nonce, ciphertext, tag, created_at,
+                                dedup_key, dedup_digest, key_generation, expires_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
+        }
+        Mailbox::Outbox => {
+            "INSERT INTO outbox (client_id, seq, kind, nonce, ciphertext, tag, created_at,
+                                 dedup_key, dedup_digest, key_generation)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
+        }
+    }
+}
+
+/// What a read selects for a message's expiry: sent messages never expire
+/// and have no such column.
+fn expires_column(mailbox: Mailbox) -> &'static str {
+    match mailbox {
+        Mailbox::Inbox => "expires_at",
+        Mailbox::Outbox => "NULL",
     }
 }
 
@@ -188,6 +290,7 @@ impl SqliteStore {
                 .map_err(sql)?;
             }
         }
+        conn.execute_batch(INDEXES_ON_ADDED_COLUMNS).map_err(sql)?;
         if (1..3).contains(&version) {
             // Sends stored before version 3 kept their type in clear; the
             // sealed body has always held it too.
@@ -272,6 +375,33 @@ fn client_in(tx: &rusqlite::Transaction<'_>, id: &str) -> StoreResult<Option<Cli
     }
 }
 
+/// An operator's view of a client from a row that starts with
+/// [`SUMMARY_COLUMNS`], with its tags.
+fn summary_from_row(conn: &Connection, row: &rusqlite::Row<'_>) -> StoreResult<ClientSummary> {
+    let id: String = row.get(0).map_err(sql)?;
+    Ok(ClientSummary {
+        id: parse_client_id(&id)?,
+        name: row.get(1).map_err(sql)?,
+        created_at: Timestamp(row.get(2).map_err(sql)?),
+        last_seen_at: row.get::<_, Option<i64>>(3).map_err(sql)?.map(Timestamp),
+        sent_head: row.get::<_, i64>(4).map_err(sql)? as Seq,
+        tags: tags_of(conn, &id)?,
+    })
+}
+
+/// A client's tags, sorted.
+fn tags_of(conn: &Connection, client: &str) -> StoreResult<Vec<String>> {
+    let mut stmt = conn
+        .prepare_cached("SELECT tag FROM client_tags WHERE client_id = ?1 ORDER BY tag")
+        .map_err(sql)?;
+    let tags = stmt
+        .query_map(params![client], |r| r.get(0))
+        .map_err(sql)?
+        .collect::<Result<Vec<String>, _>>()
+        .map_err(sql)?;
+    Ok(tags)
+}
+
 /// The client a fingerprint hash is registered to, within a transaction.
 fn fingerprint_owner(
     tx: &rusqlite::Transaction<'_>,
@@ -304,6 +434,242 @@ fn decode_page_token(token: &str) -> Option<(i64, String)> {
     Some((created_at.parse().ok()?, id.to_string()))
 }
 
+/// A page token of [`Store::list_tagged`]: the last client id listed.
+fn encode_tagged_token(id: &str) -> String {
+    URL_SAFE_NO_PAD.encode(format!("tagged:{id}"))
+}
+
+fn decode_tagged_token(token: &str) -> Option<String> {
+    let text = String::from_utf8(URL_SAFE_NO_PAD.decode(token).ok()?).ok()?;
+    let id = ClientId::parse(text.strip_prefix("tagged:")?)?;
+    Some(id.to_string())
+}
+
+/// Where an enumeration of everyone continues: after this creation time
+/// and client id.
+fn encode_everyone_token(created_at: i64, id: &str) -> String {
+    URL_SAFE_NO_PAD.encode(format!("all:{created_at}:{id}"))
+}
+
+fn decode_everyone_token(token: &str) -> Option<(i64, String)> {
+    let text = String::from_utf8(URL_SAFE_NO_PAD.decode(token).ok()?).ok()?;
+    let (created_at, id) = text.strip_prefix("all:")?.split_once(':')?;
+    Some((created_at.parse().ok()?, ClientId::parse(id)?.to_string()))
+}
+
+/// Where an enumeration of tags continues: at the tag with this index in
+/// the audience's list, after this client id (empty: from its start).
+fn encode_tags_token(index: usize, after: &str) -> String {
+    URL_SAFE_NO_PAD.encode(format!("tags:{index}:{after}"))
+}
+
+fn decode_tags_token(token: &str, tag_count: usize) -> Option<(usize, String)> {
+    let text = String::from_utf8(URL_SAFE_NO_PAD.decode(token).ok()?).ok()?;
+    let (index, after) = text.strip_prefix("tags:")?.split_once(':')?;
+    let index: usize = index.parse().ok()?;
+    if index >= tag_count {
+        return None;
+    }
+    if after.is_empty() {
+        return Some((index, String::new()));
+    }
+    Some((index, ClientId::parse(after)?.to_string()))
+}
+
+/// Up to `limit` clients created by `registered_by`, in creation order
+/// after `after`.
+fn everyone_page(
+    conn: &Connection,
+    registered_by: Timestamp,
+    limit: u32,
+    after: &(i64, String),
+) -> StoreResult<AudiencePage> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT client_id, created_at FROM clients
+             WHERE (created_at, client_id) > (?1, ?2) AND created_at <= ?3
+             ORDER BY created_at, client_id LIMIT ?4",
+        )
+        .map_err(sql)?;
+    let rows = stmt
+        .query_map(
+            params![
+                after.0,
+                after.1,
+                registered_by.millis(),
+                i64::from(limit) + 1
+            ],
+            |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)),
+        )
+        .map_err(sql)?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(sql)?;
+    let more = rows.len() > limit as usize;
+    let page = &rows[..rows.len().min(limit as usize)];
+    let next = match page.last() {
+        Some((id, created_at)) if more => Some(encode_everyone_token(*created_at, id)),
+        _ => None,
+    };
+    Ok(AudiencePage {
+        recipients: page
+            .iter()
+            .map(|(id, _)| parse_client_id(id))
+            .collect::<StoreResult<_>>()?,
+        next,
+    })
+}
+
+/// Up to `limit` clients carrying `tags`, tag by tag from `start` (a tag's
+/// index and the client id to continue after), each client under the
+/// first of the tags it carries. Filtered clients count towards `limit`,
+/// so one call reads a bounded stretch of the tag index.
+fn tags_page(
+    conn: &Connection,
+    tags: &[String],
+    registered_by: Timestamp,
+    limit: u32,
+    start: (usize, String),
+) -> StoreResult<AudiencePage> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT t.client_id, c.created_at FROM client_tags t
+             JOIN clients c ON c.client_id = t.client_id
+             WHERE t.tag = ?1 AND t.client_id > ?2 ORDER BY t.client_id LIMIT ?3",
+        )
+        .map_err(sql)?;
+    let (mut index, mut after) = start;
+    let mut budget = limit as usize;
+    let mut recipients = Vec::new();
+    while index < tags.len() && budget > 0 {
+        // One more than the budget, to know whether the tag goes on.
+        let rows = stmt
+            .query_map(params![tags[index], after, budget as i64 + 1], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+            })
+            .map_err(sql)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(sql)?;
+        let more = rows.len() > budget;
+        for (id, created_at) in rows.into_iter().take(budget) {
+            budget -= 1;
+            if created_at <= registered_by.millis() && !carries_any(conn, &id, &tags[..index])? {
+                recipients.push(parse_client_id(&id)?);
+            }
+            after = id;
+        }
+        if more {
+            return Ok(AudiencePage {
+                recipients,
+                next: Some(encode_tags_token(index, &after)),
+            });
+        }
+        index += 1;
+        after = String::new();
+    }
+    Ok(AudiencePage {
+        recipients,
+        next: (index < tags.len()).then(|| encode_tags_token(index, "")),
+    })
+}
+
+/// Whether a client carries any of `tags` (the audience's earlier tags,
+/// under which it was already counted).
+fn carries_any(conn: &Connection, client: &str, tags: &[String]) -> StoreResult<bool> {
+    let mut stmt = conn
+        .prepare_cached("SELECT 1 FROM client_tags WHERE tag = ?1 AND client_id = ?2")
+        .map_err(sql)?;
+    for tag in tags {
+        if stmt.exists(params![tag, client]).map_err(sql)? {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+fn parse_client_id(id: &str) -> StoreResult<ClientId> {
+    ClientId::parse(id).ok_or_else(|| StoreError::Corrupt(format!("client id {id:?}")))
+}
+
+/// How a page keeps its recipients: their ids, comma-separated.
+fn encode_recipients(ids: &[ClientId]) -> String {
+    ids.iter()
+        .map(ClientId::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn decode_recipients(text: &str) -> StoreResult<Vec<ClientId>> {
+    if text.is_empty() {
+        return Ok(Vec::new());
+    }
+    text.split(',').map(parse_client_id).collect()
+}
+
+/// A publish's saved page, if any.
+fn recipient_page(
+    conn: &Connection,
+    publish_id: &str,
+    number: u32,
+) -> StoreResult<Option<RecipientPage>> {
+    let row: Option<(String, Option<String>, bool)> = conn
+        .query_row(
+            "SELECT recipients, next, continued FROM publish_pages
+             WHERE publish_id = ?1 AND number = ?2",
+            params![publish_id, number],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .optional()
+        .map_err(sql)?;
+    row.map(|(recipients, next, continued)| {
+        Ok(RecipientPage {
+            number,
+            recipients: decode_recipients(&recipients)?,
+            next,
+            continued,
+        })
+    })
+    .transpose()
+}
+
+/// A publish's header, if it is saved (and not yet forgotten).
+fn publish_header(conn: &Connection, publish_id: &str) -> StoreResult<Option<PublishHeader>> {
+    type Row = (String, i64, String, Option<i64>, Option<u32>, Option<i64>);
+    let row: Option<Row> = conn
+        .query_row(
+            "SELECT kind, created_at, audience, expires_at, pages, recipients FROM publishes
+             WHERE publish_id = ?1",
+            params![publish_id],
+            |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                ))
+            },
+        )
+        .optional()
+        .map_err(sql)?;
+    let Some((kind, created_at, audience, expires_at, pages, recipients)) = row else {
+        return Ok(None);
+    };
+    let corrupt = || StoreError::Corrupt(format!("audience of publish {publish_id}"));
+    let audience = serde_json::from_str(&audience).map_err(|_| corrupt())?;
+    Ok(Some(PublishHeader {
+        publish_id: publish_id.to_string(),
+        kind,
+        created_at: Timestamp(created_at),
+        audience: Audience::from_json(&audience).ok_or_else(corrupt)?,
+        expires_at: expires_at.map(Timestamp),
+        enumerated: pages.zip(recipients).map(|(pages, recipients)| Enumerated {
+            pages,
+            recipients: recipients as u64,
+        }),
+    }))
+}
+
 #[async_trait]
 impl Store for SqliteStore {
     async fn append(
@@ -333,14 +699,9 @@ impl Store for SqliteStore {
                 return Ok(Appended::UnknownClient);
             };
             let existing: Option<(i64, Vec<u8>)> = tx
-                .query_row(
-                    &format!(
-                        "SELECT seq, dedup_digest FROM {} WHERE client_id = ?1 AND dedup_key = ?2",
-                        table(which)
-                    ),
-                    params![client, dedup.key],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )
+                .query_row(appended_query(which), params![client, dedup.key], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })
                 .optional()
                 .map_err(sql)?;
             if let Some((seq, digest)) = existing {
@@ -351,26 +712,31 @@ impl Store for SqliteStore {
             }
             let seq = head as Seq + 1;
             let message = seal(seq)?;
-            tx.execute(
-                &format!(
-                    "INSERT INTO {} (client_id, seq, kind, nonce, ciphertext, tag, created_at, dedup_key, dedup_digest, key_generation)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-                    table(which)
-                ),
-                params![
-                    client,
-                    seq as i64,
-                    message.kind,
-                    message.body.nonce.as_slice(),
-                    message.body.ciphertext,
-                    message.body.tag.as_slice(),
-                    message.created_at.millis(),
-                    dedup.key,
-                    dedup.digest.as_slice(),
-                    message.key_generation,
-                ],
-            )
-            .map_err(sql)?;
+            let (position, created_at) = (seq as i64, message.created_at.millis());
+            let (nonce, tag) = (message.body.nonce.as_slice(), message.body.tag.as_slice());
+            let (digest, expires_at) = (
+                dedup.digest.as_slice(),
+                message.expires_at.map(Timestamp::millis),
+            );
+            let values: [&dyn rusqlite::ToSql; 11] = [
+                &client,
+                &position,
+                &message.kind,
+                &nonce,
+                &message.body.ciphertext,
+                &tag,
+                &created_at,
+                &dedup.key,
+                &digest,
+                &message.key_generation,
+                &expires_at,
+            ];
+            // The outbox has no expiry to bind.
+            let bound = match which {
+                Mailbox::Inbox => &values[..],
+                Mailbox::Outbox => &values[..10],
+            };
+            tx.execute(insert_message(which), bound).map_err(sql)?;
             tx.execute(
                 &format!(
                     "UPDATE clients SET {} = ?2 WHERE client_id = ?1",
@@ -395,8 +761,9 @@ impl Store for SqliteStore {
         self.with_conn(move |conn| {
             let mut stmt = conn
                 .prepare_cached(&format!(
-                    "SELECT seq, kind, nonce, ciphertext, tag, created_at, key_generation FROM {}
+                    "SELECT seq, kind, nonce, ciphertext, tag, created_at, key_generation, {} FROM {}
                      WHERE client_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+                    expires_column(which),
                     table(which)
                 ))
                 .map_err(sql)?;
@@ -435,7 +802,7 @@ impl Store for SqliteStore {
                     },
                     created_at: Timestamp(row.get(5).map_err(sql)?),
                     key_generation: row.get(6).map_err(sql)?,
-                    expires_at: None, // TEMP
+                    expires_at: row.get::<_, Option<i64>>(7).map_err(sql)?.map(Timestamp),
                 });
             }
             Ok(messages)
@@ -449,27 +816,8 @@ impl Store for SqliteStore {
         ids: &[ClientId],
         dedup_key: &str,
     ) -> StoreResult<HashSet<ClientId>> {
-        let ids = ids.to_vec();
-        let dedup_key = dedup_key.to_string();
-        self.with_conn(move |conn| {
-            let mut stmt = conn
-                .prepare_cached(&format!(
-                    "SELECT 1 FROM {} WHERE client_id = ?1 AND dedup_key = ?2",
-                    table(which)
-                ))
-                .map_err(sql)?;
-            let mut found = HashSet::new();
-            for id in &ids {
-                if stmt
-                    .exists(params![id.to_string(), dedup_key])
-                    .map_err(sql)?
-                {
-                    found.insert(*id);
-                }
-            }
-            Ok(found)
-        })
-        .await
+        let found = self.appended_seqs(which, ids, dedup_key).await?;
+        Ok(found.into_keys().collect())
     }
 
     async fn register_client(
@@ -660,7 +1008,9 @@ impl Store for SqliteStore {
             }
             for statement in [
                 "DELETE FROM fingerprints WHERE client_id = ?1",
+                "DELETE FROM client_tags WHERE client_id = ?1",
                 "DELETE FROM inbox WHERE client_id = ?1",
+                "DELETE FROM inbox_markers WHERE client_id = ?1",
                 "DELETE FROM outbox WHERE client_id = ?1",
             ] {
                 tx.execute(statement, params![client]).map_err(sql)?;
@@ -741,15 +1091,16 @@ impl Store for SqliteStore {
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(sql)?;
             let client = id.to_string();
-            let row: Option<(i64, i64, u32)> = tx
+            let row: Option<(i64, i64, u32, String)> = tx
                 .query_row(
-                    "SELECT acked, inbox_head, generation FROM clients WHERE client_id = ?1",
+                    "SELECT acked, inbox_head, generation, ack_history FROM clients
+                     WHERE client_id = ?1",
                     params![client],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
                 )
                 .optional()
                 .map_err(sql)?;
-            let Some((acked, head, _)) = row.filter(|r| r.2 == generation) else {
+            let Some((acked, head, _, history)) = row.filter(|r| r.2 == generation) else {
                 return Ok(AckOutcome::UnknownClient);
             };
             let (acked, head) = (acked as Seq, head as Seq);
@@ -757,10 +1108,19 @@ impl Store for SqliteStore {
                 return Ok(AckOutcome::BeyondHead { head });
             }
             let cursor = acked.max(upto);
+            // Only a move is history: a repeated or older ack says nothing
+            // about when a message was first acknowledged.
+            let history = if cursor > acked {
+                let before = AckState::decode_history(&history)?;
+                AckState::encode_history(&AckState::after_move(&before, cursor, now))
+            } else {
+                history
+            };
             tx.execute(
-                "UPDATE clients SET acked = ?2, last_seen_at = MAX(COALESCE(last_seen_at, 0), ?3)
+                "UPDATE clients SET acked = ?2, ack_history = ?4,
+                 last_seen_at = MAX(COALESCE(last_seen_at, 0), ?3)
                  WHERE client_id = ?1",
-                params![client, cursor as i64, now.millis()],
+                params![client, cursor as i64, now.millis(), history],
             )
             .map_err(sql)?;
             tx.commit().map_err(sql)?;
@@ -782,38 +1142,18 @@ impl Store for SqliteStore {
         self.with_conn(move |conn| {
             let (after_created, after_id) = after.clone().unwrap_or((i64::MIN, String::new()));
             let mut stmt = conn
-                .prepare_cached(
-                    "SELECT client_id, name, created_at, last_seen_at, outbox_head FROM clients
-                     WHERE (created_at, client_id) > (?1, ?2)
-                     ORDER BY created_at, client_id LIMIT ?3",
-                )
+                .prepare_cached(&format!(
+                    "SELECT {SUMMARY_COLUMNS} FROM clients c
+                     WHERE (c.created_at, c.client_id) > (?1, ?2)
+                     ORDER BY c.created_at, c.client_id LIMIT ?3"
+                ))
                 .map_err(sql)?;
-            let rows = stmt
-                .query_map(
-                    params![after_created, after_id, i64::from(limit) + 1],
-                    |r| {
-                        Ok((
-                            r.get::<_, String>(0)?,
-                            r.get::<_, Option<String>>(1)?,
-                            r.get::<_, i64>(2)?,
-                            r.get::<_, Option<i64>>(3)?,
-                            r.get::<_, i64>(4)?,
-                        ))
-                    },
-                )
+            let mut rows = stmt
+                .query(params![after_created, after_id, i64::from(limit) + 1])
                 .map_err(sql)?;
             let mut clients = Vec::new();
-            for row in rows {
-                let (id, name, created_at, last_seen, sent_head) = row.map_err(sql)?;
-                clients.push(ClientSummary {
-                    id: ClientId::parse(&id)
-                        .ok_or_else(|| StoreError::Corrupt(format!("client id {id:?}")))?,
-                    name,
-                    created_at: Timestamp(created_at),
-                    last_seen_at: last_seen.map(Timestamp),
-                    sent_head: sent_head as Seq,
-                    tags: Vec::new(), // TEMP
-                });
+            while let Some(row) = rows.next().map_err(sql)? {
+                clients.push(summary_from_row(conn, row)?);
             }
             let next = if clients.len() > limit as usize {
                 clients.truncate(limit as usize);
@@ -824,6 +1164,289 @@ impl Store for SqliteStore {
                 None
             };
             Ok(Ok(ClientPage { clients, next }))
+        })
+        .await
+    }
+
+    async fn set_tags(&self, id: ClientId, tags: &[String]) -> StoreResult<Option<Vec<String>>> {
+        let tags = tags.to_vec();
+        self.with_conn(move |conn| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(sql)?;
+            let client = id.to_string();
+            let known = tx
+                .prepare_cached("SELECT 1 FROM clients WHERE client_id = ?1")
+                .map_err(sql)?
+                .exists(params![client])
+                .map_err(sql)?;
+            if !known {
+                return Ok(None);
+            }
+            tx.execute(
+                "DELETE FROM client_tags WHERE client_id = ?1",
+                params![client],
+            )
+            .map_err(sql)?;
+            for tag in &tags {
+                tx.execute(
+                    "INSERT OR IGNORE INTO client_tags (tag, client_id) VALUES (?1, ?2)",
+                    params![tag, client],
+                )
+                .map_err(sql)?;
+            }
+            let stored = tags_of(&tx, &client)?;
+            tx.commit().map_err(sql)?;
+            Ok(Some(stored))
+        })
+        .await
+    }
+
+    async fn list_tagged(
+        &self,
+        tag: &str,
+        limit: u32,
+        page_token: Option<&str>,
+    ) -> StoreResult<Result<ClientPage, BadPageToken>> {
+        let after = match page_token.map(decode_tagged_token) {
+            Some(None) => return Ok(Err(BadPageToken)),
+            Some(Some(id)) => id,
+            None => String::new(),
+        };
+        let tag = tag.to_string();
+        self.with_conn(move |conn| {
+            // The tag's own rows, in client id order: never every client.
+            let mut stmt = conn
+                .prepare_cached(&format!(
+                    "SELECT {SUMMARY_COLUMNS} FROM client_tags t
+                     JOIN clients c ON c.client_id = t.client_id
+                     WHERE t.tag = ?1 AND t.client_id > ?2
+                     ORDER BY t.client_id LIMIT ?3"
+                ))
+                .map_err(sql)?;
+            let mut rows = stmt
+                .query(params![tag, after, i64::from(limit) + 1])
+                .map_err(sql)?;
+            let mut clients = Vec::new();
+            while let Some(row) = rows.next().map_err(sql)? {
+                clients.push(summary_from_row(conn, row)?);
+            }
+            let next = if clients.len() > limit as usize {
+                clients.truncate(limit as usize);
+                clients
+                    .last()
+                    .map(|c| encode_tagged_token(&c.id.to_string()))
+            } else {
+                None
+            };
+            Ok(Ok(ClientPage { clients, next }))
+        })
+        .await
+    }
+
+    async fn audience_page(
+        &self,
+        audience: &Audience,
+        registered_by: Timestamp,
+        limit: u32,
+        page_token: Option<&str>,
+    ) -> StoreResult<Result<AudiencePage, BadPageToken>> {
+        // A page of none would never move on.
+        let limit = limit.max(1);
+        match audience {
+            Audience::Clients { .. } => Err(StoreError::Backend(
+                "a to_client_ids audience is not enumerated".into(),
+            )),
+            Audience::All => {
+                let after = match page_token.map(decode_everyone_token) {
+                    Some(None) => return Ok(Err(BadPageToken)),
+                    Some(Some(after)) => after,
+                    None => (i64::MIN, String::new()),
+                };
+                self.with_conn(move |conn| everyone_page(conn, registered_by, limit, &after))
+                    .await
+                    .map(Ok)
+            }
+            Audience::Tags(tags) => {
+                let start = match page_token.map(|t| decode_tags_token(t, tags.len())) {
+                    Some(None) => return Ok(Err(BadPageToken)),
+                    Some(Some(start)) => start,
+                    None => (0, String::new()),
+                };
+                let tags = tags.clone();
+                self.with_conn(move |conn| {
+                    tags_page(conn, &tags, registered_by, limit, start.clone())
+                })
+                .await
+                .map(Ok)
+            }
+        }
+    }
+
+    async fn save_publish(&self, header: &PublishHeader) -> StoreResult<()> {
+        let header = header.clone();
+        self.with_conn(move |conn| {
+            // A retried publish keeps the first header.
+            conn.execute(
+                "INSERT INTO publishes
+                 (publish_id, kind, created_at, audience, expires_at, pages, recipients)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                 ON CONFLICT (publish_id) DO NOTHING",
+                params![
+                    header.publish_id,
+                    header.kind,
+                    header.created_at.millis(),
+                    header.audience.to_json().to_string(),
+                    header.expires_at.map(Timestamp::millis),
+                    header.enumerated.map(|e| e.pages),
+                    header.enumerated.map(|e| e.recipients as i64),
+                ],
+            )
+            .map_err(sql)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn save_recipient_page(
+        &self,
+        publish_id: &str,
+        page: RecipientPage,
+    ) -> StoreResult<RecipientPage> {
+        let publish_id = publish_id.to_string();
+        self.with_conn(move |conn| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(sql)?;
+            tx.execute(
+                "INSERT INTO publish_pages (publish_id, number, recipients, next, continued)
+                 VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (publish_id, number) DO NOTHING",
+                params![
+                    publish_id,
+                    page.number,
+                    encode_recipients(&page.recipients),
+                    page.next,
+                    page.continued
+                ],
+            )
+            .map_err(sql)?;
+            let stored = recipient_page(&tx, &publish_id, page.number)?
+                .ok_or_else(|| StoreError::Backend("a saved page is missing".into()))?;
+            tx.commit().map_err(sql)?;
+            Ok(stored)
+        })
+        .await
+    }
+
+    async fn mark_page_continued(&self, publish_id: &str, number: u32) -> StoreResult<()> {
+        let publish_id = publish_id.to_string();
+        self.with_conn(move |conn| {
+            conn.execute(
+                "UPDATE publish_pages SET continued = 1 WHERE publish_id = ?1 AND number = ?2",
+                params![publish_id, number],
+            )
+            .map_err(sql)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn finish_enumeration(
+        &self,
+        publish_id: &str,
+        enumerated: Enumerated,
+    ) -> StoreResult<()> {
+        let publish_id = publish_id.to_string();
+        self.with_conn(move |conn| {
+            // The first count stands, as a page does: a redelivered last
+            // step counts the same pages again.
+            conn.execute(
+                "UPDATE publishes SET pages = ?2, recipients = ?3
+                 WHERE publish_id = ?1 AND pages IS NULL",
+                params![publish_id, enumerated.pages, enumerated.recipients as i64],
+            )
+            .map_err(sql)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn load_publish(&self, publish_id: &str) -> StoreResult<Option<PublishState>> {
+        let publish_id = publish_id.to_string();
+        self.with_conn(move |conn| {
+            // One read transaction: the pages belong to the header read.
+            let tx = conn.transaction().map_err(sql)?;
+            let Some(header) = publish_header(&tx, &publish_id)? else {
+                return Ok(None);
+            };
+            let mut stmt = tx
+                .prepare_cached(
+                    "SELECT number, recipients, next, continued FROM publish_pages
+                     WHERE publish_id = ?1 ORDER BY number",
+                )
+                .map_err(sql)?;
+            let mut rows = stmt.query(params![publish_id]).map_err(sql)?;
+            let mut pages = Vec::new();
+            while let Some(row) = rows.next().map_err(sql)? {
+                pages.push(RecipientPage {
+                    number: row.get(0).map_err(sql)?,
+                    recipients: decode_recipients(&row.get::<_, String>(1).map_err(sql)?)?,
+                    next: row.get(2).map_err(sql)?,
+                    continued: row.get(3).map_err(sql)?,
+                });
+            }
+            Ok(Some(PublishState { header, pages }))
+        })
+        .await
+    }
+
+    async fn appended_seqs(
+        &self,
+        which: Mailbox,
+        ids: &[ClientId],
+        dedup_key: &str,
+    ) -> StoreResult<HashMap<ClientId, Seq>> {
+        let ids = ids.to_vec();
+        let dedup_key = dedup_key.to_string();
+        self.with_conn(move |conn| {
+            let mut stmt = conn.prepare_cached(appended_query(which)).map_err(sql)?;
+            let mut found = HashMap::new();
+            for id in &ids {
+                let seq: Option<i64> = stmt
+                    .query_row(params![id.to_string(), dedup_key], |r| r.get(0))
+                    .optional()
+                    .map_err(sql)?;
+                if let Some(seq) = seq {
+                    found.insert(*id, seq as Seq);
+                }
+            }
+            Ok(found)
+        })
+        .await
+    }
+
+    async fn ack_states(&self, ids: &[ClientId]) -> StoreResult<HashMap<ClientId, AckState>> {
+        let ids = ids.to_vec();
+        self.with_conn(move |conn| {
+            let mut stmt = conn
+                .prepare_cached("SELECT acked, ack_history FROM clients WHERE client_id = ?1")
+                .map_err(sql)?;
+            let mut states = HashMap::new();
+            for id in &ids {
+                let row: Option<(i64, String)> = stmt
+                    .query_row(params![id.to_string()], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .optional()
+                    .map_err(sql)?;
+                if let Some((acked, history)) = row {
+                    let state = AckState {
+                        acked: acked as Seq,
+                        history: AckState::decode_history(&history)?,
+                    };
+                    states.insert(*id, state);
+                }
+            }
+            Ok(states)
         })
         .await
     }
@@ -902,20 +1525,13 @@ impl Store for SqliteStore {
     }
 
     async fn purge(&self, cutoffs: Cutoffs) -> StoreResult<Purged> {
-        // Small batches, each its own statement, so requests interleave
+        // Small batches, each its own transaction, so requests interleave
         // with a long cleanup instead of waiting behind it.
         let acked_before = cutoffs.acked_before.millis();
         let inbox = self
-            .purge_in_batches(move |conn| {
-                conn.execute(
-                    "DELETE FROM inbox WHERE (client_id, seq) IN (
-                        SELECT i.client_id, i.seq FROM inbox i
-                        JOIN clients c ON c.client_id = i.client_id
-                        WHERE i.created_at < ?1 AND i.seq <= c.acked LIMIT ?2)",
-                    params![acked_before, PURGE_BATCH],
-                )
-            })
+            .purge_in_batches(move |conn| remove_acknowledged(conn, acked_before))
             .await?;
+        let expired = self.tombstone_expired(cutoffs.now).await?;
         let sent_before = cutoffs.sent_before.millis();
         let outbox = self
             .purge_in_batches(move |conn| {
@@ -924,6 +1540,7 @@ impl Store for SqliteStore {
                         SELECT client_id, seq FROM outbox WHERE created_at < ?1 LIMIT ?2)",
                     params![sent_before, PURGE_BATCH],
                 )
+                .map_err(sql)
             })
             .await?;
         let now = crate::clock::Clock::now(&crate::clock::SystemClock).millis();
@@ -933,6 +1550,7 @@ impl Store for SqliteStore {
                     SELECT counter FROM request_counts WHERE expires_at < ?1 LIMIT ?2)",
                 params![now, PURGE_BATCH],
             )
+            .map_err(sql)
         })
         .await?;
         let keys_before = cutoffs.keys_before.millis();
@@ -941,33 +1559,176 @@ impl Store for SqliteStore {
                 "DELETE FROM publish_keys WHERE created_at < ?1",
                 params![keys_before],
             )
+            .map_err(sql)
         })
         .await?;
+        // Markers and publish status go together: the status of a publish
+        // is computed from its recipients' markers.
+        let publishes_before = cutoffs.publishes_before.millis();
+        for forget in [
+            "DELETE FROM inbox_markers WHERE (client_id, dedup_key) IN (
+                SELECT client_id, dedup_key FROM inbox_markers WHERE created_at < ?1 LIMIT ?2)",
+            // Pages before their header: a run cut short leaves a header
+            // the next run finds again, never pages no header leads to.
+            "DELETE FROM publish_pages WHERE (publish_id, number) IN (
+                SELECT p.publish_id, p.number FROM publishes h
+                JOIN publish_pages p ON p.publish_id = h.publish_id
+                WHERE h.created_at < ?1 LIMIT ?2)",
+            "DELETE FROM publishes WHERE publish_id IN (
+                SELECT publish_id FROM publishes WHERE created_at < ?1 LIMIT ?2)",
+        ] {
+            self.purge_in_batches(move |conn| {
+                conn.execute(forget, params![publishes_before, PURGE_BATCH])
+                    .map_err(sql)
+            })
+            .await?;
+        }
         Ok(Purged {
             inbox,
             outbox,
-            expired: 0, // TEMP
+            expired,
             finished: true,
         })
     }
 }
 
+/// One batch of removing acknowledged inbox messages created before
+/// `acked_before`. Each leaves its idempotency key behind in
+/// `inbox_markers`, in the same transaction, so an append retried later
+/// (a redelivered fan-out) finds it and a publish's status still counts
+/// the delivery.
+fn remove_acknowledged(conn: &mut Connection, acked_before: i64) -> StoreResult<usize> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(sql)?;
+    let doomed: Vec<(String, i64)> = tx
+        .prepare_cached(
+            "SELECT i.client_id, i.seq FROM inbox i
+             JOIN clients c ON c.client_id = i.client_id
+             WHERE i.created_at < ?1 AND i.seq <= c.acked LIMIT ?2",
+        )
+        .map_err(sql)?
+        .query_map(params![acked_before, PURGE_BATCH], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .map_err(sql)?
+        .collect::<Result<_, _>>()
+        .map_err(sql)?;
+    {
+        let mut mark = tx
+            .prepare_cached(
+                "INSERT OR IGNORE INTO inbox_markers
+                 (client_id, dedup_key, seq, dedup_digest, created_at)
+                 SELECT client_id, dedup_key, seq, dedup_digest, created_at FROM inbox
+                 WHERE client_id = ?1 AND seq = ?2",
+            )
+            .map_err(sql)?;
+        let mut remove = tx
+            .prepare_cached("DELETE FROM inbox WHERE client_id = ?1 AND seq = ?2")
+            .map_err(sql)?;
+        for (client, seq) in &doomed {
+            mark.execute(params![client, seq]).map_err(sql)?;
+            remove.execute(params![client, seq]).map_err(sql)?;
+        }
+    }
+    tx.commit().map_err(sql)?;
+    Ok(doomed.len())
+}
+
+/// Where a run of [`tombstone_batch`] stopped, in `inbox_expiring` order:
+/// expiry, client id, sequence number.
+type ExpiryPosition = (i64, String, i64);
+
+/// One batch of turning expired, unacknowledged inbox messages into
+/// tombstones, from `after` on. It reads at most [`PURGE_BATCH`] expired
+/// messages (acknowledged ones are read and left for
+/// [`remove_acknowledged`]), so a batch stays short however many of them
+/// are acknowledged. Returns the messages read, the last one's position
+/// and how many became tombstones.
+fn tombstone_batch(
+    conn: &mut Connection,
+    now: Timestamp,
+    after: &ExpiryPosition,
+) -> StoreResult<(usize, Option<ExpiryPosition>, u64)> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(sql)?;
+    let expired: Vec<(ExpiryPosition, bool)> = tx
+        .prepare_cached(
+            "SELECT i.expires_at, i.client_id, i.seq, i.seq <= c.acked FROM inbox i
+             JOIN clients c ON c.client_id = i.client_id
+             WHERE i.expires_at <= ?1 AND i.kind != ''
+               AND (i.expires_at, i.client_id, i.seq) > (?2, ?3, ?4)
+             ORDER BY i.expires_at, i.client_id, i.seq LIMIT ?5",
+        )
+        .map_err(sql)?
+        .query_map(
+            params![now.millis(), after.0, after.1, after.2, PURGE_BATCH],
+            |r| Ok(((r.get(0)?, r.get(1)?, r.get(2)?), r.get(3)?)),
+        )
+        .map_err(sql)?
+        .collect::<Result<_, _>>()
+        .map_err(sql)?;
+    let mut tombstoned = 0;
+    {
+        // The position and the dedup key stay (a poll must see the id was
+        // used; a retried fan-out must not deliver it again); the body and
+        // type go. Nonce and tag keep their lengths, so the row still reads
+        // as a message.
+        let mut bury = tx
+            .prepare_cached(
+                "UPDATE inbox SET kind = '', ciphertext = x'', nonce = zeroblob(?3),
+                 tag = zeroblob(?4) WHERE client_id = ?1 AND seq = ?2",
+            )
+            .map_err(sql)?;
+        for ((_, client, seq), acknowledged) in &expired {
+            if !*acknowledged {
+                let (nonce, tag) = (crate::crypto::NONCE_LEN, crate::crypto::TAG_LEN);
+                tombstoned += bury
+                    .execute(params![client, seq, nonce as i64, tag as i64])
+                    .map_err(sql)? as u64;
+            }
+        }
+    }
+    tx.commit().map_err(sql)?;
+    let last = expired.last().map(|(position, _)| position.clone());
+    Ok((expired.len(), last, tombstoned))
+}
+
 impl SqliteStore {
-    /// Repeats one bounded `DELETE` until it deletes nothing; returns the
-    /// total.
+    /// Repeats one bounded batch of removals (a `DELETE` with a `LIMIT`, or
+    /// [`remove_acknowledged`]) until one removes less than a full batch;
+    /// returns the total.
     async fn purge_in_batches<F>(&self, delete: F) -> StoreResult<u64>
     where
-        F: Fn(&Connection) -> rusqlite::Result<usize> + Send + Sync + Clone + 'static,
+        F: Fn(&mut Connection) -> StoreResult<usize> + Send + Sync + Clone + 'static,
     {
         let mut total = 0u64;
         loop {
             let delete = delete.clone();
-            let removed = self
-                .with_conn(move |conn| delete(conn).map_err(sql))
-                .await?;
+            let removed = self.with_conn(move |conn| delete(conn)).await?;
             total += removed as u64;
             if (removed as i64) < PURGE_BATCH {
                 return Ok(total);
+            }
+        }
+    }
+
+    /// Runs [`tombstone_batch`] until it reads less than a full batch;
+    /// returns how many messages became tombstones. Each batch goes on
+    /// where the last one stopped, so no message is read twice in a run.
+    async fn tombstone_expired(&self, now: Timestamp) -> StoreResult<u64> {
+        let mut after: ExpiryPosition = (i64::MIN, String::new(), i64::MIN);
+        let mut total = 0u64;
+        loop {
+            let from = after.clone();
+            let (read, last, tombstoned) = self
+                .with_conn(move |conn| tombstone_batch(conn, now, &from))
+                .await?;
+            total += tombstoned;
+            match last {
+                Some(last) if read as i64 == PURGE_BATCH => after = last,
+                _ => return Ok(total),
             }
         }
     }

@@ -11,6 +11,10 @@ use pigeonhole::store::*;
 use std::collections::HashSet;
 use std::sync::Arc;
 
+/// Tags, audiences, publish records and message expiry.
+mod audiences;
+pub use audiences::*;
+
 /// A store under test, with whatever must outlive it (a temp dir, a table).
 pub struct Subject {
     pub store: Arc<dyn Store>,
@@ -50,7 +54,20 @@ macro_rules! store_contract_tests {
             deletion_revokes_and_removes_everything,
             deletion_frees_the_fingerprint_and_is_reported_once,
             request_counts_allow_the_limit_per_key_and_window,
-            concurrent_request_counts_allow_exactly_the_limit
+            concurrent_request_counts_allow_exactly_the_limit,
+            messages_keep_their_expiry,
+            purge_turns_expired_unacknowledged_messages_into_tombstones,
+            appended_seqs_outlive_the_purge_of_acknowledged_messages,
+            an_append_retried_after_purge_is_still_a_duplicate,
+            acknowledgements_keep_their_latest_forward_moves,
+            tags_are_replaced_listed_and_removed_with_the_client,
+            tagged_clients_are_listed_once_across_pages,
+            an_audience_of_several_tags_names_each_client_once,
+            an_audience_leaves_out_later_and_deleted_clients,
+            everyone_is_enumerated_once_across_pages,
+            audience_pages_refuse_what_they_cannot_enumerate,
+            publish_headers_and_pages_are_written_once,
+            publish_headers_keep_every_audience
         );
     };
     (@each $make:expr; $($name:ident),*) => {
@@ -68,7 +85,7 @@ macro_rules! store_contract_tests {
 /// publish keys with a TTL counted from the message's time, and DynamoDB
 /// (Local, too) deletes items whose TTL has passed, so a past T0 made
 /// markers vanish in the middle of a test.
-const T0: Timestamp = Timestamp(4_102_444_800_000);
+pub const T0: Timestamp = Timestamp(4_102_444_800_000);
 
 pub fn client(name: &str, created_at: Timestamp) -> ClientRecord {
     ClientRecord {
@@ -81,7 +98,7 @@ pub fn client(name: &str, created_at: Timestamp) -> ClientRecord {
     }
 }
 
-async fn registered(store: &dyn Store, name: &str, created_at: Timestamp) -> ClientId {
+pub async fn registered(store: &dyn Store, name: &str, created_at: Timestamp) -> ClientId {
     let fingerprint = *ClientId::new().as_uuid().as_bytes();
     let mut fp = [0u8; 32];
     fp[..16].copy_from_slice(&fingerprint);

@@ -1,8 +1,11 @@
 //! How an append is written: read the head, then one transaction that
 //! advances the head if it has not moved, puts the message, and puts the
-//! idempotency marker if it does not exist yet.
+//! idempotency marker if it does not exist yet. A message that expires
+//! (`expires_at`, ms) also flags an inbox for cleanup's expiry pass, in the
+//! same update of the client (`inbox_expiring`, see `cleanup.rs`).
 
 use super::call::{backend, built, reason_code, send, Transaction};
+use super::cleanup::EXPIRING;
 use super::clients::{is_deleted, DELETED};
 use super::item::*;
 use super::{head_attribute, marker_id, DynamoStore};
@@ -75,22 +78,33 @@ impl DynamoStore {
             };
             let seq = head + 1;
             let message = seal(seq)?;
-            let advance = built(
-                Update::builder()
-                    .table_name(&self.tables.clients)
-                    .key("client_id", s(&client_key))
-                    .update_expression("SET #h = :next")
-                    // A client marked deleted takes no more messages: its
-                    // deletion is removing them.
-                    .condition_expression("#h = :head AND attribute_not_exists(#deleted)")
-                    .expression_attribute_names("#h", head_name)
-                    .expression_attribute_names("#deleted", DELETED)
-                    .expression_attribute_values(":head", n(head))
-                    .expression_attribute_values(":next", n(seq))
-                    .build(),
-            )?;
+            // An inbox message that expires flags the client for cleanup,
+            // from the lowest such message on (see `cleanup.rs`).
+            let flag = mailbox == Mailbox::Inbox && message.expires_at.is_some();
+            let advance = Update::builder()
+                .table_name(&self.tables.clients)
+                .key("client_id", s(&client_key))
+                // A client marked deleted takes no more messages: its
+                // deletion is removing them.
+                .condition_expression("#h = :head AND attribute_not_exists(#deleted)")
+                .expression_attribute_names("#h", head_name)
+                .expression_attribute_names("#deleted", DELETED)
+                .expression_attribute_values(":head", n(head))
+                .expression_attribute_values(":next", n(seq));
+            let advance = if flag {
+                advance
+                    .update_expression("SET #h = :next, #flag = if_not_exists(#flag, :next)")
+                    .expression_attribute_names("#flag", EXPIRING)
+            } else {
+                advance.update_expression("SET #h = :next")
+            };
+            let advance = built(advance.build())?;
+            let mut put_message = Put::builder();
+            if let Some(expires_at) = message.expires_at {
+                put_message = put_message.item("expires_at", n(expires_at.millis()));
+            }
             let put_message = built(
-                Put::builder()
+                put_message
                     .table_name(self.messages_table(mailbox))
                     .item("client_id", s(&client_key))
                     .item("seq", n(seq))
@@ -155,6 +169,39 @@ impl DynamoStore {
             }
             round += 1;
         }
+    }
+
+    /// The sequence numbers the markers for `dedup_key` of the recipients
+    /// among `ids` hold. The markers outlive the messages (they expire by
+    /// TTL after 15 days, as publish statuses do). One eventually
+    /// consistent `BatchGetItem` per 100 ids.
+    pub(super) async fn marker_seqs(
+        &self,
+        mailbox: Mailbox,
+        ids: &[ClientId],
+        dedup_key: &str,
+    ) -> StoreResult<std::collections::HashMap<ClientId, Seq>> {
+        let by_marker: std::collections::HashMap<String, ClientId> = ids
+            .iter()
+            .map(|id| (marker_id(*id, mailbox, dedup_key), *id))
+            .collect();
+        let keys = by_marker
+            .keys()
+            .map(|m| Item::from([("dedup_id".to_string(), s(m))]))
+            .collect();
+        let found = self
+            .batch_get(&self.tables.dedup, keys, Some("dedup_id, seq"), false)
+            .await?;
+        found
+            .iter()
+            .map(|item| {
+                let marker = get_s(item, "dedup_id")?;
+                let id = by_marker.get(&marker).copied().ok_or_else(|| {
+                    backend(std::io::Error::other(format!("unasked marker {marker}")))
+                })?;
+                Ok((id, get_n(item, "seq")?))
+            })
+            .collect()
     }
 
     /// The recipients among `ids` whose marker for `dedup_key` exists.

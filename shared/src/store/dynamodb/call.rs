@@ -12,6 +12,8 @@ use aws_sdk_dynamodb::config::http::HttpResponse;
 use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::operation::delete_item::builders::DeleteItemFluentBuilder;
 use aws_sdk_dynamodb::operation::delete_item::DeleteItemError;
+use aws_sdk_dynamodb::operation::put_item::builders::PutItemFluentBuilder;
+use aws_sdk_dynamodb::operation::put_item::PutItemError;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder;
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
@@ -123,6 +125,58 @@ impl DynamoStore {
                     {
                         match e.into_service_error() {
                             UpdateItemError::ConditionalCheckFailedException(f) => Ok(Err(f.item)),
+                            other => Err(Failed::permanent(backend(other))),
+                        }
+                    }
+                    Err(e) => Err(failed(e)),
+                }
+            }
+        })
+        .await
+    }
+
+    /// Runs a conditional `UpdateItem` that returns nothing: false when
+    /// the condition failed. One request (retries aside).
+    pub(super) async fn update_if(&self, update: UpdateItemFluentBuilder) -> StoreResult<bool> {
+        attempts("UpdateItem", |_| {
+            let sent = update.clone().send();
+            async move {
+                match sent.await {
+                    Ok(_) => Ok(true),
+                    Err(e)
+                        if e.as_service_error().is_some_and(
+                            UpdateItemError::is_conditional_check_failed_exception,
+                        ) =>
+                    {
+                        Ok(false)
+                    }
+                    Err(e) => Err(failed(e)),
+                }
+            }
+        })
+        .await
+    }
+
+    /// Runs a conditional `PutItem`: `Ok(())` when it was written, else
+    /// the item that stopped it (`None` when DynamoDB did not hand it
+    /// back). One request (retries aside).
+    pub(super) async fn put_if(
+        &self,
+        put: PutItemFluentBuilder,
+    ) -> StoreResult<Result<(), Option<Item>>> {
+        let put = put
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
+        attempts("PutItem", |_| {
+            let sent = put.clone().send();
+            async move {
+                match sent.await {
+                    Ok(_) => Ok(Ok(())),
+                    Err(e)
+                        if e.as_service_error()
+                            .is_some_and(PutItemError::is_conditional_check_failed_exception) =>
+                    {
+                        match e.into_service_error() {
+                            PutItemError::ConditionalCheckFailedException(f) => Ok(Err(f.item)),
                             other => Err(Failed::permanent(backend(other))),
                         }
                     }

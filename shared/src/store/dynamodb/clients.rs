@@ -1,7 +1,9 @@
 //! Client items: registration, the per-request touch (credential
 //! generation, contact, rate limit, heads and cursor in one `UpdateItem`),
-//! acknowledgements, batch loads for the fan-out, and the operators'
-//! listing.
+//! acknowledgements and their history (`ack_m0` newest … `ack_m3`, each
+//! `"cursor:millis"` or `""`), batch loads for the fan-out and for
+//! delivery status, and the operators' listing (which shows each client's
+//! `tags`, see `tags.rs`).
 //!
 //! A client item carries its credential `generation` (absent on items
 //! written before rotation existed: generation 0) and the condition of
@@ -12,6 +14,7 @@
 
 use super::call::{attempts, built, failed, reason_code, send, Transaction};
 use super::item::*;
+use super::tags::{client_summary, SUMMARY_PROJECTION};
 use super::DynamoStore;
 use crate::clock::Timestamp;
 use crate::domain::{ClientId, Seq};
@@ -74,6 +77,60 @@ pub(super) fn current_condition(generation: u32) -> &'static str {
     }
 }
 
+/// The client item's attribute holding its `i`-th latest cursor move
+/// (`"cursor:millis"`, or `""` for none yet), `i < ACK_HISTORY`.
+fn ack_slot(i: usize) -> String {
+    format!("ack_m{i}")
+}
+
+fn ack_mark(cursor: Seq, at: Timestamp) -> String {
+    AckState::encode_history(&[AckMark { cursor, at }])
+}
+
+/// The `SET` actions that push `:mark` onto the history, dropping the
+/// oldest: `ack_m3 = if_not_exists(ack_m2, :none), …, ack_m0 = :mark`.
+/// Every operand of an update expression reads the item as it was before
+/// the update, so the slots shift without a read (`dynamodb_store.rs`
+/// checks that on DynamoDB Local).
+fn shift_ack_history() -> String {
+    let mut actions: Vec<String> = (1..ACK_HISTORY)
+        .rev()
+        .map(|i| {
+            format!(
+                "{} = if_not_exists({}, :none)",
+                ack_slot(i),
+                ack_slot(i - 1)
+            )
+        })
+        .collect();
+    actions.push(format!("{} = :mark", ack_slot(0)));
+    actions.join(", ")
+}
+
+/// The projection [`ack_state`] reads.
+fn ack_projection() -> String {
+    let slots: Vec<String> = (0..ACK_HISTORY).map(ack_slot).collect();
+    format!("client_id, acked, {DELETED}, {}", slots.join(", "))
+}
+
+/// A client item's cursor and its latest moves, newest first.
+fn ack_state(item: &Item) -> StoreResult<AckState> {
+    let mut history = Vec::with_capacity(ACK_HISTORY);
+    for i in 0..ACK_HISTORY {
+        match opt_s(item, &ack_slot(i))? {
+            Some(mark) if !mark.is_empty() => {
+                history.extend(AckState::decode_history(&mark)?);
+            }
+            // Slots fill from the newest: an empty one ends the history.
+            _ => break,
+        }
+    }
+    Ok(AckState {
+        acked: opt_n(item, "acked")?.unwrap_or(0),
+        history,
+    })
+}
+
 fn tat_attribute(bucket: Bucket) -> &'static str {
     match bucket {
         Bucket::Poll => "poll_tat",
@@ -89,11 +146,11 @@ fn client_state(item: &Item) -> StoreResult<ClientState> {
     })
 }
 
-fn encode_page_token(id: &str) -> String {
+pub(super) fn encode_page_token(id: &str) -> String {
     URL_SAFE_NO_PAD.encode(id)
 }
 
-fn decode_page_token(token: &str) -> Option<ClientId> {
+pub(super) fn decode_page_token(token: &str) -> Option<ClientId> {
     let bytes = URL_SAFE_NO_PAD.decode(token).ok()?;
     ClientId::parse(std::str::from_utf8(&bytes).ok()?)
 }
@@ -428,12 +485,27 @@ impl DynamoStore {
         projection: Option<&str>,
         consistent: bool,
     ) -> StoreResult<Vec<Item>> {
+        self.batch_get_named(table, keys, projection, None, consistent)
+            .await
+    }
+
+    /// [`DynamoStore::batch_get`] with a projection that needs expression
+    /// attribute names (`#name` for reserved words).
+    pub(super) async fn batch_get_named(
+        &self,
+        table: &str,
+        keys: Vec<Item>,
+        projection: Option<&str>,
+        names: Option<std::collections::HashMap<String, String>>,
+        consistent: bool,
+    ) -> StoreResult<Vec<Item>> {
         let mut found = Vec::with_capacity(keys.len());
         for chunk in keys.chunks(BATCH_GET_MAX) {
             let request = built(
                 KeysAndAttributes::builder()
                     .set_keys(Some(chunk.to_vec()))
                     .set_projection_expression(projection.map(String::from))
+                    .set_expression_attribute_names(names.clone())
                     .consistent_read(consistent)
                     .build(),
             )?;
@@ -471,6 +543,10 @@ impl DynamoStore {
         Ok(found)
     }
 
+    /// One conditional `UpdateItem` that moves the cursor, records the
+    /// contact and shifts the move into the history; an ack that moves
+    /// nothing (at or below the cursor) costs one `UpdateItem` more, the
+    /// contact alone, and adds no history.
     pub(super) async fn ack(
         &self,
         id: ClientId,
@@ -484,9 +560,14 @@ impl DynamoStore {
         );
         let update = self
             .update_current(id, generation, condition)
-            .update_expression("SET acked = :n, last_seen_at = :now")
+            .update_expression(format!(
+                "SET acked = :n, last_seen_at = :now, {}",
+                shift_ack_history()
+            ))
             .expression_attribute_values(":n", n(upto))
-            .expression_attribute_values(":now", n(now.millis()));
+            .expression_attribute_values(":now", n(now.millis()))
+            .expression_attribute_values(":mark", s(ack_mark(upto, now)))
+            .expression_attribute_values(":none", s(""));
         let old = match self.conditional_update(update).await? {
             Ok(_) => return Ok(AckOutcome::Acked { cursor: upto }),
             Err(None) => return Ok(AckOutcome::UnknownClient),
@@ -509,6 +590,36 @@ impl DynamoStore {
         }
     }
 
+    /// The acknowledgement state of the live clients among `ids`: one
+    /// eventually consistent `BatchGetItem` per 100 ids (a move made a
+    /// moment ago may not show yet; statuses are read again and again).
+    pub(super) async fn ack_states_of(
+        &self,
+        ids: &[ClientId],
+    ) -> StoreResult<std::collections::HashMap<ClientId, AckState>> {
+        let mut unique: Vec<ClientId> = ids.to_vec();
+        unique.sort();
+        unique.dedup();
+        let keys = unique
+            .iter()
+            .map(|id| Item::from([("client_id".to_string(), s(id.to_string()))]))
+            .collect();
+        let mut states = std::collections::HashMap::with_capacity(unique.len());
+        for item in self
+            .batch_get(&self.tables.clients, keys, Some(&ack_projection()), false)
+            .await?
+        {
+            if is_deleted(&item) {
+                continue;
+            }
+            let id = get_s(&item, "client_id")?;
+            let id = ClientId::parse(&id)
+                .ok_or_else(|| StoreError::Corrupt(format!("client id {id:?}")))?;
+            states.insert(id, ack_state(&item)?);
+        }
+        Ok(states)
+    }
+
     pub(super) async fn list(
         &self,
         limit: u32,
@@ -524,7 +635,7 @@ impl DynamoStore {
                 .client
                 .scan()
                 .table_name(&self.tables.clients)
-                .projection_expression("client_id, #name, created_at, last_seen_at, outbox_head")
+                .projection_expression(SUMMARY_PROJECTION)
                 .expression_attribute_names("#name", "name")
                 // Deleted clients wait here only until their data is gone.
                 .filter_expression("attribute_not_exists(deleted_at)")
@@ -539,16 +650,7 @@ impl DynamoStore {
         .await?;
         let mut clients = Vec::new();
         for item in out.items.unwrap_or_default() {
-            let id = get_s(&item, "client_id")?;
-            clients.push(ClientSummary {
-                id: ClientId::parse(&id)
-                    .ok_or_else(|| StoreError::Corrupt(format!("client id {id:?}")))?,
-                name: opt_s(&item, "name")?,
-                created_at: Timestamp(get_n(&item, "created_at")?),
-                last_seen_at: opt_n(&item, "last_seen_at")?.map(Timestamp),
-                sent_head: opt_n(&item, "outbox_head")?.unwrap_or(0),
-                tags: Vec::new(), // TEMP
-            });
+            clients.push(client_summary(&item)?);
         }
         let next = if clients.len() > limit as usize {
             clients.truncate(limit as usize);
@@ -568,6 +670,41 @@ impl DynamoStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_ack_history_shifts_newest_first() {
+        assert_eq!(
+            shift_ack_history(),
+            "ack_m3 = if_not_exists(ack_m2, :none), ack_m2 = if_not_exists(ack_m1, :none), \
+             ack_m1 = if_not_exists(ack_m0, :none), ack_m0 = :mark"
+        );
+        let item = Item::from([
+            ("acked".to_string(), n(7)),
+            ("ack_m0".to_string(), s(ack_mark(7, Timestamp(30)))),
+            ("ack_m1".to_string(), s(ack_mark(3, Timestamp(20)))),
+            ("ack_m2".to_string(), s("")),
+            ("ack_m3".to_string(), s("")),
+        ]);
+        let state = ack_state(&item).unwrap();
+        assert_eq!(state.acked, 7);
+        assert_eq!(
+            state.history,
+            vec![
+                AckMark {
+                    cursor: 7,
+                    at: Timestamp(30)
+                },
+                AckMark {
+                    cursor: 3,
+                    at: Timestamp(20)
+                }
+            ]
+        );
+        assert!(ack_state(&Item::from([("acked".to_string(), n(0))]))
+            .unwrap()
+            .history
+            .is_empty());
+    }
 
     #[test]
     fn page_tokens_round_trip_and_reject_garbage() {

@@ -9,15 +9,17 @@
 //!
 //! A deletion first marks the client item (`deleted_at`, generation
 //! `u32::MAX`), which every token's condition refuses from then on and
-//! which stops appends; then deletes its messages in `BatchWriteItem`s,
-//! its fingerprint entry and, last, the item itself. The mark is what lets
-//! `purge` find and finish a deletion that was interrupted.
+//! which stops appends; then deletes its tag entries, its messages in
+//! `BatchWriteItem`s, its fingerprint entry and, last, the item itself.
+//! The mark is what lets `purge` find and finish a deletion that was
+//! interrupted.
 
 use super::call::{built, reason_code, send, Transaction};
 use super::clients::{
     client_record, current_condition, generation_of, is_current, is_deleted, DELETED,
 };
 use super::item::*;
+use super::tags::{entry_key, tags_of};
 use super::DynamoStore;
 use crate::clock::{Clock, SystemClock};
 use crate::domain::{ClientId, Seq};
@@ -130,7 +132,8 @@ impl DynamoStore {
                     .query()
                     .table_name(&self.tables.messages)
                     .key_condition_expression("client_id = :c AND seq BETWEEN :from AND :upto")
-                    .projection_expression("key_generation")
+                    // A tombstone (no body: see `cleanup.rs`) needs no key.
+                    .projection_expression("key_generation, nonce")
                     .expression_attribute_values(":c", s(id.to_string()))
                     .expression_attribute_values(":from", n(acked + 1))
                     .expression_attribute_values(":upto", n(head))
@@ -140,7 +143,9 @@ impl DynamoStore {
             })
             .await?;
             for item in out.items.unwrap_or_default() {
-                found.insert(opt_n(&item, "key_generation")?.unwrap_or(0));
+                if item.contains_key("nonce") {
+                    found.insert(opt_n(&item, "key_generation")?.unwrap_or(0));
+                }
             }
             match out.last_evaluated_key {
                 Some(key) if !key.is_empty() => start = Some(key),
@@ -328,16 +333,26 @@ impl DynamoStore {
         Ok(outcome)
     }
 
-    /// Removes what is left of a client marked deleted: its messages, its
+    /// Removes what is left of a client marked deleted: its tag entries
+    /// (first, so that audiences stop finding it soon), its messages, its
     /// fingerprint entry, then its item. Returns false when it stopped at
     /// the deadline (the mark stays, and the next `purge` goes on).
+    ///
+    /// The tag entries are the ones the item names (`item` must hold its
+    /// `tags`): no tags can be set once the client is marked, so those are
+    /// all. One `BatchWriteItem` when it has tags (at most 20), none else.
     pub(super) async fn finish_deletion(&self, id: ClientId, item: &Item) -> StoreResult<bool> {
+        let client_key = id.to_string();
+        let tags = tags_of(item)?;
+        if !tags.is_empty() {
+            let keys = tags.iter().map(|tag| entry_key(tag, &client_key)).collect();
+            self.batch_delete(&self.tables.audiences, keys).await?;
+        }
         for mailbox in [Mailbox::Inbox, Mailbox::Outbox] {
             if !self.delete_mailbox(mailbox, id).await? {
                 return Ok(false);
             }
         }
-        let client_key = id.to_string();
         if let Some(fingerprint) = opt_b(item, "fingerprint_hash")? {
             // Not when the entry names another client already (one that
             // registered with the fingerprint in the meantime).

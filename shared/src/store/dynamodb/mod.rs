@@ -17,21 +17,37 @@
 //!   at once) and then removes its data, a step `purge` finishes when the
 //!   deletion was interrupted ([`lifecycle`]);
 //! - a fixed-window request count is one conditional `UpdateItem` on a
-//!   counter in the dedup table that expires by TTL ([`windows`]).
+//!   counter in the dedup table that expires by TTL ([`windows`]);
+//! - an acknowledgement keeps the cursor's latest moves in slots on the
+//!   client item, shifted by the ack's own `UpdateItem` ([`clients`]);
+//! - tags are an attribute of the client item and one entry per tag in
+//!   the audiences table, written together in one transaction ([`tags`]);
+//!   a tag audience is enumerated from those entries, everyone by a scan
+//!   of the clients ([`audiences`]);
+//! - a publish's status records (a header and its pages of recipients)
+//!   live in the audiences table under the publish id and expire by TTL
+//!   ([`publishes`]); a status call also reads the idempotency markers
+//!   ([`append`]) and the clients' acknowledgement states ([`clients`]),
+//!   a `BatchGetItem` per 100 recipients each;
+//! - cleanup turns expired, unacknowledged messages into tombstones, only
+//!   for clients an expiring append flagged ([`cleanup`]).
 //!
 //! Every request goes through [`call`], which applies the shared retry
 //! policy ([`crate::retry`]). Reads that decide correctness (heads,
 //! cursors, message queries) are strongly consistent.
 
 mod append;
+mod audiences;
 mod call;
 mod cleanup;
 mod clients;
 mod item;
 mod lifecycle;
 mod publish_keys;
+mod publishes;
 mod read;
 mod tables;
+mod tags;
 mod windows;
 
 pub use tables::TableNames;
@@ -159,6 +175,74 @@ impl Store for DynamoStore {
         page_token: Option<&str>,
     ) -> StoreResult<Result<ClientPage, BadPageToken>> {
         self.list(limit, page_token).await
+    }
+
+    async fn set_tags(&self, id: ClientId, tags: &[String]) -> StoreResult<Option<Vec<String>>> {
+        self.set_client_tags(id, tags).await
+    }
+
+    async fn list_tagged(
+        &self,
+        tag: &str,
+        limit: u32,
+        page_token: Option<&str>,
+    ) -> StoreResult<Result<ClientPage, BadPageToken>> {
+        self.list_tagged_clients(tag, limit, page_token).await
+    }
+
+    async fn audience_page(
+        &self,
+        audience: &Audience,
+        registered_by: Timestamp,
+        limit: u32,
+        page_token: Option<&str>,
+    ) -> StoreResult<Result<AudiencePage, BadPageToken>> {
+        self.enumerate_audience(audience, registered_by, limit, page_token)
+            .await
+    }
+
+    async fn save_publish(&self, header: &PublishHeader) -> StoreResult<()> {
+        self.put_publish(header).await
+    }
+
+    async fn save_recipient_page(
+        &self,
+        publish_id: &str,
+        page: RecipientPage,
+    ) -> StoreResult<RecipientPage> {
+        self.put_recipient_page(publish_id, page).await
+    }
+
+    async fn mark_page_continued(&self, publish_id: &str, number: u32) -> StoreResult<()> {
+        self.mark_continued(publish_id, number).await
+    }
+
+    async fn finish_enumeration(
+        &self,
+        publish_id: &str,
+        enumerated: Enumerated,
+    ) -> StoreResult<()> {
+        self.finish_enumerating(publish_id, enumerated).await
+    }
+
+    async fn load_publish(&self, publish_id: &str) -> StoreResult<Option<PublishState>> {
+        self.read_publish(publish_id).await
+    }
+
+    async fn appended_seqs(
+        &self,
+        mailbox: Mailbox,
+        ids: &[ClientId],
+        dedup_key: &str,
+    ) -> StoreResult<std::collections::HashMap<ClientId, Seq>> {
+        self.marker_seqs(mailbox, ids, dedup_key).await
+    }
+
+    async fn ack_states(
+        &self,
+        ids: &[ClientId],
+    ) -> StoreResult<std::collections::HashMap<ClientId, AckState>> {
+        self.ack_states_of(ids).await
     }
 
     async fn claim_publish_key(

@@ -15,16 +15,21 @@ pub struct TableNames {
     pub client_messages: String,
     /// Idempotency markers, keyed `dedup_id`, expiring by TTL.
     pub dedup: String,
+    /// Tag entries (`tag#<tag>`, client id) and publish status records
+    /// (`publish#<id>`, `header` or `page#<n>`), keyed `(pk, sk)`; the
+    /// publish records expire by TTL.
+    pub audiences: String,
 }
 
 impl TableNames {
     /// The environment variable that names each table.
-    pub const ENV: [&'static str; 5] = [
+    pub const ENV: [&'static str; 6] = [
         "CLIENTS_TABLE",
         "FINGERPRINTS_TABLE",
         "MESSAGES_TABLE",
         "CLIENT_MESSAGES_TABLE",
         "DEDUP_TABLE",
+        "AUDIENCES_TABLE",
     ];
 
     /// Tables named `<prefix>clients`, `<prefix>fingerprints`, …
@@ -35,6 +40,7 @@ impl TableNames {
             messages: format!("{prefix}messages"),
             client_messages: format!("{prefix}client-messages"),
             dedup: format!("{prefix}dedup"),
+            audiences: format!("{prefix}audiences"),
         }
     }
 
@@ -51,16 +57,18 @@ impl TableNames {
             messages: value("MESSAGES_TABLE"),
             client_messages: value("CLIENT_MESSAGES_TABLE"),
             dedup: value("DEDUP_TABLE"),
+            audiences: value("AUDIENCES_TABLE"),
         })
     }
 
-    pub fn all(&self) -> [&str; 5] {
+    pub fn all(&self) -> [&str; 6] {
         [
             &self.clients,
             &self.fingerprints,
             &self.messages,
             &self.client_messages,
             &self.dedup,
+            &self.audiences,
         ]
     }
 }
