@@ -226,7 +226,7 @@ async fn unknown_paths_are_404() {
         (Method::GET, "/api/v1/nope"),
         (Method::POST, "/api/v1/clients"),
         (Method::GET, "/api/v2/health"),
-        (Method::POST, "/api/v1/messages/publish/extra"),
+        (Method::POST, "/api/v1/messages/publish/extra/more"),
         (Method::GET, "/api/v1/operators/clients/123/tags/x"),
     ] {
         let resp = s.request(method.clone(), path).send().await.unwrap();

@@ -40,8 +40,10 @@ async fn paging_with_limit_2_visits_every_client_once() {
                 "name",
                 "sent_head",
                 "status",
+                "tags",
             ],
         );
+        assert_eq!(c["tags"], serde_json::json!([]), "untagged");
         let id = c["id"].as_str().unwrap();
         assert_eq!(&c["name"], &expected[id], "name of {id}");
         assert_timestamp(c["created_at"].as_str().unwrap());
