@@ -121,10 +121,112 @@ impl std::fmt::Debug for Credentials {
     }
 }
 
+/// The 202 of a publish. `recipients` is the number of distinct ids for
+/// `to_client_ids`, and `null` for a tag or everyone audience (the fan-out
+/// counts them as it enumerates; the status call shows the count).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PublishReceipt {
     pub publish_id: String,
-    pub recipients: u64,
+    pub recipients: Option<u64>,
+}
+
+/// Who a publish is for: exactly one of the API's three audiences.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Audience<'a> {
+    /// `to_client_ids` (1–10,000 ids).
+    Clients(&'a [String]),
+    /// `to_tags` (1–10 tags): every client carrying any of them.
+    Tags(&'a [String]),
+    /// `"to_all": true`: every client registered when the publish is accepted.
+    All,
+}
+
+/// The body of `POST /messages/publish`. `ttl_secs` is left out when not
+/// given, so a body without it is exactly what older servers accept.
+pub fn publish_body(
+    audience: Audience<'_>,
+    kind: &str,
+    payload: &Value,
+    ttl_secs: Option<u64>,
+) -> Value {
+    let mut body = Map::new();
+    match audience {
+        Audience::Clients(ids) => body.insert("to_client_ids".into(), serde_json::json!(ids)),
+        Audience::Tags(tags) => body.insert("to_tags".into(), serde_json::json!(tags)),
+        Audience::All => body.insert("to_all".into(), Value::Bool(true)),
+    };
+    body.insert("type".into(), Value::String(kind.to_string()));
+    body.insert("payload".into(), payload.clone());
+    if let Some(ttl) = ttl_secs {
+        body.insert("ttl_secs".into(), ttl.into());
+    }
+    Value::Object(body)
+}
+
+/// One recipient of a publish, as `GET /messages/publish/{id}?recipients=1`
+/// lists it.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+pub struct RecipientStatus {
+    pub client_id: String,
+    /// The message's id in the recipient's inbox; `null` until the fan-out
+    /// reached it (and for unknown ids).
+    pub message_id: Option<u64>,
+    /// `pending`, `delivered`, `acknowledged`, `expired` or `unknown`.
+    pub status: String,
+}
+
+/// A 200 of `GET /messages/publish/{publish_id}`: how far a publish got.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+pub struct PublishStatus {
+    pub publish_id: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub created_at: String,
+    /// `{"to_client_ids": n}`, `{"to_tags": [...]}` or `{"to_all": true}`.
+    pub audience: Value,
+    #[serde(default)]
+    pub expires_at: Option<String>,
+    /// `null` while a tag or everyone audience is still being enumerated.
+    #[serde(default)]
+    pub recipients: Option<u64>,
+    /// Recipients whose inbox holds (or held) the message, acknowledged
+    /// ones included.
+    pub delivered: u64,
+    pub acknowledged: u64,
+    pub expired: u64,
+    pub unknown: u64,
+    pub pending: u64,
+    /// `queued`, `delivering` or `done`.
+    pub state: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recipient_status: Option<Vec<RecipientStatus>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_page_token: Option<String>,
+}
+
+impl PublishStatus {
+    /// The recipients still to acknowledge: known once the audience is
+    /// enumerated, `None` before. Counted as what is left of `recipients`
+    /// after the settled ones (acknowledged, expired, unknown) and the
+    /// pending ones, which holds whether or not `delivered` counts the
+    /// expired copies.
+    pub fn unacknowledged(&self) -> Option<u64> {
+        let settled = self.acknowledged + self.expired + self.unknown + self.pending;
+        self.recipients.map(|n| n.saturating_sub(settled))
+    }
+
+    /// Done and every delivered copy acknowledged or expired: nothing more
+    /// will change.
+    pub fn finished(&self) -> bool {
+        self.state == "done" && self.unacknowledged() == Some(0)
+    }
+}
+
+/// The 200 of `PUT /operators/clients/{client_id}/tags`.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+pub struct ClientTags {
+    pub id: String,
+    pub tags: Vec<String>,
 }
 
 /// The body of `POST /messages/send`. Kept whole so a retry resends exactly
@@ -152,11 +254,23 @@ pub struct Delivered {
     pub created_at: String,
 }
 
-/// A 200 poll. Its `next_cursor` is always the last message's id, so the
-/// messages alone say how far the client got.
+/// A 200 poll. `next_cursor` is what to acknowledge: it moves past every id
+/// the page covered, expired ones included, so it can be above the last
+/// message's id, and a page whose messages all expired has no messages at
+/// all, only a `next_cursor`.
 #[derive(Debug, Clone, Deserialize)]
 pub struct PollPage {
     pub messages: Vec<Delivered>,
+    pub next_cursor: u64,
+}
+
+impl PollPage {
+    /// How far this page takes a client: `next_cursor`, or the last
+    /// message's id if that were higher (which the API does not allow).
+    pub fn reach(&self) -> u64 {
+        let last = self.messages.last().map_or(0, |m| m.id);
+        self.next_cursor.max(last)
+    }
 }
 
 #[derive(Debug)]
@@ -177,6 +291,9 @@ pub struct ClientInfo {
     /// older than the field.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sent_head: Option<u64>,
+    /// The client's tags, sorted. `None` from a server older than the field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tags: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -326,6 +443,20 @@ pub fn insecure_http_host(url: &str) -> Option<String> {
     }
     let host = parsed.host_str().unwrap_or_default();
     (!is_loopback_host(host)).then(|| host.to_string())
+}
+
+/// `text` as one URL path segment: anything but unreserved characters
+/// percent-encoded, so an argument can never reach another path.
+pub fn path_segment(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 fn describe(err: &reqwest::Error) -> String {
@@ -493,19 +624,16 @@ impl Api {
         Self::expect(rb, &[StatusCode::NO_CONTENT]).await.map(drop)
     }
 
-    /// `POST /messages/publish` with the admin token. With an
-    /// `idempotency_key`, resending the same body under the same key returns
-    /// the original receipt and publishes nothing new, so the call can be
-    /// retried safely.
+    /// `POST /messages/publish` with the admin token: `body` as
+    /// [`publish_body`] builds it. With an `idempotency_key`, resending the
+    /// same body under the same key returns the original receipt and
+    /// publishes nothing new, so the call can be retried safely.
     pub async fn publish(
         &self,
         admin_token: &str,
         idempotency_key: Option<&str>,
-        to: &[String],
-        kind: &str,
-        payload: &Value,
+        body: &Value,
     ) -> Result<PublishReceipt, ApiError> {
-        let body = serde_json::json!({ "to_client_ids": to, "type": kind, "payload": payload });
         let mut rb = self
             .http
             .post(self.endpoint("/messages/publish"))
@@ -513,7 +641,50 @@ impl Api {
         if let Some(key) = idempotency_key {
             rb = rb.header("Idempotency-Key", key);
         }
-        Self::json(Self::expect(rb.json(&body), &[StatusCode::ACCEPTED]).await?).await
+        Self::json(Self::expect(rb.json(body), &[StatusCode::ACCEPTED]).await?).await
+    }
+
+    /// `GET /messages/publish/{publish_id}` (admin): the publish's counts
+    /// and state. With `recipients: Some((limit, page_token))` also one page
+    /// of `recipient_status`. An unknown (or forgotten) publish is a 404
+    /// `not_found`.
+    pub async fn publish_status(
+        &self,
+        admin_token: &str,
+        publish_id: &str,
+        recipients: Option<(u32, Option<&str>)>,
+    ) -> Result<PublishStatus, ApiError> {
+        let mut rb = self
+            .http
+            .get(self.endpoint(&format!("/messages/publish/{}", path_segment(publish_id))))
+            .header("X-Admin-Token", admin_token);
+        if let Some((limit, page_token)) = recipients {
+            rb = rb.query(&[("recipients", "1")]).query(&[("limit", limit)]);
+            if let Some(token) = page_token {
+                rb = rb.query(&[("page_token", token)]);
+            }
+        }
+        Self::json(Self::expect(rb, &[StatusCode::OK]).await?).await
+    }
+
+    /// `PUT /operators/clients/{client_id}/tags` (operator): replaces the
+    /// client's tags (`[]` clears them) and returns the set as stored,
+    /// sorted. An unknown client is a 404 `not_found`.
+    pub async fn set_tags(
+        &self,
+        operator_token: &str,
+        client_id: &str,
+        tags: &[String],
+    ) -> Result<ClientTags, ApiError> {
+        let rb = self
+            .http
+            .put(self.endpoint(&format!(
+                "/operators/clients/{}/tags",
+                path_segment(client_id)
+            )))
+            .header("X-Operator-Token", operator_token)
+            .json(&serde_json::json!({ "tags": tags }));
+        Self::json(Self::expect(rb, &[StatusCode::OK]).await?).await
     }
 
     /// `POST /messages/send`. Returns the message id, and whether it was
@@ -530,6 +701,8 @@ impl Api {
     }
 
     /// `GET /messages/poll`. `cursor: None` starts from the acked cursor.
+    /// A 200 may hold no messages (all it covered expired): acknowledge its
+    /// `next_cursor` all the same.
     pub async fn poll(
         &self,
         creds: &Credentials,
@@ -546,8 +719,13 @@ impl Api {
             return Ok(Poll::Empty);
         }
         let page: PollPage = Self::json(resp).await?;
-        if page.messages.is_empty() {
-            return Err(ApiError::Protocol("200 poll with no messages".into()));
+        if let Some(last) = page.messages.last() {
+            if page.next_cursor < last.id {
+                return Err(ApiError::Protocol(format!(
+                    "poll: next_cursor {} is below the last message's id {}",
+                    page.next_cursor, last.id
+                )));
+            }
         }
         Ok(Poll::Page(page))
     }
@@ -587,35 +765,42 @@ impl Api {
         Ok(Sent::Page(page))
     }
 
-    /// One page of `GET /operators/clients`.
+    /// One page of `GET /operators/clients`; with `tag`, only the clients
+    /// carrying it (`?tag=`, filtered by the server).
     pub async fn clients_page(
         &self,
         operator_token: &str,
         limit: u32,
         page_token: Option<&str>,
+        tag: Option<&str>,
     ) -> Result<ClientsPage, ApiError> {
         let mut rb = self
             .http
             .get(self.endpoint("/operators/clients"))
             .header("X-Operator-Token", operator_token)
             .query(&[("limit", limit)]);
+        if let Some(tag) = tag {
+            rb = rb.query(&[("tag", tag)]);
+        }
         if let Some(t) = page_token {
             rb = rb.query(&[("page_token", t)]);
         }
         Self::json(Self::expect(rb, &[StatusCode::OK]).await?).await
     }
 
-    /// Every client, walking all pages of `limit` clients.
+    /// Every client (carrying `tag`, if given), walking all pages of
+    /// `limit` clients.
     pub async fn all_clients(
         &self,
         operator_token: &str,
         limit: u32,
+        tag: Option<&str>,
     ) -> Result<Vec<ClientInfo>, ApiError> {
         let mut all = Vec::new();
         let mut token: Option<String> = None;
         loop {
             let page = self
-                .clients_page(operator_token, limit, token.as_deref())
+                .clients_page(operator_token, limit, token.as_deref(), tag)
                 .await?;
             all.extend(page.clients);
             match page.next_page_token {
@@ -792,6 +977,96 @@ mod tests {
         .unwrap();
         assert_eq!(parsed.messages[0].aad["client_id"], "c");
         assert!(parsed.check(0).is_ok());
+    }
+
+    #[test]
+    fn publish_bodies_name_one_audience() {
+        let ids = vec!["3f2b8c1e-5d4a-4e7b-9c61-0a8d2f7e4b13".to_string()];
+        let payload = serde_json::json!({"text": "hi"});
+        assert_eq!(
+            publish_body(Audience::Clients(&ids), "greeting", &payload, None),
+            serde_json::json!({"to_client_ids": ids, "type": "greeting", "payload": {"text": "hi"}}),
+            "no ttl_secs unless asked"
+        );
+        let tags = vec!["eu".to_string(), "door-sensors".to_string()];
+        assert_eq!(
+            publish_body(Audience::Tags(&tags), "alarm", &Value::Null, Some(300)),
+            serde_json::json!({"to_tags": ["eu", "door-sensors"], "type": "alarm",
+                               "payload": null, "ttl_secs": 300})
+        );
+        assert_eq!(
+            publish_body(Audience::All, "t", &payload, None),
+            serde_json::json!({"to_all": true, "type": "t", "payload": {"text": "hi"}})
+        );
+    }
+
+    #[test]
+    fn receipts_of_tag_audiences_have_no_count_yet() {
+        let r: PublishReceipt =
+            serde_json::from_str(r#"{"publish_id": "p", "recipients": null}"#).unwrap();
+        assert_eq!(r.recipients, None);
+        let r: PublishReceipt =
+            serde_json::from_str(r#"{"publish_id": "p", "recipients": 3}"#).unwrap();
+        assert_eq!(r.recipients, Some(3));
+    }
+
+    #[test]
+    fn poll_pages_reach_their_next_cursor() {
+        let page: PollPage = serde_json::from_str(r#"{"messages": [], "next_cursor": 9}"#).unwrap();
+        assert!(page.messages.is_empty());
+        assert_eq!(page.reach(), 9, "a page whose messages all expired");
+        let page: PollPage = serde_json::from_value(serde_json::json!({
+            "messages": [{"id": 4, "type": "t", "ciphertext": "", "nonce": "", "tag": "",
+                          "aad": null, "created_at": "2026-11-25T12:00:00.000Z"}],
+            "next_cursor": 6
+        }))
+        .unwrap();
+        assert_eq!(page.reach(), 6, "past the expired ids 5 and 6");
+        assert!(
+            serde_json::from_str::<PollPage>(r#"{"messages": []}"#).is_err(),
+            "next_cursor is required"
+        );
+    }
+
+    #[test]
+    fn a_status_reads_with_or_without_its_recipients() {
+        let s: PublishStatus = serde_json::from_str(
+            r#"{"publish_id": "p", "type": "alarm", "created_at": "2026-11-25T23:49:50.123Z",
+                "audience": {"to_tags": ["eu"]}, "expires_at": null, "recipients": null,
+                "delivered": 3, "acknowledged": 1, "expired": 0, "unknown": 0, "pending": 0,
+                "state": "delivering"}"#,
+        )
+        .unwrap();
+        assert_eq!((s.recipients, s.unacknowledged()), (None, None));
+        assert!(!s.finished());
+        assert!(s.recipient_status.is_none());
+        let back = serde_json::to_value(&s).unwrap();
+        assert_eq!(back["type"], "alarm");
+        assert!(back.get("recipient_status").is_none() && back.get("next_page_token").is_none());
+
+        let s: PublishStatus = serde_json::from_str(
+            r#"{"publish_id": "p", "type": "t", "created_at": "x", "audience": {"to_all": true},
+                "expires_at": "y", "recipients": 2, "delivered": 2, "acknowledged": 2,
+                "expired": 0, "unknown": 0, "pending": 0, "state": "done",
+                "recipient_status": [{"client_id": "c", "message_id": 7, "status": "acknowledged"},
+                                     {"client_id": "d", "message_id": null, "status": "unknown"}],
+                "next_page_token": "r2"}"#,
+        )
+        .unwrap();
+        assert!(s.finished());
+        let rows = s.recipient_status.unwrap();
+        assert_eq!(rows[0].message_id, Some(7));
+        assert_eq!(rows[1].message_id, None);
+        assert_eq!(s.next_page_token.as_deref(), Some("r2"));
+    }
+
+    #[test]
+    fn path_segments_are_percent_encoded() {
+        assert_eq!(
+            path_segment("3f2b8c1e-5d4a-4e7b-9c61-0a8d2f7e4b13"),
+            "3f2b8c1e-5d4a-4e7b-9c61-0a8d2f7e4b13"
+        );
+        assert_eq!(path_segment("a/b?c#d e"), "a%2Fb%3Fc%23d%20e");
     }
 
     #[test]

@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 use crate::commands::{
-    clients, completions, inbox, listen, profiles, publish, register, rotate, send, simulate,
+    clients, completions, inbox, listen, profiles, publish, publish_status, register, rotate, send,
+    simulate,
 };
 
 const ABOUT: &str = "Client, admin, operator and load-test tool for Pigeonhole, the \
@@ -18,7 +19,10 @@ Examples:
   pigeonhole listen
   pigeonhole send --type reply --payload '{\"text\": \"hi\"}'
   pigeonhole rotate
+  pigeonhole publish --to-tag eu --type alarm --payload '\"door open\"' --ttl 300 --wait   (admin)
+  pigeonhole status 9b7e4a10-2c3d-4f5e-8a9b-0c1d2e3f4a5b --recipients   (admin)
   pigeonhole inbox 3f2b8c1e-5d4a-4e7b-9c61-0a8d2f7e4b13 --follow   (admin)
+  pigeonhole clients tag 3f2b8c1e-5d4a-4e7b-9c61-0a8d2f7e4b13 eu door-sensors   (operator)
 
 Plain http:// is only used for loopback (localhost, 127.0.0.0/8, ::1): tokens
 and keys would otherwise cross the network unencrypted. --insecure-http (or
@@ -28,7 +32,7 @@ that for its own URL.
 Exit codes:
   0  success (listen --once: messages came)
   1  error: from the server (printed as `error: <code>: <message>`), the network,
-     the config file or the input
+     the config file or the input; publish --wait: the timeout passed
   2  bad command-line usage
   3  listen --once: nothing new
 
@@ -79,11 +83,13 @@ pub enum Command {
     Send(send::SendArgs),
     /// Get a new api_token and personal key (and optionally fingerprint) for this profile
     Rotate(rotate::RotateArgs),
-    /// Publish a message to clients (admin)
+    /// Publish a message to clients, a tag or everyone; --wait follows it (admin)
     Publish(publish::PublishArgs),
+    /// Show how far a publish got: delivered, acknowledged, expired (admin)
+    Status(publish_status::StatusArgs),
     /// Read the messages a client sent, oldest first; --follow for new ones (admin)
     Inbox(inbox::InboxArgs),
-    /// List the registered clients with their status, or delete one (operator)
+    /// List the registered clients with their status and tags, tag or delete one (operator)
     Clients(clients::ClientsArgs),
     /// Register N clients and poll with all of them at once (load test)
     Simulate(simulate::SimulateArgs),
@@ -209,5 +215,129 @@ mod tests {
             "abcdefgh"
         ])
         .is_err());
+    }
+
+    const ID: &str = "3f2b8c1e-5d4a-4e7b-9c61-0a8d2f7e4b13";
+
+    fn publish(extra: &[&str]) -> Result<publish::PublishArgs, clap::Error> {
+        let mut args = vec![
+            "pigeonhole",
+            "publish",
+            "--type",
+            "t",
+            "--payload",
+            "1",
+            "--admin-token",
+            "a",
+        ];
+        args.extend_from_slice(extra);
+        Cli::try_parse_from(args).map(|cli| match cli.command {
+            Command::Publish(p) => p,
+            other => panic!("{other:?}"),
+        })
+    }
+
+    #[test]
+    fn publish_names_exactly_one_audience() {
+        let p = publish(&["--to", ID]).unwrap();
+        assert_eq!(p.to, [ID]);
+        assert!(p.to_tag.is_empty() && !p.all && p.ttl.is_none() && !p.wait);
+        // --to and --to-file are one audience, and may be combined.
+        assert!(publish(&["--to", ID, "--to-file", "r.txt"]).is_ok());
+        let p = publish(&["--to-tag", "eu", "door-sensors"]).unwrap();
+        assert_eq!(p.to_tag, ["eu", "door-sensors"]);
+        assert!(publish(&["--all"]).unwrap().all);
+
+        // None, or two of them: a usage error from clap (exit 2).
+        for extra in [
+            &[][..],
+            &["--all", "--to", ID][..],
+            &["--all", "--to-tag", "eu"][..],
+            &["--to-tag", "eu", "--to", ID][..],
+            &["--to-tag", "eu", "--to-file", "r.txt"][..],
+            &["--all", "--to-file", "r.txt"][..],
+        ] {
+            let err = publish(extra).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{extra:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn publish_ttl_and_wait_are_checked() {
+        let p = publish(&["--all", "--ttl", "300", "--wait", "--timeout", "60"]).unwrap();
+        assert_eq!((p.ttl, p.wait, p.timeout), (Some(300), true, Some(60)));
+        assert_eq!(publish(&["--all", "--wait"]).unwrap().timeout, None);
+        assert!(publish(&["--all", "--ttl", "2592000"]).is_ok());
+        for bad in ["0", "2592001", "-1", "soon"] {
+            assert!(publish(&["--all", "--ttl", bad]).is_err(), "--ttl {bad}");
+        }
+        // --timeout only means something with --wait.
+        assert!(publish(&["--all", "--timeout", "60"]).is_err());
+        assert!(publish(&["--all", "--wait", "--timeout", "0"]).is_err());
+    }
+
+    #[test]
+    fn status_takes_a_publish_id() {
+        let parse = |args: &[&str]| Cli::try_parse_from(args);
+        let cli = parse(&[
+            "pigeonhole",
+            "status",
+            ID,
+            "--recipients",
+            "--json",
+            "--admin-token",
+            "t",
+        ])
+        .unwrap();
+        match cli.command {
+            Command::Status(s) => {
+                assert_eq!(s.publish_id, ID);
+                assert!(s.recipients && s.json);
+                assert_eq!(s.page_size, 1000);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(parse(&["pigeonhole", "status", "--admin-token", "t"]).is_err());
+    }
+
+    #[test]
+    fn clients_tags_a_client_or_filters_by_tag() {
+        let parse = |args: &[&str]| Cli::try_parse_from(args);
+        let cli = parse(&[
+            "pigeonhole",
+            "clients",
+            "tag",
+            ID,
+            "eu",
+            "door-sensors",
+            "--operator-token",
+            "t",
+        ])
+        .unwrap();
+        match cli.command {
+            Command::Clients(c) => match c.action {
+                Some(clients::ClientsAction::Tag(t)) => {
+                    assert_eq!(t.id, ID);
+                    assert_eq!(t.tags, ["eu", "door-sensors"]);
+                }
+                other => panic!("{other:?}"),
+            },
+            other => panic!("{other:?}"),
+        }
+        // No tags: clears them.
+        let cli = parse(&["pigeonhole", "clients", "tag", ID, "--operator-token", "t"]).unwrap();
+        assert!(matches!(cli.command, Command::Clients(ref c)
+            if matches!(c.action, Some(clients::ClientsAction::Tag(ref t)) if t.tags.is_empty())));
+        let cli = parse(&[
+            "pigeonhole",
+            "clients",
+            "--tag",
+            "eu",
+            "--operator-token",
+            "t",
+        ])
+        .unwrap();
+        assert!(matches!(cli.command, Command::Clients(ref c)
+            if c.action.is_none() && c.list.tag.as_deref() == Some("eu")));
     }
 }

@@ -41,6 +41,7 @@ fn main() -> ExitCode {
             Command::Send(args) => commands::send::run(&ctx, args).await,
             Command::Rotate(args) => commands::rotate::run(&ctx, args).await,
             Command::Publish(args) => commands::publish::run(&ctx, args).await,
+            Command::Status(args) => commands::publish_status::run(&ctx, args).await,
             Command::Inbox(args) => commands::inbox::run(&ctx, args).await,
             Command::Clients(args) => commands::clients::run(&ctx, args).await,
             Command::Simulate(args) => commands::simulate::run(&ctx, args).await,

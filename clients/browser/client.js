@@ -386,6 +386,28 @@ async function pollOnce(session) {
     if (!Array.isArray(messages) || !Number.isInteger(nextCursor)) {
       throw new Error('the poll response is not {"messages", "next_cursor"}');
     }
+    if (messages.length === 0) {
+      // Every message this page covered expired before it was delivered:
+      // nothing to show, but next_cursor moves past their ids. Acknowledge
+      // it and poll again at once (more may be waiting behind them). A page
+      // that does not move the cursor is treated like a 204.
+      const moved = nextCursor > state.cursor && nextCursor > (state.pendingAck || 0);
+      clearError('poll');
+      setConnState('ok', 'Connected');
+      if (!moved) {
+        ui.lastPoll.textContent = `no new messages (${now})`;
+        schedule(session, session.backoff.afterEmpty());
+        return;
+      }
+      ui.lastPoll.textContent = `no new messages; expired ones skipped up to #${nextCursor} (${now})`;
+      state.cursor = nextCursor;
+      state.pendingAck = nextCursor;
+      await ackPending(session);
+      if (state.session !== session) return;
+      session.backoff.afterMessages();
+      schedule(session, 0);
+      return;
+    }
     let shown = 0;
     const failures = [];
     const results = [];

@@ -17,11 +17,15 @@ Library use::
     messages = client.poll()                 # decrypted and verified
     for m in messages:
         print(m.id, m.type, m.payload)
-    if messages:
-        client.ack(messages[-1].id)
+    if messages.next_cursor is not None:     # past expired ids too (a page may hold none)
+        client.ack(messages.next_cursor)
     client.send("status", {"ok": True})      # fresh nonce, safe retries
     client.listen(lambda m: print(m.payload))  # the 3 s -> 30 s backoff loop
     publish(URL, ADMIN_TOKEN, [client.client_id], "greeting", {"text": "hi"})  # Idempotency-Key, safe retries
+    r = publish(URL, ADMIN_TOKEN, type="alarm", payload="door open", to_tags=["eu"], ttl_secs=300)
+    print(publish_status(URL, ADMIN_TOKEN, r.publish_id).acknowledged)  # admin: delivery status
+    for row in iter_recipient_status(URL, ADMIN_TOKEN, r.publish_id):  # every recipient, all pages
+        print(row.client_id, row.message_id, row.status)
     for m in iter_sent(URL, ADMIN_TOKEN, client.client_id):  # admin: what the client sent, oldest first
         print(m.id, m.type, m.payload)
     client.rotate()                          # new api_token and personal key; the old token is dead
@@ -38,6 +42,8 @@ Command line (``python pigeonhole_client.py --help``)::
     python pigeonhole_client.py send --type status --payload '{"ok": true}'
     python pigeonhole_client.py rotate [--new-fingerprint]
     python pigeonhole_client.py publish --to CLIENT_ID --type greeting --payload '{"text": "hi"}'
+    python pigeonhole_client.py publish --to-tag eu --type alarm --payload '"door open"' --ttl 300
+    python pigeonhole_client.py status PUBLISH_ID [--recipients] [--json]
     python pigeonhole_client.py inbox CLIENT_ID [--after N] [--follow] [--json]
 """
 from __future__ import annotations
@@ -71,8 +77,11 @@ __all__ = [
     "PigeonholeClient",
     "Credentials",
     "Message",
+    "Messages",
     "SendResult",
     "PublishResult",
+    "PublishStatus",
+    "RecipientStatus",
     "SentMessage",
     "SentPage",
     "ListenStats",
@@ -85,6 +94,8 @@ __all__ = [
     "InsecureTransportError",
     "register",
     "publish",
+    "publish_status",
+    "iter_recipient_status",
     "read_sent",
     "iter_sent",
     "canonical_aad",
@@ -317,6 +328,20 @@ class Message:
         return {"id": self.id, "type": self.type, "created_at": self.created_at, "payload": self.payload}
 
 
+class Messages(list):
+    """What ``PigeonholeClient.poll`` returns: the verified, decrypted messages (a list) and
+    ``next_cursor``, the id to acknowledge.
+
+    ``next_cursor`` moves past every id the poll covered, expired ones included, so it can be
+    above the last message's id, and a page whose messages all expired is an empty list with a
+    ``next_cursor``: acknowledge it all the same. It is ``None`` after a 204 (nothing new).
+    """
+
+    def __init__(self, messages: Iterable[Message] = (), next_cursor: Optional[int] = None) -> None:
+        super().__init__(messages)
+        self.next_cursor = next_cursor
+
+
 @dataclass(frozen=True)
 class SendResult:
     """Outcome of a send: ``id`` is this client's send sequence number.
@@ -337,11 +362,88 @@ class SendResult:
 @dataclass(frozen=True)
 class PublishResult:
     """Outcome of an admin publish: the ``publish_id``, the number of distinct
-    recipients sent and the ``Idempotency-Key`` it was sent under."""
+    recipients sent (``None`` for ``to_tags`` and ``to_all``: the fan-out counts
+    them, ``publish_status`` shows the count) and the ``Idempotency-Key`` it was
+    sent under."""
 
     publish_id: str
-    recipients: int
+    recipients: Optional[int]
     idempotency_key: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class RecipientStatus:
+    """One recipient of a publish (``iter_recipient_status``): its ``client_id``, the
+    message's id in its inbox (``message_id``, ``None`` until the fan-out reached it and for
+    unknown ids) and ``status``: ``"pending"``, ``"delivered"``, ``"acknowledged"``,
+    ``"expired"`` or ``"unknown"``."""
+
+    client_id: str
+    message_id: Optional[int]
+    status: str
+
+    def to_dict(self) -> Dict[str, Any]:
+        """``{"client_id", "message_id", "status"}``, as the server sent it."""
+        return {"client_id": self.client_id, "message_id": self.message_id, "status": self.status}
+
+
+@dataclass(frozen=True)
+class PublishStatus:
+    """How far a publish got (``publish_status``; ``GET /messages/publish/{publish_id}``).
+
+    ``recipients`` is the number of distinct recipients (``None`` while a tag or
+    everyone audience is still being enumerated). Of them: ``delivered`` (the inbox
+    holds or held the message, acknowledged ones included), ``acknowledged`` (the
+    cursor passed it before it expired), ``expired`` (the copy expired
+    unacknowledged), ``unknown`` (ids that named no client) and ``pending`` (not
+    reached by the fan-out yet). ``state`` is ``"queued"``, ``"delivering"`` or
+    ``"done"`` (every recipient reached). ``audience`` is ``{"to_client_ids": n}``,
+    ``{"to_tags": [...]}`` or ``{"to_all": True}``. With ``recipients=True``
+    ``recipient_status`` holds one page of recipients and ``next_page_token`` the
+    token of the next (``None`` at the end).
+    """
+
+    publish_id: str
+    type: str
+    created_at: str
+    audience: Dict[str, Any]
+    expires_at: Optional[str]
+    recipients: Optional[int]
+    delivered: int
+    acknowledged: int
+    expired: int
+    unknown: int
+    pending: int
+    state: str
+    recipient_status: Optional[List[RecipientStatus]] = None
+    next_page_token: Optional[str] = None
+
+    @property
+    def unacknowledged(self) -> Optional[int]:
+        """Recipients still to acknowledge: ``recipients`` less the settled ones (acknowledged,
+        expired, unknown) and the pending ones; ``None`` while ``recipients`` is unknown."""
+        if self.recipients is None:
+            return None
+        return max(0, self.recipients - self.acknowledged - self.expired - self.unknown - self.pending)
+
+    @property
+    def finished(self) -> bool:
+        """``state == "done"`` and every delivered copy acknowledged or expired: nothing more changes."""
+        return self.state == "done" and self.unacknowledged == 0
+
+    def to_dict(self) -> Dict[str, Any]:
+        """The status as the server sent it (``recipient_status`` and ``next_page_token`` only when set)."""
+        data: Dict[str, Any] = {
+            "publish_id": self.publish_id, "type": self.type, "created_at": self.created_at,
+            "audience": self.audience, "expires_at": self.expires_at, "recipients": self.recipients,
+            "delivered": self.delivered, "acknowledged": self.acknowledged, "expired": self.expired,
+            "unknown": self.unknown, "pending": self.pending, "state": self.state,
+        }
+        if self.recipient_status is not None:
+            data["recipient_status"] = [r.to_dict() for r in self.recipient_status]
+        if self.next_page_token is not None:
+            data["next_page_token"] = self.next_page_token
+        return data
 
 
 @dataclass(frozen=True)
@@ -673,14 +775,88 @@ def valid_idempotency_key(key: Any) -> bool:
         and all(0x21 <= ord(c) <= 0x7E for c in key)
 
 
-def publish(base_url: str, admin_token: str, to_client_ids: Iterable[str], type: str, payload: Any, *,
+#: Placeholder for an argument that was not given (``None`` is a valid payload).
+_MISSING: Any = object()
+
+#: The API's limits of an audience and of ``ttl_secs``.
+MAX_RECIPIENTS = 10000
+MAX_AUDIENCE_TAGS = 10
+MAX_TTL_SECS = 30 * 86400
+
+
+def valid_tag(tag: Any) -> bool:
+    """The API's rule for a tag: 1-64 characters of ``a-z 0-9 _ . -``."""
+    return isinstance(tag, str) and 1 <= len(tag) <= 64 \
+        and all(c in "abcdefghijklmnopqrstuvwxyz0123456789_.-" for c in tag)
+
+
+def publish_body(type: str, payload: Any, *, to_client_ids: Optional[Iterable[str]] = None,
+                 to_tags: Optional[Iterable[str]] = None, to_all: bool = False,
+                 ttl_secs: Optional[int] = None) -> Dict[str, Any]:
+    """The body of ``POST /messages/publish`` for exactly one audience.
+
+    ``to_client_ids`` (1-10000 ids), ``to_tags`` (1-10 tags: every client carrying any
+    of them) or ``to_all=True`` (every client registered when the publish is accepted);
+    naming none or several raises ``ValueError``, and so do an empty audience, a bad tag
+    and a ``ttl_secs`` outside 1-2592000 (30 days). ``ttl_secs`` is left out when ``None``.
+    """
+    named = [name for name, given in (("to_client_ids", to_client_ids is not None),
+                                      ("to_tags", to_tags is not None), ("to_all", bool(to_all)))
+             if given]
+    if len(named) != 1:
+        raise ValueError("name exactly one audience: to_client_ids, to_tags or to_all=True"
+                         + (f" (got {', '.join(named)})" if named else ""))
+    if to_all is not False and to_all is not True:
+        raise ValueError("to_all must be True or False")
+    body: Dict[str, Any] = {}
+    if to_client_ids is not None:
+        if isinstance(to_client_ids, str):
+            raise ValueError("to_client_ids must be a list of ids, not one string")
+        ids = list(to_client_ids)
+        if not 1 <= len(ids) <= MAX_RECIPIENTS:
+            raise ValueError(f"to_client_ids must hold 1 to {MAX_RECIPIENTS} ids (got {len(ids)})")
+        body["to_client_ids"] = ids
+    elif to_tags is not None:
+        if isinstance(to_tags, str):
+            raise ValueError("to_tags must be a list of tags, not one string")
+        tags = list(dict.fromkeys(to_tags))
+        if not 1 <= len(tags) <= MAX_AUDIENCE_TAGS:
+            raise ValueError(f"to_tags must hold 1 to {MAX_AUDIENCE_TAGS} tags (got {len(tags)})")
+        bad = [t for t in tags if not valid_tag(t)]
+        if bad:
+            raise ValueError(f"to_tags: {bad[0]!r} is not a tag (1-64 characters of a-z 0-9 _ . -)")
+        body["to_tags"] = tags
+    else:
+        body["to_all"] = True
+    body["type"] = type
+    body["payload"] = payload
+    if ttl_secs is not None:
+        if isinstance(ttl_secs, bool) or not isinstance(ttl_secs, int) or not 1 <= ttl_secs <= MAX_TTL_SECS:
+            raise ValueError(f"ttl_secs must be an integer from 1 to {MAX_TTL_SECS} (got {ttl_secs!r})")
+        body["ttl_secs"] = ttl_secs
+    return body
+
+
+def publish(base_url: str, admin_token: str, to_client_ids: Optional[Iterable[str]] = None,
+            type: Optional[str] = None, payload: Any = _MISSING, *,
+            to_tags: Optional[Iterable[str]] = None, to_all: bool = False, ttl_secs: Optional[int] = None,
             idempotency_key: Optional[str] = None, attempts: int = 5, retry_delay: float = 1.0,
             timeout: float = 30.0, session: Optional[requests.Session] = None,
             sleep: Callable[[float], Any] = time.sleep, insecure_http: bool = False) -> PublishResult:
-    """Publish one message to each client (admin; ``X-Admin-Token``).
+    """Publish one message (admin; ``X-Admin-Token``) to exactly one audience.
 
-    The server encrypts it for each recipient. At most 10000 ids per request;
-    duplicates are ignored and unknown ids skipped by the server.
+    - ``to_client_ids``: a list of client ids, at most 10000 per request;
+      duplicates are ignored and unknown ids skipped by the server.
+    - ``to_tags``: every client carrying any of these tags (1-10).
+    - ``to_all=True``: every client registered when the server accepts it.
+
+    Naming none or several raises ``ValueError`` (see ``publish_body``), and so does
+    a missing ``type`` or ``payload`` (``None`` is a valid payload: JSON ``null``).
+    With ``ttl_secs`` (1-2592000) a recipient that has not acknowledged the message
+    that long after the publish never receives it. The server encrypts the message
+    for each recipient. ``PublishResult.recipients`` is the number of distinct ids
+    for ``to_client_ids`` and ``None`` for the other two (the fan-out counts them;
+    ``publish_status`` shows the count).
 
     The request carries an ``Idempotency-Key``: ``idempotency_key`` if given
     (1-255 visible ASCII characters, else ``ValueError``), or a fresh UUID,
@@ -698,18 +874,22 @@ def publish(base_url: str, admin_token: str, to_client_ids: Iterable[str], type:
     unless ``insecure_http``.
     """
     check_transport(base_url, insecure_http)
+    if type is None:
+        raise ValueError("publish needs a type (1-64 characters)")
+    if payload is _MISSING:
+        raise ValueError("publish needs a payload (any JSON value; None is JSON null)")
+    body = publish_body(type, payload, to_client_ids=to_client_ids, to_tags=to_tags, to_all=to_all,
+                        ttl_secs=ttl_secs)
     key = str(uuid.uuid4()) if idempotency_key is None else idempotency_key
     if not valid_idempotency_key(key):
         raise ValueError(f"idempotency_key must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} visible ASCII characters "
                          "(0x21-0x7E, no spaces)")
-    ids = list(to_client_ids)
     session = session or requests.Session()
     url = api_base(base_url) + "/messages/publish"
 
     def once() -> requests.Response:
         return _request(session, "POST", url, timeout,
-                        headers={"X-Admin-Token": admin_token, "Idempotency-Key": key},
-                        json={"to_client_ids": ids, "type": type, "payload": payload})
+                        headers={"X-Admin-Token": admin_token, "Idempotency-Key": key}, json=body)
 
     try:
         resp = _with_retries(once, attempts=max(1, attempts), base_delay=retry_delay, sleep=sleep,
@@ -717,9 +897,102 @@ def publish(base_url: str, admin_token: str, to_client_ids: Iterable[str], type:
     except PigeonholeError as e:
         e.idempotency_key = key  # type: ignore[attr-defined]
         raise
-    body = _json_body(resp)
-    return PublishResult(publish_id=str(body.get("publish_id")), recipients=int(body.get("recipients", 0)),
+    data = _json_body(resp)
+    recipients = data.get("recipients")
+    return PublishResult(publish_id=str(data.get("publish_id")),
+                         recipients=None if recipients is None else int(recipients),
                          idempotency_key=key)
+
+
+def _publish_status(resp: requests.Response) -> PublishStatus:
+    """A 200 of the status endpoint, checked for the fields every client relies on."""
+    body = _json_body(resp)
+
+    def count(name: str) -> int:
+        value = body.get(name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ApiError(resp.status_code, "invalid_response", f"publish status: {name} is not a count")
+        return value
+
+    recipients = body.get("recipients")
+    if recipients is not None:
+        recipients = count("recipients")
+    rows = body.get("recipient_status")
+    parsed: Optional[List[RecipientStatus]] = None
+    if rows is not None:
+        if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+            raise ApiError(resp.status_code, "invalid_response", "publish status: recipient_status is not a list")
+        parsed = [RecipientStatus(client_id=str(r.get("client_id", "")), message_id=r.get("message_id"),
+                                  status=str(r.get("status", ""))) for r in rows]
+    audience = body.get("audience")
+    return PublishStatus(
+        publish_id=str(body.get("publish_id", "")), type=str(body.get("type", "")),
+        created_at=str(body.get("created_at", "")), audience=audience if isinstance(audience, dict) else {},
+        expires_at=body.get("expires_at"), recipients=recipients, delivered=count("delivered"),
+        acknowledged=count("acknowledged"), expired=count("expired"), unknown=count("unknown"),
+        pending=count("pending"), state=str(body.get("state", "")), recipient_status=parsed,
+        next_page_token=body.get("next_page_token"))
+
+
+def publish_status(base_url: str, admin_token: str, publish_id: str, *, recipients: bool = False,
+                   limit: Optional[int] = None, page_token: Optional[str] = None, attempts: int = 5,
+                   retry_delay: float = 1.0, timeout: float = 30.0, session: Optional[requests.Session] = None,
+                   sleep: Callable[[float], Any] = time.sleep, insecure_http: bool = False) -> PublishStatus:
+    """How far a publish got (admin; ``GET /messages/publish/{publish_id}``): a ``PublishStatus``.
+
+    With ``recipients=True`` it also holds one page of ``recipient_status`` (``limit``
+    1-1000, the server's default 100, from ``page_token``) and ``next_page_token``;
+    ``iter_recipient_status`` walks every page. The status is kept 15 days: an unknown
+    or older id raises ``ApiError`` 404 ``not_found``; a bad ``limit`` or
+    ``page_token`` 422 ``validation_failed``.
+
+    Reading changes nothing, so network errors, 5xx and 429 are retried like
+    ``read_sent`` does (``attempts`` tries in all).
+    """
+    check_transport(base_url, insecure_http)
+    session = session or requests.Session()
+    url = f"{api_base(base_url)}/messages/publish/{quote(str(publish_id), safe='')}"
+    params: Dict[str, Any] = {}
+    if recipients:
+        params["recipients"] = 1
+        if limit is not None:
+            params["limit"] = limit
+        if page_token is not None:
+            params["page_token"] = page_token
+
+    def once() -> requests.Response:
+        return _request(session, "GET", url, timeout, headers={"X-Admin-Token": admin_token}, params=params)
+
+    resp = _with_retries(once, attempts=max(1, attempts), base_delay=retry_delay, sleep=sleep,
+                         what="reading the publish status", again="the read")
+    return _publish_status(resp)
+
+
+def iter_recipient_status(base_url: str, admin_token: str, publish_id: str, *, limit: int = 1000,
+                          attempts: int = 5, retry_delay: float = 1.0, timeout: float = 30.0,
+                          session: Optional[requests.Session] = None, sleep: Callable[[float], Any] = time.sleep,
+                          insecure_http: bool = False) -> Iterator[RecipientStatus]:
+    """Every recipient of a publish with its status, walking all pages of ``limit`` (admin).
+
+    While a tag or everyone audience is still being enumerated the server hands out a
+    ``next_page_token`` even at the current end; when it hands back the same token with
+    no recipients the walk ends there (more may follow later: call it again then).
+    Errors are those of ``publish_status``.
+    """
+    session = session or requests.Session()
+    token: Optional[str] = None
+    while True:
+        status = publish_status(base_url, admin_token, publish_id, recipients=True, limit=limit,
+                                page_token=token, attempts=attempts, retry_delay=retry_delay, timeout=timeout,
+                                session=session, sleep=sleep, insecure_http=insecure_http)
+        rows = status.recipient_status or []
+        nxt = status.next_page_token
+        if token is not None and nxt == token and rows:
+            raise ApiError(200, "invalid_response", "the server repeated a page token")
+        yield from rows
+        if not nxt or nxt == token:
+            return
+        token = nxt
 
 
 def _sent_page(resp: requests.Response, after: int) -> SentPage:
@@ -980,7 +1253,9 @@ class PigeonholeClient:
         """``GET /messages/poll`` as delivered: ``{"messages", "next_cursor"}``, or ``None`` on 204.
 
         Nothing is decrypted or verified; see ``decrypt``. Without ``cursor``
-        the server starts after your acknowledged cursor.
+        the server starts after your acknowledged cursor. ``messages`` may be
+        empty (every message the page covered expired); acknowledge
+        ``next_cursor`` all the same.
         Raises ``RateLimited`` (429), ``ApiError``, ``NetworkError``.
         """
         params: Dict[str, int] = {}
@@ -994,21 +1269,31 @@ class PigeonholeClient:
         body = _json_body(resp)
         if not isinstance(body.get("messages"), list):
             raise ApiError(resp.status_code, "invalid_response", "poll response has no messages list")
+        next_cursor = body.get("next_cursor")
+        if not isinstance(next_cursor, int) or isinstance(next_cursor, bool) or next_cursor < 0:
+            raise ApiError(resp.status_code, "invalid_response", "poll response has no integer next_cursor")
+        ids = [m.get("id") for m in body["messages"] if isinstance(m, dict)]
+        if any(isinstance(i, int) and not isinstance(i, bool) and i > next_cursor for i in ids):
+            raise ApiError(resp.status_code, "invalid_response", "poll response: next_cursor is below a message id")
         return body
 
-    def poll(self, cursor: Optional[int] = None, limit: Optional[int] = None) -> List[Message]:
+    def poll(self, cursor: Optional[int] = None, limit: Optional[int] = None) -> Messages:
         """Poll once and return the verified, decrypted messages in ascending id order.
 
-        An empty list means 204 (nothing new). Nothing is acknowledged: call
-        ``ack(messages[-1].id)`` once you have processed them. Raises
-        ``DecryptionError`` if any message fails verification (use
-        ``poll_raw`` + ``decrypt`` to handle messages one by one),
-        ``RateLimited``, ``ApiError`` or ``NetworkError``.
+        The result is a ``Messages`` list whose ``next_cursor`` is what to
+        acknowledge once you have processed them: ``ack(messages.next_cursor)``.
+        It moves past expired ids too, so a page may even be empty with a
+        ``next_cursor`` (every message it covered expired): ack it all the
+        same. After a 204 (nothing new) the list is empty and ``next_cursor``
+        is ``None``. Nothing is acknowledged here. Raises ``DecryptionError``
+        if any message fails verification (use ``poll_raw`` + ``decrypt`` to
+        handle messages one by one), ``RateLimited``, ``ApiError`` or
+        ``NetworkError``.
         """
         body = self.poll_raw(cursor, limit)
         if body is None:
-            return []
-        return [self.decrypt(m) for m in body["messages"]]
+            return Messages()
+        return Messages((self.decrypt(m) for m in body["messages"]), next_cursor=body["next_cursor"])
 
     def decrypt(self, message: Mapping[str, Any]) -> Message:
         """Verify and decrypt one delivered message (an item of ``poll_raw()["messages"]``).
@@ -1089,8 +1374,11 @@ class PigeonholeClient:
         - Start with a 3 s delay. After an empty poll wait the delay, then add
           3 s, up to 30 s (3, 6, 9 ... 30).
         - After messages: call ``handler`` for each, in order, then ack the
-          batch, then reset the delay to 3 s. A full page (``limit`` messages)
-          is followed by another poll at once.
+          page's ``next_cursor``, then reset the delay to 3 s. A full page
+          (``limit`` messages) is followed by another poll at once.
+        - A page with no messages (every message it covered expired) is
+          acknowledged too (its ``next_cursor``), and followed by another
+          poll at once: more may be waiting behind it.
         - On 429, and on a 503 (``unavailable``) with ``Retry-After``, wait
           ``max(Retry-After, delay)`` without changing the delay; the cursor
           stays where it is.
@@ -1150,7 +1438,8 @@ class PigeonholeClient:
                     wait(wait_for, "error")
                 continue
 
-            if body is None or not body["messages"]:
+            moved = body is not None and (cursor is None or body["next_cursor"] > cursor)
+            if body is None or (not body["messages"] and not moved):
                 wait_for, delay = delay, next_interval(delay, got_messages=False)
                 if not last:
                     wait(wait_for, "empty")
@@ -1173,14 +1462,17 @@ class PigeonholeClient:
                         stats.messages += 1
                     if isinstance(raw.get("id"), int):
                         handled_up_to = raw["id"]
+                # Every message of the page is handled: move on to next_cursor,
+                # which is past the expired ids it skipped.
+                handled_up_to = body["next_cursor"]
             finally:
                 if handled_up_to is not None:
                     cursor = handled_up_to if cursor is None else max(cursor, handled_up_to)
                     self._ack_quietly(cursor)
                     stats.cursor = cursor
             delay = next_interval(delay, got_messages=True)
-            if len(raw_messages) >= page:
-                continue  # a full page: more may be waiting, poll again at once
+            if len(raw_messages) >= page or not raw_messages:
+                continue  # a full page, or expired ids only: more may be waiting, poll again at once
             if not last and not stop.is_set():
                 wait(delay, "messages")
         return stats
@@ -1503,8 +1795,19 @@ def _read_ids(args: argparse.Namespace) -> List[str]:
             raise _UsageError(f"cannot read {args.to_file}: {e}") from None
     unique = list(dict.fromkeys(ids))
     if not unique:
-        raise _UsageError("no recipients: pass --to ID... and/or --to-file FILE")
+        raise _UsageError("no recipients: pass --to ID... and/or --to-file FILE, --to-tag TAG... or --all")
     return unique
+
+
+def _read_tags(args: argparse.Namespace) -> List[str]:
+    """``--to-tag`` values (``a,b`` accepted too), checked and de-duplicated in order."""
+    tags = list(dict.fromkeys(t.strip() for raw in args.to_tag for t in raw.split(",") if t.strip()))
+    bad = [t for t in tags if not valid_tag(t)]
+    if bad:
+        raise _UsageError(f"--to-tag {_printable(bad[0])!r} is not a tag: 1 to 64 characters of a-z 0-9 _ . -")
+    if not 1 <= len(tags) <= MAX_AUDIENCE_TAGS:
+        raise _UsageError(f"--to-tag takes 1 to {MAX_AUDIENCE_TAGS} tags (got {len(tags)})")
+    return tags
 
 
 def _batch_keys(given: Optional[str], batches: int) -> List[Optional[str]]:
@@ -1525,24 +1828,91 @@ def _cmd_publish(args: argparse.Namespace) -> int:
     if not token:
         raise _UsageError("no admin token: pass --admin-token or set PIGEONHOLE_ADMIN_TOKEN")
     payload = _json_arg(args.payload, "--payload")
-    ids = _read_ids(args)
-    batches = [ids[i:i + 10000] for i in range(0, len(ids), 10000)]  # at most 10000 recipients per request
-    keys = _batch_keys(args.idempotency_key, len(batches))
+    if args.ttl is not None and not 1 <= args.ttl <= MAX_TTL_SECS:
+        raise _UsageError(f"--ttl must be 1 to {MAX_TTL_SECS} seconds")
+    named = [flag for flag, given in (("--to/--to-file", bool(args.to or args.to_file)),
+                                      ("--to-tag", bool(args.to_tag)), ("--all", args.all)) if given]
+    if len(named) > 1:
+        raise _UsageError(f"give exactly one audience, not {' and '.join(named)}")
+    audiences: List[Dict[str, Any]]
+    if args.all:
+        audiences = [{"to_all": True}]
+    elif args.to_tag:
+        audiences = [{"to_tags": _read_tags(args)}]
+    else:
+        ids = _read_ids(args)
+        # At most 10000 recipients per request.
+        audiences = [{"to_client_ids": ids[i:i + MAX_RECIPIENTS]} for i in range(0, len(ids), MAX_RECIPIENTS)]
+    keys = _batch_keys(args.idempotency_key, len(audiences))
     session = requests.Session()
-    for n, (batch, key) in enumerate(zip(batches, keys)):
+    for n, (audience, key) in enumerate(zip(audiences, keys)):
         try:
-            result = publish(args.url, token, batch, args.type, payload, idempotency_key=key,
-                             attempts=args.retries + 1, timeout=args.timeout, session=session,
-                             insecure_http=args.insecure_http)
+            result = publish(args.url, token, type=args.type, payload=payload, ttl_secs=args.ttl,
+                             idempotency_key=key, attempts=args.retries + 1, timeout=args.timeout,
+                             session=session, insecure_http=args.insecure_http, **audience)
         except (NetworkError, ApiError) as e:
             if n:
-                print(f"note: {n} of {len(batches)} batches were published before this error", file=sys.stderr)
-            rerun = args.idempotency_key or (getattr(e, "idempotency_key", None) if len(batches) == 1 else None)
+                print(f"note: {n} of {len(audiences)} batches were published before this error", file=sys.stderr)
+            rerun = args.idempotency_key or (getattr(e, "idempotency_key", None) if len(audiences) == 1 else None)
             if _retryable(e) and rerun:
                 print(f"note: to retry without publishing twice, rerun the same command with "
                       f"--idempotency-key {rerun}", file=sys.stderr)
             raise
         print(json.dumps({"publish_id": result.publish_id, "recipients": result.recipients}))
+    return EXIT_OK
+
+
+def _progress_line(status: PublishStatus) -> str:
+    """``delivered 37/50 · acknowledged 12/50 · expired 0 · unknown 1 · pending 12`` (``?`` while the
+    number of recipients is not known yet)."""
+    of = "?" if status.recipients is None else str(status.recipients)
+    return (f"delivered {status.delivered}/{of} · acknowledged {status.acknowledged}/{of} · "
+            f"expired {status.expired} · unknown {status.unknown} · pending {status.pending}")
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    token = args.admin_token or os.environ.get("PIGEONHOLE_ADMIN_TOKEN")
+    if not token:
+        raise _UsageError("no admin token: pass --admin-token or set PIGEONHOLE_ADMIN_TOKEN")
+    try:
+        publish_id = str(uuid.UUID(args.publish_id.strip()))
+    except ValueError:
+        raise _UsageError(f"{_printable(args.publish_id)!r} is not a publish id (a UUID)") from None
+    check_transport(args.url, args.insecure_http)
+    session = requests.Session()
+    status = publish_status(args.url, token, publish_id, attempts=args.retries + 1, timeout=args.timeout,
+                            session=session, insecure_http=args.insecure_http)
+    rows: Optional[List[RecipientStatus]] = None
+    if args.recipients:
+        rows = list(iter_recipient_status(args.url, token, publish_id, attempts=args.retries + 1,
+                                          timeout=args.timeout, session=session,
+                                          insecure_http=args.insecure_http))
+        status = replace(status, recipient_status=rows, next_page_token=None)
+    if args.json:
+        print(_json_line(status.to_dict()))
+        return EXIT_OK
+    audience = status.audience
+    if "to_tags" in audience:
+        who = "the clients tagged " + ", ".join(_printable(t) for t in audience["to_tags"])
+    elif audience.get("to_all") is True:
+        who = "every client"
+    else:
+        who = f"{_printable(audience.get('to_client_ids', '?'))} listed client ids"
+    print(f"publish   {_printable(status.publish_id)}")
+    print(f"type      {_printable(status.type)}")
+    print(f"created   {_printable(status.created_at)}")
+    print(f"audience  {who}")
+    print(f"expires   {_printable(status.expires_at or 'never')}")
+    print(f"state     {_printable(status.state)}")
+    print(_progress_line(status))
+    if rows is not None:
+        print()
+        table = [("CLIENT ID", "MESSAGE ID", "STATUS")] + [
+            (_printable(r.client_id), "-" if r.message_id is None else _printable(r.message_id), _printable(r.status))
+            for r in rows]
+        widths = [max(len(row[i]) for row in table) for i in range(3)]
+        for row in table:
+            print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
     return EXIT_OK
 
 
@@ -1627,7 +1997,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(
         prog="pigeonhole_client.py",
-        description="Pigeonhole reference client: register, listen, send, rotate, publish, inbox.",
+        description="Pigeonhole reference client: register, listen, send, rotate, publish, status, inbox.",
         epilog="plain http:// is refused unless the host is loopback (localhost, 127.0.0.0/8, ::1) or "
                "--insecure-http is given. exit codes: 0 ok, 1 the server refused the request, 2 usage error, "
                "3 listen --once got no messages, 4 server unreachable, 5 a message failed verification",
@@ -1684,13 +2054,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_rotate)
 
     p = sub.add_parser("publish", parents=[common], help="admin: publish a message to clients",
-                       description="Admin: publish one message to each listed client.",
+                       description="Admin: publish one message to exactly one audience: the listed clients "
+                                   "(--to and/or --to-file), the clients carrying any of some tags (--to-tag) or "
+                                   "every client (--all). Prints {\"publish_id\", \"recipients\"} per publish "
+                                   "(recipients is null for --to-tag and --all); `status PUBLISH_ID` follows it.",
                        epilog="""example: PIGEONHOLE_ADMIN_TOKEN=... pigeonhole_client.py publish """
-                              """--to 3f2b8c1e-... --type greeting --payload '{"text": "hi"}'""")
+                              """--to-tag eu --type alarm --payload '"door open"' --ttl 300""")
     p.add_argument("--url", default=env_url, help="server URL (default: $PIGEONHOLE_URL or %(default)s)")
     p.add_argument("--admin-token", help="admin token (default: $PIGEONHOLE_ADMIN_TOKEN)")
     p.add_argument("--to", nargs="+", metavar="ID", help="recipient client ids")
     p.add_argument("--to-file", metavar="FILE", help="file with one client id per line ('-' reads stdin)")
+    p.add_argument("--to-tag", nargs="+", metavar="TAG", default=[],
+                   help="instead: every client carrying any of these tags (1-10)")
+    p.add_argument("--all", action="store_true",
+                   help="instead: every client registered when the server accepts the publish")
+    p.add_argument("--ttl", type=int, metavar="SECS",
+                   help="seconds a recipient has to acknowledge the message before it expires (1-2592000)")
     p.add_argument("--type", required=True, help="message type, 1-64 characters")
     p.add_argument("--payload", required=True, help="payload as JSON ('-' reads stdin)")
     p.add_argument("--idempotency-key", metavar="KEY",
@@ -1699,6 +2078,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--retries", type=int, default=4, metavar="N",
                    help="retries after a network error, 5xx or 429, same key (default 4)")
     p.set_defaults(func=_cmd_publish)
+
+    p = sub.add_parser("status", parents=[common], help="admin: how far a publish got",
+                       description="Admin: the delivery status of a publish: delivered (acknowledged ones "
+                                   "included), acknowledged, expired, unknown and pending recipients, and the "
+                                   "state (queued, delivering, done); --recipients lists every recipient.",
+                       epilog="example: PIGEONHOLE_ADMIN_TOKEN=... pigeonhole_client.py status "
+                              "9b7e4a10-2c3d-4f5e-8a9b-0c1d2e3f4a5b --recipients")
+    p.add_argument("publish_id", metavar="PUBLISH_ID", help="the publish id (a UUID)")
+    p.add_argument("--url", default=env_url, help="server URL (default: $PIGEONHOLE_URL or %(default)s)")
+    p.add_argument("--admin-token", help="admin token (default: $PIGEONHOLE_ADMIN_TOKEN)")
+    p.add_argument("--recipients", action="store_true", help="also list every recipient (all pages)")
+    p.add_argument("--json", action="store_true", help="print the status as one JSON object")
+    p.add_argument("--retries", type=int, default=4, metavar="N",
+                   help="retries of a read after a network error, 5xx or 429 (default 4)")
+    p.set_defaults(func=_cmd_status)
 
     p = sub.add_parser("inbox", parents=[common], help="admin: read the messages a client sent",
                        description="Admin: print every message the client sent after --after N, oldest first, "

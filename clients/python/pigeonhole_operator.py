@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Pigeonhole operator tool: list clients with their status, delete a client.
+"""Pigeonhole operator tool: list clients with their status and tags, tag a client, delete a client.
 
 A single file; needs Python 3.9+ and ``pip install requests``. It follows
 ``next_page_token`` through every page of ``GET /api/v1/operators/clients``.
@@ -8,6 +8,8 @@ A single file; needs Python 3.9+ and ``pip install requests``. It follows
     python pigeonhole_operator.py --url http://127.0.0.1:8080      # table
     python pigeonhole_operator.py --status online                  # only online clients
     python pigeonhole_operator.py --json                           # JSON array of all clients
+    python pigeonhole_operator.py --tag eu                         # only clients tagged eu
+    python pigeonhole_operator.py tag CLIENT_ID eu door-sensors    # replace its tags (none: clear)
     python pigeonhole_operator.py delete CLIENT_ID                 # asks first; --yes in scripts
 
 Names (and every other value from the server) are printed with control and
@@ -40,6 +42,10 @@ __version__ = "0.1.0"
 DEFAULT_URL = "http://127.0.0.1:8080"
 API_PREFIX = "/api/v1"
 MAX_PAGE_SIZE = 1000
+#: Tags one client may carry, and the characters of a tag.
+MAX_TAGS = 20
+MAX_TAG_CHARS = 64
+TAG_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_.-")
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -136,6 +142,48 @@ def _error(resp) -> OperatorError:
     return OperatorError(resp.status_code, code, message)
 
 
+def valid_tag(tag) -> bool:
+    """The API's rule for a tag: 1-64 characters of ``a-z 0-9 _ . -``."""
+    return isinstance(tag, str) and 1 <= len(tag) <= MAX_TAG_CHARS and all(c in TAG_CHARS for c in tag)
+
+
+def set_tags(base_url: str, operator_token: str, client_id: str, tags, *, timeout: float = 10.0,
+             session=None, insecure_http: bool = False) -> list:
+    """Replace a client's tags (``PUT /api/v1/operators/clients/{client_id}/tags``).
+
+    ``tags`` is any iterable of tags (0-20, each 1-64 characters of ``a-z 0-9 _ . -``;
+    duplicates are folded); an empty one clears them. Returns the tags as the server
+    stored them, sorted. A bad tag raises ``ValueError`` before anything is sent; an
+    unknown or deleted client raises ``OperatorError`` with ``status`` 404 and ``code``
+    ``"not_found"``. Tagged clients are what ``pigeonhole_client.publish(..., to_tags=[...])``
+    reaches.
+    """
+    if isinstance(tags, str):
+        raise ValueError("tags must be a list of tags, not one string")
+    wanted = list(dict.fromkeys(tags))
+    bad = [t for t in wanted if not valid_tag(t)]
+    if bad:
+        raise ValueError(f"{bad[0]!r} is not a tag: 1 to {MAX_TAG_CHARS} characters of a-z 0-9 _ . -")
+    if len(wanted) > MAX_TAGS:
+        raise ValueError(f"a client carries at most {MAX_TAGS} tags (got {len(wanted)})")
+    check_transport(base_url, insecure_http)
+    url = f"{_api(base_url)}/operators/clients/{quote(str(client_id), safe='')}/tags"
+    session = session or requests.Session()
+    try:
+        resp = session.put(url, headers=_headers(operator_token), json={"tags": wanted}, timeout=timeout)
+    except requests.RequestException as e:
+        raise OperatorError(None, "network", f"PUT {url}: {e}") from e
+    if resp.status_code != 200:
+        raise _error(resp)
+    try:
+        stored = resp.json()["tags"]
+    except (ValueError, KeyError, TypeError):
+        raise OperatorError(resp.status_code, "invalid_response", "the response has no tags list") from None
+    if not isinstance(stored, list):
+        raise OperatorError(resp.status_code, "invalid_response", "the response has no tags list")
+    return stored
+
+
 def delete_client(base_url: str, operator_token: str, client_id: str, *, timeout: float = 10.0,
                   session=None, insecure_http: bool = False) -> None:
     """Delete a client (``DELETE /api/v1/operators/clients/{client_id}``).
@@ -156,14 +204,19 @@ def delete_client(base_url: str, operator_token: str, client_id: str, *, timeout
 
 
 def list_clients(base_url: str, operator_token: str, *, page_size: int | None = None,
-                 timeout: float = 10.0, session=None, insecure_http: bool = False, stop=None) -> list:
+                 timeout: float = 10.0, session=None, insecure_http: bool = False, stop=None,
+                 tag: str | None = None) -> list:
     """Every client, following ``next_page_token`` through all pages (oldest first).
 
-    Each item is ``{"id", "name", "created_at", "last_seen_at", "status", "sent_head"}`` (``sent_head``:
-    the client's newest sent id, 0 when none; read the messages with ``pigeonhole_client.iter_sent``).
+    Each item is ``{"id", "name", "created_at", "last_seen_at", "status", "sent_head", "tags"}``
+    (``sent_head``: the client's newest sent id, 0 when none; read the messages with
+    ``pigeonhole_client.iter_sent``; ``tags``: its tags, sorted). With ``tag``, only the
+    clients carrying it (the server filters, ``?tag=``; a bad tag raises ``ValueError``).
     ``stop(page)``, if given, ends the walk early when it returns True.
     Raises ``OperatorError``.
     """
+    if tag is not None and not valid_tag(tag):
+        raise ValueError(f"{tag!r} is not a tag: 1 to {MAX_TAG_CHARS} characters of a-z 0-9 _ . -")
     check_transport(base_url, insecure_http)
     url = _api(base_url) + "/operators/clients"
     session = session or requests.Session()
@@ -175,6 +228,8 @@ def list_clients(base_url: str, operator_token: str, *, page_size: int | None = 
         params = {}
         if page_size is not None:
             params["limit"] = page_size
+        if tag is not None:
+            params["tag"] = tag
         if token is not None:
             params["page_token"] = token
         try:
@@ -223,14 +278,17 @@ def relative_time(timestamp: str | None, now=None) -> str:
 
 
 def format_table(clients: list, now=None) -> str:
-    """An aligned text table: ID, NAME, STATUS, SENT, LAST SEEN. SENT is the client's newest sent id
-    (``sent_head``; ``-`` from a server that does not report it). Control and format characters in the
-    values (names above all: anyone could register one before names were validated) are escaped."""
-    rows = [("ID", "NAME", "STATUS", "SENT", "LAST SEEN")]
+    """An aligned text table: ID, NAME, STATUS, SENT, LAST SEEN, TAGS. SENT is the client's newest sent
+    id (``sent_head``; ``-`` from a server that does not report it); TAGS its tags, comma-separated
+    (``-``: none). Control and format characters in the values (names above all: anyone could register
+    one before names were validated) are escaped."""
+    rows = [("ID", "NAME", "STATUS", "SENT", "LAST SEEN", "TAGS")]
     for c in clients:
         sent = c.get("sent_head")
+        tags = c.get("tags") or []
         rows.append((printable(c.get("id", "")), printable(c.get("name") or "-"), printable(c.get("status", "")),
-                     "-" if sent is None else printable(sent), printable(relative_time(c.get("last_seen_at"), now))))
+                     "-" if sent is None else printable(sent), printable(relative_time(c.get("last_seen_at"), now)),
+                     printable(",".join(map(str, tags))) if tags else "-"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]
     return "\n".join(lines)
@@ -252,6 +310,8 @@ def _add_connection(p, suppress: bool) -> None:
 def _add_listing(p, suppress: bool) -> None:
     d = (lambda value: argparse.SUPPRESS) if suppress else (lambda value: value)
     p.add_argument("--status", choices=["online", "offline"], default=d(None), help="only clients with this status")
+    p.add_argument("--tag", metavar="TAG", default=d(None),
+                   help="only clients carrying this tag (the server filters)")
     p.add_argument("--json", action="store_true", default=d(False),
                    help="print a JSON array of clients instead of a table")
     p.add_argument("--page-size", type=int, metavar="N", default=d(None),
@@ -259,13 +319,15 @@ def _add_listing(p, suppress: bool) -> None:
 
 
 def build_parser():
-    """The ``argparse`` parser: list (the default) or ``delete ID``."""
+    """The ``argparse`` parser: list (the default), ``tag ID [TAG ...]`` or ``delete ID``."""
     parser = argparse.ArgumentParser(
         prog="pigeonhole_operator.py",
-        description="List Pigeonhole clients with their status (online = seen in the last 120 s), "
-                    "or delete one.",
+        description="List Pigeonhole clients with their status (online = seen in the last 120 s) and "
+                    "tags, tag one, or delete one.",
         epilog="examples:\n"
                "  PIGEONHOLE_OPERATOR_TOKEN=... pigeonhole_operator.py --url http://127.0.0.1:8080 --status online\n"
+               "  pigeonhole_operator.py --tag eu --json\n"
+               "  pigeonhole_operator.py tag 3f2b8c1e-5d4a-4e7b-9c61-0a8d2f7e4b13 eu door-sensors\n"
                "  pigeonhole_operator.py delete 3f2b8c1e-5d4a-4e7b-9c61-0a8d2f7e4b13 --yes\n"
                "plain http:// is refused unless the host is loopback or --insecure-http is given.\n"
                "exit codes: 0 ok, 1 the server refused the request (or a deletion was not confirmed), "
@@ -280,6 +342,16 @@ def build_parser():
                              description="List the clients with their status.")
     _add_connection(listing, suppress=True)
     _add_listing(listing, suppress=True)
+    tag = sub.add_parser(
+        "tag", help="replace a client's tags (none: clear them)",
+        description="Replace a client's tags with the ones given (0-20, each 1-64 characters of "
+                    "a-z 0-9 _ . -; duplicates folded) and print the set the server stored. Publishes "
+                    "to a tag (pigeonhole_client.py publish --to-tag TAG) reach the clients carrying it.",
+        epilog="example: pigeonhole_operator.py tag 3f2b8c1e-5d4a-4e7b-9c61-0a8d2f7e4b13 eu door-sensors")
+    tag.add_argument("client_id", metavar="CLIENT_ID", help="the client id (a UUID)")
+    tag.add_argument("tags", metavar="TAG", nargs="*", help="the new tags; none clears them")
+    tag.add_argument("--json", action="store_true", help='print {"id", "tags"} as JSON')
+    _add_connection(tag, suppress=True)
     delete = sub.add_parser(
         "delete", help="delete a client: revoke its token, remove its data",
         description="Delete a client: its token is refused from then on, and its record, inbox, sent "
@@ -352,6 +424,8 @@ def main(argv=None) -> int:
     try:
         if args.command == "delete":
             return _delete(args, token)
+        if args.command == "tag":
+            return _tag(args, token)
         return _list(args, token)
     except InsecureTransportError as e:
         print(f"error: {e.message}", file=sys.stderr)
@@ -364,12 +438,37 @@ def main(argv=None) -> int:
         return EXIT_ERROR
 
 
+def _tag(args, token: str) -> int:
+    try:
+        client_id = str(uuid.UUID(args.client_id.strip()))
+    except ValueError:
+        print(f"error: {printable(args.client_id)!r} is not a client id (a UUID)", file=sys.stderr)
+        return EXIT_USAGE
+    tags = [t.strip() for raw in args.tags for t in raw.split(",") if t.strip()]
+    try:
+        stored = set_tags(args.url, token, client_id, tags, timeout=args.timeout, insecure_http=args.insecure_http)
+    except ValueError as e:
+        print(f"error: {printable(e)}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.json:
+        print(json_for_terminal(json.dumps({"id": client_id, "tags": stored}, ensure_ascii=False)))
+    elif stored:
+        print(f"client {client_id} tags: {printable(', '.join(map(str, stored)))}")
+    else:
+        print(f"client {client_id} has no tags")
+    return EXIT_OK
+
+
 def _list(args, token: str) -> int:
     if args.page_size is not None and not 1 <= args.page_size <= MAX_PAGE_SIZE:
         print(f"error: --page-size must be 1 to {MAX_PAGE_SIZE}", file=sys.stderr)
         return EXIT_USAGE
+    if args.tag is not None and not valid_tag(args.tag):
+        print(f"error: --tag {printable(args.tag)!r} is not a tag: 1 to {MAX_TAG_CHARS} characters of "
+              "a-z 0-9 _ . -", file=sys.stderr)
+        return EXIT_USAGE
     clients = list_clients(args.url, token, page_size=args.page_size, timeout=args.timeout,
-                           insecure_http=args.insecure_http)
+                           insecure_http=args.insecure_http, tag=args.tag)
     if args.status:
         clients = [c for c in clients if c.get("status") == args.status]
     if args.json:

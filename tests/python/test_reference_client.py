@@ -14,6 +14,10 @@
   names with terminal escapes shown escaped.
 - Issue 9: read_sent / iter_sent (paging, 204, 404, --follow's backoff and
   Retry-After) and the `inbox` command line; the operators' sent_head.
+  Audiences, delivery status and expiry: publish to tags / everyone with
+  ttl_secs, publish_status and iter_recipient_status, the operator's set_tags
+  and tag filter, poll/listen acknowledging next_cursor past expired ids (and
+  pages with no message), and the `status` / `tag` command lines.
 """
 from __future__ import annotations
 
@@ -28,6 +32,7 @@ import stat
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -124,8 +129,11 @@ class Stub:
     the next scripted reply (default: 204 for polls). Records every request, and the headers
     of each in ``headers`` (same order)."""
 
-    def __init__(self, poll=(), send=(), publish=(), register=(), rotate=(), listing=(), delete=(), sent=()):
+    def __init__(self, poll=(), send=(), publish=(), register=(), rotate=(), listing=(), delete=(), sent=(),
+                 status=(), tags=()):
         self.poll_script = list(poll)
+        self.status_script = list(status)
+        self.tags_script = list(tags)
         self.sent_script = list(sent)
         self.send_script = list(send)
         self.publish_script = list(publish)
@@ -161,6 +169,16 @@ class Stub:
                     return self._reply(*stub.listing_script.pop(0))
                 if self.path.startswith("/api/v1/clients/") and "/sent" in self.path and stub.sent_script:
                     return self._reply(*stub.sent_script.pop(0))
+                if self.path.startswith("/api/v1/messages/publish/") and stub.status_script:
+                    return self._reply(*stub.status_script.pop(0))
+                self._reply(404, None, {"error": {"code": "not_found", "message": "no"}})
+
+            def do_PUT(self):
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"null")
+                stub.requests.append(("PUT", self.path, body))
+                stub.headers.append(dict(self.headers))
+                if self.path.startswith("/api/v1/operators/clients/") and stub.tags_script:
+                    return self._reply(*stub.tags_script.pop(0))
                 self._reply(404, None, {"error": {"code": "not_found", "message": "no"}})
 
             def do_DELETE(self):
@@ -691,10 +709,10 @@ def test_operator_lists_clients_with_status(phc, server):
     table = _run(OPERATOR_PY, "--url", server.origin, env=env)
     assert table.returncode == 0, table.stderr
     rows = {line.split()[0]: line for line in table.stdout.splitlines() if line.strip()}
-    assert rows["ID"].split() == ["ID", "NAME", "STATUS", "SENT", "LAST", "SEEN"]
+    assert rows["ID"].split() == ["ID", "NAME", "STATUS", "SENT", "LAST", "SEEN", "TAGS"]
     assert "op-online" in rows[online_creds.client_id] and " online " in rows[online_creds.client_id]
-    assert rows[online_creds.client_id].rstrip().endswith(("just now", "s ago"))
-    assert rows[offline_creds.client_id].split()[-3:] == ["offline", "0", "never"]
+    assert " ".join(rows[online_creds.client_id].split()).endswith(("just now -", "s ago -"))
+    assert rows[offline_creds.client_id].split()[-4:] == ["offline", "0", "never", "-"]
 
     as_json = _run(OPERATOR_PY, "--url", server.origin, "--json", env=env)
     assert as_json.returncode == 0, as_json.stderr
@@ -1278,3 +1296,262 @@ def test_cli_inbox_escapes_what_clients_sent(phc):
                 assert json.loads(out.stdout)["payload"] == {"text": evil}
             else:
                 assert "#1 t\\x07: " in out.stdout and "\\u202eb" in out.stdout, out.stdout
+
+
+# ---------------------------------------------------------------------------
+# Issue 9: audiences (tags, everyone), delivery status, expiry
+# ---------------------------------------------------------------------------
+
+STATUS_ID = "9b7e4a10-2c3d-4f5e-8a9b-0c1d2e3f4a5b"
+
+
+def _status_body(recipients=2, counts=(2, 1, 0, 0, 0), state="done", **extra):
+    delivered, acknowledged, expired, unknown, pending = counts
+    body = {"publish_id": STATUS_ID, "type": "alarm", "created_at": "2026-11-25T12:00:00.000Z",
+            "audience": {"to_tags": ["eu"]}, "expires_at": "2026-11-25T12:05:00.000Z", "recipients": recipients,
+            "delivered": delivered, "acknowledged": acknowledged, "expired": expired, "unknown": unknown,
+            "pending": pending, "state": state}
+    body.update(extra)
+    return body
+
+
+def test_publish_body_names_exactly_one_audience(phc):
+    ids = [STUB_CLIENT_ID]
+    assert phc.publish_body("t", None, to_client_ids=ids) == {"to_client_ids": ids, "type": "t", "payload": None}
+    assert phc.publish_body("t", 1, to_tags=["eu", "door-sensors", "eu"], ttl_secs=300) == \
+        {"to_tags": ["eu", "door-sensors"], "type": "t", "payload": 1, "ttl_secs": 300}
+    assert phc.publish_body("t", {}, to_all=True) == {"to_all": True, "type": "t", "payload": {}}
+    for kwargs in [{}, {"to_client_ids": ids, "to_all": True}, {"to_tags": ["eu"], "to_all": True},
+                   {"to_client_ids": ids, "to_tags": ["eu"]}, {"to_client_ids": []}, {"to_tags": []},
+                   {"to_tags": ["EU"]}, {"to_tags": ["a b"]}, {"to_tags": [f"t{n}" for n in range(11)]},
+                   {"to_tags": "eu"}, {"to_client_ids": STUB_CLIENT_ID},
+                   {"to_all": True, "ttl_secs": 0}, {"to_all": True, "ttl_secs": 2592001},
+                   {"to_all": True, "ttl_secs": 1.5}, {"to_all": True, "ttl_secs": True}]:
+        with pytest.raises(ValueError):
+            phc.publish_body("t", None, **kwargs)
+    assert phc.publish_body("t", None, to_all=True, ttl_secs=2592000)["ttl_secs"] == 2592000
+    # publish itself checks before sending anything (nothing listens on this port).
+    url = f"http://127.0.0.1:{_free_port()}"
+    with pytest.raises(ValueError, match="exactly one audience"):
+        phc.publish(url, "admin", type="t", payload=None)
+    with pytest.raises(ValueError, match="exactly one audience"):
+        phc.publish(url, "admin", [STUB_CLIENT_ID], "t", None, to_all=True)
+    with pytest.raises(ValueError, match="payload"):
+        phc.publish(url, "admin", to_all=True, type="t")
+    with pytest.raises(ValueError, match="type"):
+        phc.publish(url, "admin", to_all=True, payload=1)
+
+
+def test_publish_to_tags_and_everyone_against_a_stub(phc):
+    tag_receipt = (202, None, {"publish_id": STATUS_ID, "recipients": None})
+    with Stub(publish=[tag_receipt, tag_receipt, PUBLISHED]) as stub:
+        r = phc.publish(stub.origin, "admin", type="alarm", payload="door open", to_tags=["eu"], ttl_secs=300)
+        assert (r.publish_id, r.recipients) == (STATUS_ID, None)
+        r = phc.publish(stub.origin, "admin", type="notice", payload=None, to_all=True)
+        assert r.recipients is None
+        # The old positional form still works.
+        r = phc.publish(stub.origin, "admin", [STUB_CLIENT_ID], "greeting", {"text": "hi"})
+        assert r.recipients == 1
+        bodies = stub.calls("POST", "/api/v1/messages/publish")
+        assert bodies == [
+            {"to_tags": ["eu"], "type": "alarm", "payload": "door open", "ttl_secs": 300},
+            {"to_all": True, "type": "notice", "payload": None},
+            {"to_client_ids": [STUB_CLIENT_ID], "type": "greeting", "payload": {"text": "hi"}},
+        ]
+        assert all(h.get("Idempotency-Key") for h in stub.headers_of("POST", "/api/v1/messages/publish"))
+
+
+def test_poll_and_listen_ack_next_cursor_past_expired_ids(phc, tmp_path):
+    # Message 1, then ids 2 and 3 expired (next_cursor 3), then a page whose messages all expired.
+    first = {"messages": [_delivered(phc, 1, "greeting", {"n": 1})], "next_cursor": 3}
+    expired = {"messages": [], "next_cursor": 5}
+    with Stub(poll=[(200, None, first), (200, None, expired)]) as stub:
+        client = _stub_client(phc, stub)
+        got, sleep = [], Recorder()
+        stats = client.listen(lambda m: got.append(m.id), max_polls=3, sleep=sleep)
+        assert got == [1]
+        assert stub.calls("POST", "/api/v1/messages/ack") == [{"last_received_id": 3}, {"last_received_id": 5}]
+        # After the page with a message: the 3 s step; after the expired-only page: at once; then 204 (last).
+        assert sleep.sleeps == [3]
+        assert (stats.polls, stats.messages, stats.cursor) == (3, 1, 5)
+        polls = [p for m, p, _ in stub.requests if m == "GET"]
+        assert "cursor=3" in polls[1] and "cursor=5" in polls[2], polls
+
+    with Stub(poll=[(200, None, first), (200, None, expired), (204,)]) as stub:
+        client = _stub_client(phc, stub)
+        page = client.poll()
+        assert [m.id for m in page] == [1] and page.next_cursor == 3
+        page = client.poll(cursor=3)
+        assert page == [] and page.next_cursor == 5  # empty, yet something to acknowledge
+        page = client.poll(cursor=5)
+        assert page == [] and page.next_cursor is None  # 204
+
+    # --once on a page of expired ids only: acked, and "nothing new" (exit 3).
+    with Stub(poll=[(200, None, expired)], register=[(201, None, _creds_body())]) as stub:
+        creds_path = tmp_path / "c.json"
+        reg = _run(CLIENT_PY, "register", "--url", stub.origin, "--credentials", creds_path)
+        assert reg.returncode == 0, reg.stderr
+        out = _run(CLIENT_PY, "listen", "--once", "--credentials", creds_path)
+        assert out.returncode == 3, (out.stdout, out.stderr)
+        assert stub.calls("POST", "/api/v1/messages/ack") == [{"last_received_id": 5}]
+
+    # A poll answer without next_cursor, or with one below a message id, is refused.
+    bad = [{"messages": []}, {"messages": [_delivered(phc, 4, "t", 1)], "next_cursor": 3}]
+    with Stub(poll=[(200, None, b) for b in bad]) as stub:
+        client = _stub_client(phc, stub)
+        for _ in bad:
+            with pytest.raises(phc.ApiError) as e:
+                client.poll()
+            assert e.value.code == "invalid_response"
+
+
+def test_publish_status_and_every_recipient_against_a_stub(phc):
+    row = lambda cid, mid, st: {"client_id": cid, "message_id": mid, "status": st}  # noqa: E731
+    first = _status_body(3, (2, 1, 0, 1, 0), recipient_status=[row("a", 7, "acknowledged"), row("b", 3, "delivered")],
+                         next_page_token="r2")
+    second = _status_body(3, (2, 1, 0, 1, 0), recipient_status=[row("c", None, "unknown")])
+    with Stub(status=[(200, None, _status_body()), (200, None, first), (200, None, second)]) as stub:
+        s = phc.publish_status(stub.origin, "admin", STATUS_ID)
+        assert (s.recipients, s.delivered, s.acknowledged, s.state) == (2, 2, 1, "done")
+        assert s.audience == {"to_tags": ["eu"]} and s.expires_at == "2026-11-25T12:05:00.000Z"
+        assert s.recipient_status is None and s.unacknowledged == 1 and not s.finished
+        rows = list(phc.iter_recipient_status(stub.origin, "admin", STATUS_ID, limit=2))
+        assert [(r.client_id, r.message_id, r.status) for r in rows] == \
+            [("a", 7, "acknowledged"), ("b", 3, "delivered"), ("c", None, "unknown")]
+        gets = [p for m, p, _ in stub.requests if m == "GET"]
+        assert gets[0] == f"/api/v1/messages/publish/{STATUS_ID}"
+        assert "recipients=1" in gets[1] and "limit=2" in gets[1] and "page_token" not in gets[1]
+        assert "page_token=r2" in gets[2]
+        assert all(h.get("X-Admin-Token") == "admin" for h in stub.headers_of("GET", "/api/v1/messages/publish/"))
+
+    # While the audience is still being enumerated the last token comes back: the walk stops there.
+    growing = _status_body(None, (1, 0, 0, 0, 0), "delivering", recipient_status=[row("a", 7, "delivered")],
+                           next_page_token="r1")
+    at_end = _status_body(None, (1, 0, 0, 0, 0), "delivering", recipient_status=[], next_page_token="r1")
+    with Stub(status=[(200, None, growing), (200, None, at_end)]) as stub:
+        rows = list(phc.iter_recipient_status(stub.origin, "admin", STATUS_ID))
+        assert [r.client_id for r in rows] == ["a"]
+        assert len(stub.calls("GET", "/api/v1/messages/publish/")) == 2
+
+    # Done: every delivered copy acknowledged or expired (expired ones may or may not count as delivered).
+    assert phc.PublishStatus(**{**_status_body(4, (2, 2, 1, 1, 0)), "type": "t"}).finished
+    with Stub(status=[_error(404, "not_found", "no such publish")]) as stub:
+        with pytest.raises(phc.ApiError) as e:
+            phc.publish_status(stub.origin, "admin", STATUS_ID)
+        assert (e.value.status, e.value.code) == (404, "not_found")
+
+
+def test_operator_set_tags_and_tag_listing_against_a_stub(opt):
+    listing = (200, None, {"clients": [{"id": STUB_CLIENT_ID, "name": "n", "created_at": "2026-11-25T12:00:00.000Z",
+                                        "last_seen_at": None, "status": "offline", "sent_head": 0,
+                                        "tags": ["door-sensors", "e\x1b[2Ju"]}]})
+    with Stub(tags=[(200, None, {"id": STUB_CLIENT_ID, "tags": ["door-sensors", "eu"]}),
+                    (200, None, {"id": STUB_CLIENT_ID, "tags": []}),
+                    (200, None, {"id": STUB_CLIENT_ID, "tags": ["eu"]})],
+              listing=[listing, listing]) as stub:
+        assert opt.set_tags(stub.origin, "op", STUB_CLIENT_ID, ["eu", "door-sensors", "eu"]) == ["door-sensors", "eu"]
+        assert opt.set_tags(stub.origin, "op", STUB_CLIENT_ID, []) == []
+        assert stub.calls("PUT", f"/api/v1/operators/clients/{STUB_CLIENT_ID}/tags") == \
+            [{"tags": ["eu", "door-sensors"]}, {"tags": []}]
+        assert stub.headers_of("PUT", "/api/v1/operators/clients/")[0]["X-Operator-Token"] == "op"
+        for bad in (["EU"], ["a b"], [f"t{n}" for n in range(21)], "eu"):
+            with pytest.raises(ValueError):
+                opt.set_tags(stub.origin, "op", STUB_CLIENT_ID, bad)
+        with pytest.raises(ValueError):
+            opt.list_clients(stub.origin, "op", tag="Bad Tag")
+        assert opt.list_clients(stub.origin, "op", tag="eu")[0]["tags"] == ["door-sensors", "e\x1b[2Ju"]
+        assert "tag=eu" in [p for m, p, _ in stub.requests if m == "GET"][0]
+
+        # The command line: `tag` replaces, and the listing shows TAGS, escaped.
+        out = _run(OPERATOR_PY, "--url", stub.origin, "--operator-token", "op", "tag", STUB_CLIENT_ID, "eu")
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.strip() == f"client {STUB_CLIENT_ID} tags: eu"
+        out = _run(OPERATOR_PY, "--url", stub.origin, "--operator-token", "op", "--tag", "eu")
+        assert out.returncode == 0, out.stderr
+        assert "\x1b" not in out.stdout and "door-sensors,e\\x1b[2Ju" in out.stdout, out.stdout
+        assert "TAGS" in out.stdout.splitlines()[0]
+        before = len(stub.requests)
+        bad = _run(OPERATOR_PY, "--url", stub.origin, "--operator-token", "op", "tag", STUB_CLIENT_ID, "EU")
+        assert bad.returncode == 2, bad.stderr
+        bad = _run(OPERATOR_PY, "--url", stub.origin, "--operator-token", "op", "--tag", "no spaces")
+        assert bad.returncode == 2, bad.stderr
+        assert len(stub.requests) == before
+
+
+def test_cli_publish_audiences_and_status_against_a_stub(tmp_path):
+    tag_receipt = (202, None, {"publish_id": STATUS_ID, "recipients": None})
+    row = {"client_id": STUB_CLIENT_ID, "message_id": 7, "status": "acknowledged"}
+    with Stub(publish=[tag_receipt], status=[(200, None, _status_body()),
+                                              (200, None, _status_body(recipient_status=[row]))]) as stub:
+        env = {"PIGEONHOLE_ADMIN_TOKEN": "admin"}
+        out = _run(CLIENT_PY, "publish", "--url", stub.origin, "--to-tag", "eu,door-sensors", "--type", "alarm",
+                   "--payload", '"door open"', "--ttl", "300", env=env)
+        assert out.returncode == 0, out.stderr
+        assert json.loads(out.stdout) == {"publish_id": STATUS_ID, "recipients": None}
+        assert stub.calls("POST", "/api/v1/messages/publish") == \
+            [{"to_tags": ["eu", "door-sensors"], "type": "alarm", "payload": "door open", "ttl_secs": 300}]
+        for args in (["--all", "--to", STUB_CLIENT_ID], ["--all", "--to-tag", "eu"], ["--to-tag", "EU"],
+                     ["--all", "--ttl", "0"], []):
+            bad = _run(CLIENT_PY, "publish", "--url", stub.origin, "--type", "t", "--payload", "1", *args, env=env)
+            assert bad.returncode == 2, (args, bad.stderr)
+        assert len(stub.calls("POST", "/api/v1/messages/publish")) == 1
+
+        out = _run(CLIENT_PY, "status", "--url", stub.origin, STATUS_ID, "--recipients", env=env)
+        assert out.returncode == 0, out.stderr
+        lines = out.stdout.splitlines()
+        assert "state     done" in lines and "audience  the clients tagged eu" in lines
+        assert "delivered 2/2 · acknowledged 1/2 · expired 0 · unknown 0 · pending 0" in lines
+        assert lines[-1].split() == [STUB_CLIENT_ID, "7", "acknowledged"]
+        bad = _run(CLIENT_PY, "status", "--url", stub.origin, "not-a-uuid", env=env)
+        assert bad.returncode == 2, bad.stderr
+
+
+def test_tags_audiences_and_delivery_status_on_the_server(phc, opt, server):
+    (a_creds, a), (b_creds, b), (c_creds, c) = (_new_client(phc, server, n) for n in ("tag-a", "tag-b", "tag-c"))
+    tag = f"py-{uuid.uuid4().hex[:8]}"  # the session's server is shared: a tag of this test's own
+    assert opt.set_tags(server.origin, server.operator_token, a_creds.client_id, [tag, "eu"]) == sorted([tag, "eu"])
+    assert opt.set_tags(server.origin, server.operator_token, b_creds.client_id, [tag]) == [tag]
+    assert opt.set_tags(server.origin, server.operator_token, c_creds.client_id, ["us"]) == ["us"]
+    tagged = opt.list_clients(server.origin, server.operator_token, tag=tag)
+    assert {t["id"] for t in tagged} == {a_creds.client_id, b_creds.client_id}
+    assert all(tag in t["tags"] for t in tagged)
+    with pytest.raises(opt.OperatorError) as e:
+        opt.set_tags(server.origin, server.operator_token, str(uuid.uuid4()), ["eu"])
+    assert (e.value.status, e.value.code) == (404, "not_found")
+
+    r = phc.publish(server.origin, server.admin_token, type="alarm", payload="door open", to_tags=[tag],
+                    ttl_secs=600)
+    assert r.recipients is None
+    got = a.poll()
+    assert [m.payload for m in got] == ["door open"]
+    a.ack(got.next_cursor)
+    assert [m.payload for m in b.poll()] == ["door open"]
+    assert c.poll() == []
+
+    s = phc.publish_status(server.origin, server.admin_token, r.publish_id)
+    assert s.audience == {"to_tags": [tag]} and s.expires_at is not None
+    assert (s.recipients, s.delivered, s.acknowledged, s.expired, s.unknown, s.pending, s.state) == \
+        (2, 2, 1, 0, 0, 0, "done")
+    assert s.unacknowledged == 1 and not s.finished
+    rows = {r_.client_id: r_ for r_ in phc.iter_recipient_status(server.origin, server.admin_token, r.publish_id,
+                                                                  limit=1)}
+    assert set(rows) == {a_creds.client_id, b_creds.client_id}
+    assert rows[a_creds.client_id].status == "acknowledged" and rows[b_creds.client_id].status == "delivered"
+    assert rows[a_creds.client_id].message_id == got[0].id
+    with pytest.raises(phc.ApiError) as e:
+        phc.publish_status(server.origin, server.admin_token, str(uuid.uuid4()))
+    assert (e.value.status, e.value.code) == (404, "not_found")
+
+
+def test_an_expired_message_is_skipped_and_counted_expired(phc, server):
+    creds, client = _new_client(phc, server, "expiry")
+    short = phc.publish(server.origin, server.admin_token, [creds.client_id], "flash", 1, ttl_secs=1)
+    time.sleep(2.2)
+    lasting = phc.publish(server.origin, server.admin_token, [creds.client_id], "later", 2)
+    got = client.poll()
+    assert [(m.id, m.type) for m in got] == [(2, "later")], "id 1 expired; the next keeps its own id"
+    assert got.next_cursor == 2
+    client.ack(got.next_cursor)
+    s = phc.publish_status(server.origin, server.admin_token, short.publish_id)
+    assert (s.expired, s.acknowledged, s.state) == (1, 0, "done") and s.finished
+    assert phc.publish_status(server.origin, server.admin_token, lasting.publish_id).acknowledged == 1

@@ -134,17 +134,21 @@ async fn clients_lists_sorts_filters_and_prints_json() {
     let lines = out.stdout_lines();
     assert_eq!(lines.len(), 4, "header, two rows, total: {out:#?}");
     let header: Vec<&str> = lines[0].split_whitespace().collect();
-    assert_eq!(header, ["ID", "NAME", "STATUS", "SENT", "LAST", "SEEN"]);
+    assert_eq!(
+        header,
+        ["ID", "NAME", "STATUS", "SENT", "LAST", "SEEN", "TAGS"]
+    );
     // Online first, even though its name sorts last.
     assert!(lines[1].starts_with(&id_a), "{out:#?}");
     assert!(lines[1].contains("zulu-online") && lines[1].contains(" online "));
     assert!(
-        lines[1].ends_with("just now") || lines[1].ends_with("s ago"),
+        lines[1].contains(" just now ") || lines[1].contains(" s ago "),
         "{}",
         lines[1]
     );
+    assert!(lines[1].ends_with(" -"), "no tags: {}", lines[1]);
     assert!(lines[2].starts_with(&id_b), "{out:#?}");
-    assert!(lines[2].contains("offline") && lines[2].ends_with("never"));
+    assert!(lines[2].contains("offline") && lines[2].contains(" never "));
     assert_eq!(lines[3], "2 clients, 1 online");
 
     let out = a.run_env(&["clients", "--json"], &op);
@@ -1646,4 +1650,855 @@ fn inbox_follow_waits_out_a_429_and_backs_off_while_nothing_comes() {
             gap(i)
         );
     }
+}
+
+// ---------------------------------------------------------------------------
+// Issue 9: tags, audiences, delivery status, expiry (the real server)
+// ---------------------------------------------------------------------------
+
+/// Runs `pigeonhole` as the operator.
+fn as_operator(cli: &Cli, s: &Server, args: &[&str]) -> CliOutput {
+    cli.run_env(args, &[("PIGEONHOLE_OPERATOR_TOKEN", s.operator_token())])
+}
+
+/// Runs `pigeonhole` as the admin.
+fn as_admin(cli: &Cli, s: &Server, args: &[&str]) -> CliOutput {
+    cli.run_env(args, &[("PIGEONHOLE_ADMIN_TOKEN", s.admin_token())])
+}
+
+fn json_of(out: &CliOutput) -> Value {
+    serde_json::from_str(out.stdout.trim())
+        .unwrap_or_else(|e| panic!("stdout is not one JSON value ({e}): {out:#?}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn clients_tag_replaces_and_clears_tags_and_the_listing_filters_by_tag() {
+    let s = Server::start().await;
+    let (a, b) = (Cli::new(&s), Cli::new(&s));
+    let (id_a, id_b) = (a.register("a"), b.register("b"));
+
+    let out = as_operator(
+        &a,
+        &s,
+        &[
+            "clients",
+            "tag",
+            &id_a.to_uppercase(),
+            "eu",
+            "door-sensors,eu",
+        ],
+    );
+    out.expect_ok();
+    assert_eq!(
+        out.stdout.trim(),
+        format!("Client {id_a} tags: door-sensors, eu"),
+        "sorted, duplicates folded"
+    );
+    let out = as_operator(&a, &s, &["clients", "tag", &id_b, "us", "--json"]);
+    out.expect_ok();
+    assert_eq!(json_of(&out), json!({"id": id_b, "tags": ["us"]}));
+
+    // The listing shows the tags and filters by one, on the server.
+    let out = as_operator(&a, &s, &["clients", "--json", "--sort", "created"]);
+    out.expect_ok();
+    let all = json_of(&out);
+    assert_eq!(all[0]["tags"], json!(["door-sensors", "eu"]), "{all}");
+    assert_eq!(all[1]["tags"], json!(["us"]), "{all}");
+    let out = as_operator(&a, &s, &["clients", "--tag", "eu", "--json"]);
+    out.expect_ok();
+    let tagged = json_of(&out);
+    assert_eq!(tagged.as_array().map(Vec::len), Some(1), "{tagged}");
+    assert_eq!(tagged[0]["id"], json!(id_a));
+    let out = as_operator(&a, &s, &["clients", "--tag", "eu"]);
+    out.expect_ok();
+    let lines = out.stdout_lines();
+    assert!(lines[0].ends_with(" TAGS"), "{out:#?}");
+    assert!(
+        lines[1].starts_with(&id_a) && lines[1].ends_with(" door-sensors,eu"),
+        "{out:#?}"
+    );
+    assert!(lines[2].starts_with("1 clients tagged eu"), "{out:#?}");
+    let seen = s
+        .list_clients_raw(s.operator_token(), "tag=eu&limit=1000")
+        .await;
+    assert_eq!(seen.status(), 200, "the server filters by ?tag=");
+
+    // No tags clears them.
+    let out = as_operator(&a, &s, &["clients", "tag", &id_a]);
+    out.expect_ok();
+    assert_eq!(out.stdout.trim(), format!("Client {id_a} has no tags."));
+    let out = as_operator(&a, &s, &["clients", "--tag", "eu", "--json"]);
+    out.expect_ok();
+    assert_eq!(json_of(&out), json!([]));
+
+    // Bad tags never reach the server; an unknown client is the server's 404.
+    for bad in ["EU", "door sensors", "caf\u{e9}"] {
+        let out = as_operator(&a, &s, &["clients", "tag", &id_a, bad]);
+        out.expect_code(2);
+        assert!(out.stderr.contains("a-z 0-9 _ . -"), "{out:#?}");
+    }
+    as_operator(&a, &s, &["clients", "--tag", "Bad Tag"]).expect_code(2);
+    let out = as_operator(
+        &a,
+        &s,
+        &["clients", "tag", &uuid::Uuid::new_v4().to_string(), "eu"],
+    );
+    out.expect_code(1);
+    assert!(out.stderr.starts_with("error: not_found: "), "{out:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn publish_to_a_tag_reaches_exactly_the_tagged_clients() {
+    let s = Server::start().await;
+    let (a, b, c) = (Cli::new(&s), Cli::new(&s), Cli::new(&s));
+    let (id_a, id_b, id_c) = (a.register("a"), b.register("b"), c.register("c"));
+    as_operator(&a, &s, &["clients", "tag", &id_a, "eu"]).expect_ok();
+    as_operator(&a, &s, &["clients", "tag", &id_b, "door-sensors", "eu"]).expect_ok();
+    as_operator(&a, &s, &["clients", "tag", &id_c, "us"]).expect_ok();
+
+    let out = as_admin(
+        &a,
+        &s,
+        &[
+            "publish",
+            "--to-tag",
+            "eu,door-sensors",
+            "--type",
+            "alarm",
+            "--payload",
+            "\"door open\"",
+            "--ttl",
+            "600",
+            "--json",
+        ],
+    );
+    out.expect_ok();
+    let receipt = json_of(&out);
+    assert_eq!(receipt["recipients"], Value::Null, "counted by the fan-out");
+    let publish_id = receipt["publish_id"].as_str().unwrap().to_string();
+
+    s.settle().await;
+    for cli in [&a, &b] {
+        let out = cli.run(&["listen", "--once", "--json"]);
+        out.expect_ok();
+        let lines = out.stdout_lines();
+        assert_eq!(lines.len(), 1, "once, even for two matching tags: {out:#?}");
+        let msg: Value = serde_json::from_str(lines[0]).unwrap();
+        assert_eq!(msg["payload"], json!("door open"));
+    }
+    c.run(&["listen", "--once"]).expect_code(3);
+
+    let out = as_admin(&a, &s, &["status", &publish_id, "--json"]);
+    out.expect_ok();
+    let status = json_of(&out);
+    assert_eq!(
+        status["audience"],
+        json!({"to_tags": ["eu", "door-sensors"]})
+    );
+    assert_eq!(status["recipients"], json!(2), "{status}");
+    assert_eq!(status["acknowledged"], json!(2), "{status}");
+    assert_eq!(status["state"], json!("done"), "{status}");
+    assert!(status["expires_at"].is_string(), "--ttl 600: {status}");
+
+    // --all reaches every client registered before it.
+    let out = as_admin(
+        &a,
+        &s,
+        &["publish", "--all", "--type", "notice", "--payload", "1"],
+    );
+    out.expect_ok();
+    assert!(
+        out.stdout.contains(" to every client "),
+        "no count yet: {out:#?}"
+    );
+    s.settle().await;
+    for cli in [&a, &b, &c] {
+        cli.run(&["listen", "--once"]).expect_ok();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn publish_wait_reaches_done_once_a_listening_client_acks() {
+    let s = Server::start().await;
+    let (a, b) = (Cli::new(&s), Cli::new(&s));
+    let (id_a, id_b) = (a.register("listening"), b.register("asleep"));
+    let mut listener = a.spawn(&["listen", "--json", "--interval-base-ms", "100"]);
+
+    let mut publish = a.command(&[
+        "publish",
+        "--to",
+        &id_a,
+        "--type",
+        "greeting",
+        "--payload",
+        "{\"text\": \"hello\"}",
+        "--wait",
+        "--timeout",
+        "60",
+        "--json",
+        "--wait-base-ms",
+        "100",
+    ]);
+    publish.env("PIGEONHOLE_ADMIN_TOKEN", s.admin_token());
+    let out = a.run_with(publish);
+    out.expect_ok();
+    let status = json_of(&out);
+    assert_eq!(status["state"], json!("done"), "{out:#?}");
+    assert_eq!(
+        (
+            &status["recipients"],
+            &status["delivered"],
+            &status["acknowledged"]
+        ),
+        (&json!(1), &json!(1), &json!(1)),
+        "{status}"
+    );
+    let lines = listener.wait_for_lines(1, Duration::from_secs(10));
+    assert!(lines[0].contains("hello"), "{lines:?}");
+    listener.interrupt();
+    let status = listener.wait_timeout(Duration::from_secs(10));
+    listener.output(status).expect_ok();
+
+    // Nobody acknowledges: the wait ends at --timeout, exit 1, with the
+    // counts so far on stdout.
+    let out = as_admin(
+        &b,
+        &s,
+        &[
+            "publish",
+            "--to",
+            &id_b,
+            "--type",
+            "greeting",
+            "--payload",
+            "1",
+            "--wait",
+            "--timeout",
+            "2",
+            "--wait-base-ms",
+            "100",
+        ],
+    );
+    out.expect_code(1);
+    assert!(out.stderr.contains("timed out after 2 s"), "{out:#?}");
+    assert!(out.stderr.contains("pigeonhole status "), "{out:#?}");
+    assert!(
+        out.stdout.contains("acknowledged 0/1"),
+        "the last counts: {out:#?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn status_lists_every_recipient_across_pages() {
+    let s = Server::start().await;
+    let (a, b, c) = (Cli::new(&s), Cli::new(&s), Cli::new(&s));
+    let (id_a, id_b, id_c) = (a.register("a"), b.register("b"), c.register("c"));
+    let unknown = uuid::Uuid::new_v4().to_string();
+
+    let out = as_admin(
+        &a,
+        &s,
+        &[
+            "publish",
+            "--to",
+            &id_a,
+            &id_b,
+            &id_c,
+            &unknown,
+            "--type",
+            "t",
+            "--payload",
+            "1",
+            "--json",
+        ],
+    );
+    out.expect_ok();
+    let publish_id = json_of(&out)["publish_id"].as_str().unwrap().to_string();
+    s.settle().await;
+    a.run(&["listen", "--once"]).expect_ok();
+
+    // Pages of 2 (a hidden testing flag; the default is the maximum, 1000).
+    let out = as_admin(
+        &a,
+        &s,
+        &[
+            "status",
+            &publish_id,
+            "--recipients",
+            "--json",
+            "--page-size",
+            "2",
+        ],
+    );
+    out.expect_ok();
+    let status = json_of(&out);
+    assert_eq!(
+        [
+            &status["recipients"],
+            &status["delivered"],
+            &status["acknowledged"],
+            &status["unknown"],
+            &status["pending"],
+        ],
+        [&json!(4), &json!(3), &json!(1), &json!(1), &json!(0)],
+        "{status}"
+    );
+    assert_eq!(status["state"], json!("done"));
+    assert!(status.get("next_page_token").is_none(), "{status}");
+    let rows = status["recipient_status"].as_array().expect("every page");
+    assert_eq!(rows.len(), 4, "{status}");
+    let of = |id: &str| {
+        rows.iter()
+            .find(|r| r["client_id"] == json!(id))
+            .unwrap_or_else(|| panic!("{id} not listed: {status}"))
+    };
+    assert_eq!(of(&id_a)["status"], json!("acknowledged"));
+    assert_eq!(of(&id_a)["message_id"], json!(1));
+    assert_eq!(of(&id_b)["status"], json!("delivered"));
+    assert_eq!(of(&id_c)["status"], json!("delivered"));
+    assert_eq!(of(&unknown)["status"], json!("unknown"));
+    assert_eq!(of(&unknown)["message_id"], Value::Null);
+
+    let out = as_admin(&a, &s, &["status", &publish_id, "--recipients"]);
+    out.expect_ok();
+    let lines = out.stdout_lines();
+    assert!(lines.contains(&"state     done"), "{out:#?}");
+    assert!(
+        lines.contains(&"delivered 3/4 · acknowledged 1/4 · expired 0 · unknown 1 · pending 0"),
+        "{out:#?}"
+    );
+    let header = lines
+        .iter()
+        .position(|l| l.starts_with("CLIENT ID"))
+        .expect("a table");
+    assert_eq!(lines.len(), header + 5, "{out:#?}");
+    let row_a = lines
+        .iter()
+        .find(|l| l.starts_with(&id_a))
+        .expect("a's row");
+    assert_eq!(
+        row_a.split_whitespace().collect::<Vec<_>>(),
+        [id_a.as_str(), "1", "acknowledged"]
+    );
+    let row_unknown = lines.iter().find(|l| l.starts_with(&unknown)).unwrap();
+    assert_eq!(
+        row_unknown.split_whitespace().collect::<Vec<_>>(),
+        [unknown.as_str(), "-", "unknown"]
+    );
+
+    let out = as_admin(&a, &s, &["status", &uuid::Uuid::new_v4().to_string()]);
+    out.expect_code(1);
+    assert!(out.stderr.starts_with("error: not_found: "), "{out:#?}");
+    as_admin(&a, &s, &["status", "not-a-publish"]).expect_code(2);
+}
+
+// ---------------------------------------------------------------------------
+// Issue 9 against the scripted fake server
+// ---------------------------------------------------------------------------
+
+const PUBLISH_ID: &str = "9b7e4a10-2c3d-4f5e-8a9b-0c1d2e3f4a5b";
+
+fn status_path() -> &'static str {
+    Box::leak(format!("{PUBLISH}/{PUBLISH_ID}").into_boxed_str())
+}
+
+/// A status answer: `counts` are delivered, acknowledged, expired, unknown,
+/// pending.
+fn status_reply(recipients: Value, counts: [u64; 5], state: &str, extra: Value) -> Reply {
+    let [delivered, acknowledged, expired, unknown, pending] = counts;
+    let mut body = json!({
+        "publish_id": PUBLISH_ID, "type": "alarm", "created_at": "2026-11-25T12:00:00.000Z",
+        "audience": {"to_tags": ["eu"]}, "expires_at": "2026-11-25T12:05:00.000Z",
+        "recipients": recipients, "delivered": delivered, "acknowledged": acknowledged,
+        "expired": expired, "unknown": unknown, "pending": pending, "state": state,
+    });
+    for (k, v) in extra.as_object().into_iter().flatten() {
+        body[k] = v.clone();
+    }
+    (200, Vec::new(), Some(body))
+}
+
+fn tag_receipt() -> Reply {
+    (
+        202,
+        Vec::new(),
+        Some(json!({"publish_id": PUBLISH_ID, "recipients": null})),
+    )
+}
+
+#[test]
+fn publish_wait_follows_the_status_until_every_recipient_acknowledged() {
+    let path = status_path();
+    let fake = FakeServer::start(vec![
+        (PUBLISH, tag_receipt()),
+        (
+            path,
+            status_reply(Value::Null, [0, 0, 0, 0, 0], "queued", json!({})),
+        ),
+        // A failed read is tried again.
+        (path, error_reply(503, "http_503", "busy")),
+        (
+            path,
+            status_reply(Value::Null, [2, 0, 0, 0, 0], "delivering", json!({})),
+        ),
+        // Done, but one copy still waits for its ack.
+        (
+            path,
+            status_reply(json!(3), [3, 1, 0, 0, 0], "done", json!({})),
+        ),
+        // One acknowledged, one expired unacknowledged, one unknown: finished.
+        (
+            path,
+            status_reply(json!(4), [2, 2, 1, 1, 0], "done", json!({})),
+        ),
+    ]);
+    let cli = Cli::with_url(&fake.url);
+    let out = cli.run(&[
+        "publish",
+        "--to-tag",
+        "eu",
+        "--type",
+        "alarm",
+        "--payload",
+        "\"door open\"",
+        "--ttl",
+        "300",
+        "--admin-token",
+        "fake-admin-token",
+        "--wait",
+        "--wait-base-ms",
+        "100",
+    ]);
+    out.expect_ok();
+    assert_eq!(
+        out.stdout.trim(),
+        format!(
+            "publish {PUBLISH_ID} done: delivered 2/4 · acknowledged 2/4 · expired 1 · unknown 1 · pending 0"
+        ),
+        "one final line, not a live one (no terminal): {out:#?}"
+    );
+    assert!(
+        out.stderr.contains("published 9b7e4a10"),
+        "the receipt goes to stderr: {out:#?}"
+    );
+    let published = fake.seen_on(PUBLISH);
+    assert_eq!(
+        body_of(&published[0]),
+        json!({"to_tags": ["eu"], "type": "alarm", "payload": "door open", "ttl_secs": 300})
+    );
+    assert!(published[0].header("idempotency-key").is_some());
+    let reads = fake.seen_on(path);
+    assert_eq!(reads.len(), 5, "until finished: {reads:#?}");
+    for r in &reads {
+        assert_eq!(r.method, "GET");
+        assert_eq!(r.header("x-admin-token"), Some("fake-admin-token"));
+    }
+    // 100, 200, 400, 500 ms: doubling, at most five times the first.
+    let gaps: Vec<Duration> = reads.windows(2).map(|w| w[1].at - w[0].at).collect();
+    for (gap, least) in gaps.iter().zip([100u64, 200, 400, 500]) {
+        assert!(
+            *gap >= Duration::from_millis(least),
+            "{gaps:?} (want at least {least} ms)"
+        );
+    }
+
+    // --json: the final status, as the server sent it.
+    let fake = FakeServer::start(vec![
+        (PUBLISH, tag_receipt()),
+        (
+            path,
+            status_reply(json!(1), [1, 1, 0, 0, 0], "done", json!({})),
+        ),
+    ]);
+    let cli = Cli::with_url(&fake.url);
+    let out = cli.run(&[
+        "publish",
+        "--all",
+        "--type",
+        "alarm",
+        "--payload",
+        "1",
+        "--admin-token",
+        "fake-admin-token",
+        "--wait",
+        "--json",
+    ]);
+    out.expect_ok();
+    let status = json_of(&out);
+    assert_eq!(status["acknowledged"], json!(1));
+    assert_eq!(status["state"], json!("done"));
+    assert_eq!(
+        body_of(&fake.seen_on(PUBLISH)[0]),
+        json!({"to_all": true, "type": "alarm", "payload": 1}),
+        "no ttl_secs without --ttl"
+    );
+}
+
+#[test]
+fn publish_wait_gives_up_at_its_timeout_and_says_what_is_missing() {
+    let path = status_path();
+    let still = || status_reply(json!(50), [37, 12, 0, 1, 12], "delivering", json!({}));
+    let mut script = vec![(PUBLISH, tag_receipt())];
+    script.extend((0..40).map(|_| (path, still())));
+    let fake = FakeServer::start(script);
+    let cli = Cli::with_url(&fake.url);
+    let started = Instant::now();
+    let out = cli.run(&[
+        "publish",
+        "--to-tag",
+        "eu",
+        "--type",
+        "alarm",
+        "--payload",
+        "1",
+        "--admin-token",
+        "fake-admin-token",
+        "--wait",
+        "--timeout",
+        "1",
+        "--wait-base-ms",
+        "100",
+    ]);
+    out.expect_code(1);
+    assert!(started.elapsed() < Duration::from_secs(10), "{out:#?}");
+    assert_eq!(
+        out.stdout.trim(),
+        format!(
+            "publish {PUBLISH_ID} delivering: delivered 37/50 · acknowledged 12/50 · expired 0 · unknown 1 · pending 12"
+        )
+    );
+    assert!(
+        out.stderr.contains(
+            "timed out after 1 s waiting for the publish: of 50 recipients, 12 not reached by the \
+             fan-out yet, 25 delivered but not acknowledged"
+        ),
+        "{out:#?}"
+    );
+    assert!(
+        out.stderr
+            .contains(&format!("pigeonhole status {PUBLISH_ID}")),
+        "{out:#?}"
+    );
+
+    // A request the server refuses ends the wait at once.
+    let fake = FakeServer::start(vec![
+        (PUBLISH, tag_receipt()),
+        (path, error_reply(401, "unauthorized", "bad admin token")),
+    ]);
+    let cli = Cli::with_url(&fake.url);
+    let out = cli.run(&[
+        "publish",
+        "--to-tag",
+        "eu",
+        "--type",
+        "alarm",
+        "--payload",
+        "1",
+        "--admin-token",
+        "fake-admin-token",
+        "--wait",
+    ]);
+    out.expect_code(1);
+    assert!(
+        out.stderr.contains("error: unauthorized: bad admin token"),
+        "{out:#?}"
+    );
+    assert_eq!(fake.seen_on(path).len(), 1);
+}
+
+#[test]
+fn status_recipients_walks_every_page_and_escapes_what_it_prints() {
+    let path = status_path();
+    let row = |id: &str, message_id: Value, status: &str| json!({"client_id": id, "message_id": message_id, "status": status});
+    let evil = "evil\u{1b}[2J";
+    let fake = FakeServer::start(vec![
+        (
+            path,
+            status_reply(
+                json!(3),
+                [2, 1, 0, 1, 0],
+                "done",
+                json!({"type": evil, "recipient_status": [
+                    row(RECIPIENT, json!(7), "acknowledged"),
+                    row(CLIENT, json!(3), "delivered"),
+                ], "next_page_token": "r2"}),
+            ),
+        ),
+        (
+            path,
+            status_reply(
+                json!(3),
+                [2, 1, 0, 1, 0],
+                "done",
+                json!({"recipient_status": [row(PUBLISH_ID, Value::Null, "unknown")]}),
+            ),
+        ),
+    ]);
+    let cli = Cli::with_url(&fake.url);
+    let out = cli.run(&[
+        "status",
+        &PUBLISH_ID.to_uppercase(),
+        "--recipients",
+        "--admin-token",
+        "fake-admin-token",
+    ]);
+    out.expect_ok();
+    assert!(!out.stdout.contains('\u{1b}'), "{out:#?}");
+    let lines = out.stdout_lines();
+    assert_eq!(lines[0], format!("publish   {PUBLISH_ID}"));
+    assert_eq!(lines[1], "type      evil\\u{1b}[2J");
+    assert_eq!(lines[3], "audience  the clients tagged eu");
+    assert_eq!(lines[4], "expires   2026-11-25T12:05:00.000Z");
+    assert_eq!(lines[5], "state     done");
+    assert_eq!(
+        lines[6],
+        "delivered 2/3 · acknowledged 1/3 · expired 0 · unknown 1 · pending 0"
+    );
+    assert_eq!(
+        lines[7],
+        "CLIENT ID                             MESSAGE ID  STATUS"
+    );
+    assert_eq!(lines[8], format!("{RECIPIENT}  7           acknowledged"));
+    assert_eq!(lines[9], format!("{CLIENT}  3           delivered"));
+    assert_eq!(lines[10], format!("{PUBLISH_ID}  -           unknown"));
+    let reads = fake.seen_on(path);
+    assert_eq!(reads.len(), 2);
+    assert!(
+        reads[0].target.contains("recipients=1") && reads[0].target.contains("limit=1000"),
+        "{:?}",
+        reads[0].target
+    );
+    assert!(!reads[0].target.contains("page_token"));
+    assert!(
+        reads[1].target.contains("page_token=r2"),
+        "{:?}",
+        reads[1].target
+    );
+
+    // While the audience is still being enumerated the server hands back the
+    // same token at the end: the listing stops there and says so.
+    let fake = FakeServer::start(vec![
+        (
+            path,
+            status_reply(
+                Value::Null,
+                [1, 0, 0, 0, 0],
+                "delivering",
+                json!({"recipient_status": [row(RECIPIENT, json!(7), "delivered")],
+                       "next_page_token": "r1"}),
+            ),
+        ),
+        (
+            path,
+            status_reply(
+                Value::Null,
+                [1, 0, 0, 0, 0],
+                "delivering",
+                json!({"recipient_status": [], "next_page_token": "r1"}),
+            ),
+        ),
+    ]);
+    let cli = Cli::with_url(&fake.url);
+    let out = cli.run(&[
+        "status",
+        PUBLISH_ID,
+        "--recipients",
+        "--json",
+        "--admin-token",
+        "fake-admin-token",
+    ]);
+    out.expect_ok();
+    let status = json_of(&out);
+    assert_eq!(status["recipient_status"].as_array().map(Vec::len), Some(1));
+    assert!(status.get("next_page_token").is_none(), "{status}");
+    assert!(out.stderr.contains("still being enumerated"), "{out:#?}");
+    assert_eq!(fake.seen_on(path).len(), 2);
+}
+
+#[test]
+fn clients_tag_puts_the_tags_and_the_listing_asks_for_the_tag() {
+    let tags_path: &'static str =
+        Box::leak(format!("/api/v1/operators/clients/{RECIPIENT}/tags").into_boxed_str());
+    let fake = FakeServer::start(vec![
+        (
+            tags_path,
+            (
+                200,
+                Vec::new(),
+                Some(json!({"id": RECIPIENT, "tags": ["door-sensors", "eu"]})),
+            ),
+        ),
+        (
+            tags_path,
+            (200, Vec::new(), Some(json!({"id": RECIPIENT, "tags": []}))),
+        ),
+        (
+            "/api/v1/operators/clients",
+            (
+                200,
+                Vec::new(),
+                Some(json!({"clients": [{
+                    "id": RECIPIENT, "name": "laptop", "created_at": "2026-11-25T12:00:00.000Z",
+                    "last_seen_at": null, "status": "offline", "sent_head": 0,
+                    "tags": ["door-sensors", "e\u{1b}[2Ju"],
+                }]})),
+            ),
+        ),
+    ]);
+    let cli = Cli::with_url(&fake.url);
+    let op = [("PIGEONHOLE_OPERATOR_TOKEN", "fake-operator-token")];
+
+    let out = cli.run_env(
+        &["clients", "tag", RECIPIENT, "eu", "door-sensors", "eu"],
+        &op,
+    );
+    out.expect_ok();
+    assert_eq!(
+        out.stdout.trim(),
+        format!("Client {RECIPIENT} tags: door-sensors, eu")
+    );
+    let out = cli.run_env(&["clients", "tag", RECIPIENT], &op);
+    out.expect_ok();
+    assert_eq!(
+        out.stdout.trim(),
+        format!("Client {RECIPIENT} has no tags.")
+    );
+    let puts = fake.seen_on(tags_path);
+    assert_eq!(puts.len(), 2);
+    assert_eq!(puts[0].method, "PUT");
+    assert_eq!(
+        puts[0].header("x-operator-token"),
+        Some("fake-operator-token")
+    );
+    assert!(
+        puts[0]
+            .header("content-type")
+            .is_some_and(|v| v.starts_with("application/json")),
+        "{:#?}",
+        puts[0]
+    );
+    assert_eq!(body_of(&puts[0]), json!({"tags": ["eu", "door-sensors"]}));
+    assert_eq!(body_of(&puts[1]), json!({"tags": []}), "none clears them");
+
+    let out = cli.run_env(&["clients", "--tag", "eu"], &op);
+    out.expect_ok();
+    assert!(!out.stdout.contains('\u{1b}'), "{out:#?}");
+    let lines = out.stdout_lines();
+    assert!(
+        lines[1].ends_with(" door-sensors,e\\u{1b}[2Ju"),
+        "tags last, escaped: {out:#?}"
+    );
+    assert_eq!(lines[2], "1 clients tagged eu, 0 online");
+    let listing = fake.seen_on("/api/v1/operators/clients");
+    assert!(
+        listing[0].target.contains("tag=eu"),
+        "{:?}",
+        listing[0].target
+    );
+
+    // Bad tags are refused before anything is sent.
+    let before = fake.seen().len();
+    cli.run_env(&["clients", "tag", RECIPIENT, "EU"], &op)
+        .expect_code(2);
+    cli.run_env(&["clients", "--tag", "no spaces"], &op)
+        .expect_code(2);
+    cli.run_env(&["clients", "tag", "not-a-uuid", "eu"], &op)
+        .expect_code(2);
+    assert_eq!(fake.seen().len(), before);
+}
+
+#[test]
+fn listen_acks_next_cursor_past_expired_ids_and_pages_with_no_message() {
+    let key = [7u8; 32];
+    let created_at = "2026-11-25T12:00:00.000Z";
+    let aad = json!({"client_id": CLIENT, "created_at": created_at, "id": 1});
+    let sealed = encrypt(
+        &key,
+        &serde_json::to_vec(&json!({"type": "greeting", "payload": {"n": 1}})).unwrap(),
+        Some(&aad),
+    );
+    // Message 1, then ids 2 and 3 expired: next_cursor is 3, not 1.
+    let page = json!({"messages": [{
+        "id": 1, "type": "greeting", "ciphertext": sealed.ciphertext, "nonce": sealed.nonce,
+        "tag": sealed.tag, "aad": aad, "created_at": created_at,
+    }], "next_cursor": 3});
+    // Then a page whose messages all expired.
+    let expired = json!({"messages": [], "next_cursor": 5});
+    let fake = FakeServer::start(vec![
+        (REGISTER, creds_reply(201, CLIENT, 7, 'A')),
+        (POLL, (200, Vec::new(), Some(page))),
+        (POLL, (200, Vec::new(), Some(expired.clone()))),
+    ]);
+    let cli = Cli::with_url(&fake.url);
+    cli.run(&["register", "--fingerprint", &random_fingerprint()])
+        .expect_ok();
+    // A 1 s step: "at once" and "after the step" are far apart.
+    let mut child = cli.spawn(&["listen", "--json", "--interval-base-ms", "1000"]);
+    let lines = child.wait_for_lines(1, Duration::from_secs(20));
+    assert_eq!(
+        serde_json::from_str::<Value>(&lines[0]).unwrap()["payload"],
+        json!({"n": 1})
+    );
+    // Wait for the third poll (the unscripted 204) before stopping.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while fake.seen_on(POLL).len() < 3 {
+        assert!(Instant::now() < deadline, "{:#?}", fake.seen());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.interrupt();
+    let status = child.wait_timeout(Duration::from_secs(10));
+    let out = child.output(status);
+    out.expect_ok();
+    assert_eq!(
+        out.stdout_lines().len(),
+        1,
+        "nothing printed for expired ids"
+    );
+
+    let acked: Vec<Value> = fake
+        .seen_on("/api/v1/messages/ack")
+        .iter()
+        .map(|r| body_of(r)["last_received_id"].clone())
+        .collect();
+    assert_eq!(acked, [json!(3), json!(5)], "next_cursor of each page");
+    let polls = fake.seen_on(POLL);
+    assert!(
+        polls[1].target.contains("cursor=3"),
+        "{:?}",
+        polls[1].target
+    );
+    assert!(
+        polls[2].target.contains("cursor=5"),
+        "{:?}",
+        polls[2].target
+    );
+    // The empty page is followed by another poll at once (more may wait).
+    assert!(
+        polls[2].at - polls[1].at < Duration::from_millis(500),
+        "{:?}",
+        polls[2].at - polls[1].at
+    );
+    assert_eq!(cli.profile("default")["cursor"], json!(5));
+
+    // --once: a page of expired ids only is acked, and is "nothing new".
+    let fake = FakeServer::start(vec![
+        (REGISTER, creds_reply(201, CLIENT, 7, 'A')),
+        (
+            POLL,
+            (
+                200,
+                Vec::new(),
+                Some(json!({"messages": [], "next_cursor": 9})),
+            ),
+        ),
+    ]);
+    let cli = Cli::with_url(&fake.url);
+    cli.run(&["register", "--fingerprint", &random_fingerprint()])
+        .expect_ok();
+    let out = cli.run(&["listen", "--once"]);
+    out.expect_code(3);
+    let acks = fake.seen_on("/api/v1/messages/ack");
+    assert_eq!(acks.len(), 1, "{out:#?}");
+    assert_eq!(body_of(&acks[0]), json!({"last_received_id": 9}));
+    assert_eq!(cli.profile("default")["cursor"], json!(9));
 }

@@ -1,15 +1,16 @@
 //! `pigeonhole clients`: the operator's table of every registered client,
-//! and `pigeonhole clients delete ID` to revoke one.
+//! `pigeonhole clients tag ID TAG...` to set a client's tags, and
+//! `pigeonhole clients delete ID` to revoke one.
 
 use std::cmp::Ordering;
 use std::io::{BufRead, IsTerminal, Write};
 
 use clap::{Args, Subcommand, ValueEnum};
-use pigeonhole::domain::{ClientId, MAX_LIST_LIMIT};
+use pigeonhole::domain::{valid_tag, ClientId, MAX_LIST_LIMIT, MAX_TAGS};
 use time::OffsetDateTime;
 
 use super::{print_line, Ctx};
-use crate::api::{Api, ClientInfo};
+use crate::api::{Api, ClientInfo, ClientTags};
 use crate::error::{CliError, EXIT_OK};
 use crate::status::{json_for_terminal, printable};
 use crate::timefmt::last_seen;
@@ -20,14 +21,18 @@ Examples:
   pigeonhole clients
   pigeonhole clients --status online --sort name
   pigeonhole clients --json | jq 'length'
+  pigeonhole clients --tag eu
+  pigeonhole clients tag 3f2b8c1e-5d4a-4e7b-9c61-0a8d2f7e4b13 eu door-sensors
   pigeonhole clients delete 3f2b8c1e-5d4a-4e7b-9c61-0a8d2f7e4b13
 
-All pages are fetched. Sort orders: `status` (default) puts online clients
-first, then orders by name (clients without a name last), then by id; `name`
-orders by name, then id; `created` orders oldest first.
+All pages are fetched. --tag TAG lists only the clients carrying that tag (the
+server filters). Sort orders: `status` (default) puts online clients first,
+then orders by name (clients without a name last), then by id; `name` orders by
+name, then id; `created` orders oldest first.
 --json prints one JSON array of {id, name, created_at, last_seen_at, status,
-sent_head}. SENT (sent_head) is the id of the newest message the client sent
-(0: none); `pigeonhole inbox ID` reads them (admin).
+sent_head, tags}. SENT (sent_head) is the id of the newest message the client
+sent (0: none); `pigeonhole inbox ID` reads them (admin). TAGS are the
+client's tags (`-`: none); `pigeonhole publish --to-tag TAG` reaches them.
 Control and format characters in names (escape sequences, bidi overrides,
 zero-width characters) are shown escaped, e.g. \\u{1b}, in the table and in
 --json.";
@@ -57,10 +62,44 @@ pub struct ClientsArgs {
     pub list: ListArgs,
 }
 
+const TAG_EXAMPLES: &str = "\
+Examples:
+  export PIGEONHOLE_OPERATOR_TOKEN=dev-operator-token
+  pigeonhole clients tag 3f2b8c1e-5d4a-4e7b-9c61-0a8d2f7e4b13 eu door-sensors
+  pigeonhole clients tag 3f2b8c1e-5d4a-4e7b-9c61-0a8d2f7e4b13          # no tags: clears them
+
+Replaces the client's tags with the ones given (0 to 20; each 1 to 64
+characters of a-z 0-9 _ . -; `a,b` is accepted too, duplicates are folded) and
+prints the set the server stored, sorted. `pigeonhole clients --tag eu` lists
+the clients carrying a tag, and `pigeonhole publish --to-tag eu` reaches them.
+An unknown or deleted client is `error: not_found: …`, exit 1.";
+
 #[derive(Debug, Subcommand)]
 pub enum ClientsAction {
+    /// Set a client's tags, replacing the ones it has (operator)
+    Tag(TagArgs),
     /// Delete a client: revoke its token, remove its data (operator)
     Delete(DeleteArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = TAG_EXAMPLES)]
+pub struct TagArgs {
+    /// The client id (a UUID)
+    #[arg(value_name = "ID")]
+    pub id: String,
+
+    /// The client's new tags; none clears them
+    #[arg(value_name = "TAG")]
+    pub tags: Vec<String>,
+
+    /// Operator token
+    #[arg(long, env = "PIGEONHOLE_OPERATOR_TOKEN", hide_env_values = true)]
+    pub operator_token: String,
+
+    /// Print the answer as JSON: {"id", "tags"}
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -101,6 +140,10 @@ pub struct ListArgs {
     /// Only clients with this status
     #[arg(long, value_enum)]
     pub status: Option<StatusFilter>,
+
+    /// Only clients carrying this tag (filtered by the server)
+    #[arg(long, value_name = "TAG")]
+    pub tag: Option<String>,
 
     /// Sort order
     #[arg(long, value_enum, default_value_t = SortBy::Status)]
@@ -173,12 +216,21 @@ fn shown_name(name: Option<&str>) -> String {
     }
 }
 
+/// A client's tags as a table cell: comma-separated, `-` for none (or
+/// from a server that does not report them), escaped for the terminal.
+pub fn shown_tags(tags: Option<&[String]>) -> String {
+    match tags {
+        Some(tags) if !tags.is_empty() => printable(&tags.join(",")),
+        _ => "-".into(),
+    }
+}
+
 /// The table, header first. Names are cleaned of control characters (anyone
 /// can register a name) and shortened. SENT is the client's newest sent id
 /// (`sent_head`: `pigeonhole inbox ID --after N` reads what came after N),
-/// `-` from a server that does not report it.
+/// `-` from a server that does not report it. TAGS come last, in full.
 pub fn table(clients: &[ClientInfo], now: OffsetDateTime) -> Vec<String> {
-    let rows: Vec<[String; 5]> = clients
+    let rows: Vec<[String; 6]> = clients
         .iter()
         .map(|c| {
             [
@@ -187,10 +239,11 @@ pub fn table(clients: &[ClientInfo], now: OffsetDateTime) -> Vec<String> {
                 printable(&c.status),
                 c.sent_head.map_or_else(|| "-".into(), |n| n.to_string()),
                 last_seen(c.last_seen_at.as_deref(), now),
+                shown_tags(c.tags.as_deref()),
             ]
         })
         .collect();
-    let header = ["ID", "NAME", "STATUS", "SENT", "LAST SEEN"].map(String::from);
+    let header = ["ID", "NAME", "STATUS", "SENT", "LAST SEEN", "TAGS"].map(String::from);
     let mut widths = header.clone().map(|h| h.chars().count());
     for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {
@@ -217,9 +270,86 @@ pub fn table(clients: &[ClientInfo], now: OffsetDateTime) -> Vec<String> {
 
 pub async fn run(ctx: &Ctx, args: ClientsArgs) -> Result<u8, CliError> {
     match args.action {
+        Some(ClientsAction::Tag(tag)) => run_tag(ctx, tag).await,
         Some(ClientsAction::Delete(delete)) => run_delete(ctx, delete).await,
         None => run_list(ctx, args.list).await,
     }
+}
+
+/// The API's rule for one tag, as a usage error naming `what`.
+fn check_tag(tag: &str, what: &str) -> Result<(), CliError> {
+    if valid_tag(tag) {
+        Ok(())
+    } else {
+        Err(CliError::Usage(format!(
+            "{what} {:?} is not a tag: 1 to 64 characters of a-z 0-9 _ . -",
+            printable(tag)
+        )))
+    }
+}
+
+/// The tags of `clients tag`: `a,b` split, each checked, duplicates
+/// folded, at most 20. An empty list clears the client's tags.
+pub fn parse_client_tags(raw: &[String]) -> Result<Vec<String>, CliError> {
+    let mut tags: Vec<String> = Vec::new();
+    for part in raw.iter().flat_map(|r| r.split(',')).map(str::trim) {
+        if part.is_empty() {
+            continue;
+        }
+        check_tag(part, "tag")?;
+        if !tags.iter().any(|t| t == part) {
+            tags.push(part.to_string());
+        }
+    }
+    if tags.len() > MAX_TAGS {
+        return Err(CliError::Usage(format!(
+            "a client carries at most {MAX_TAGS} tags (got {})",
+            tags.len()
+        )));
+    }
+    Ok(tags)
+}
+
+/// What `clients tag` prints.
+pub fn tags_line(reply: &ClientTags) -> String {
+    if reply.tags.is_empty() {
+        format!("Client {} has no tags.", printable(&reply.id))
+    } else {
+        format!(
+            "Client {} tags: {}",
+            printable(&reply.id),
+            printable(&reply.tags.join(", "))
+        )
+    }
+}
+
+async fn run_tag(ctx: &Ctx, args: TagArgs) -> Result<u8, CliError> {
+    if args.operator_token.trim().is_empty() {
+        return Err(CliError::Usage("the operator token is empty".into()));
+    }
+    let id = parse_client_id(&args.id)?;
+    let tags = parse_client_tags(&args.tags)?;
+    let api = ctx.server_api()?;
+    let reply = api.set_tags(&args.operator_token, &id, &tags).await?;
+    if args.json {
+        let json = serde_json::to_string(&reply).expect("tags serialize");
+        print_line(&json_for_terminal(&json))?;
+    } else {
+        print_line(&tags_line(&reply))?;
+    }
+    Ok(EXIT_OK)
+}
+
+/// A client id argument, in the API's lowercase form.
+fn parse_client_id(raw: &str) -> Result<String, CliError> {
+    ClientId::parse(raw.trim())
+        .map(|id| id.to_string())
+        .ok_or_else(|| {
+            CliError::Usage(format!(
+                "{:?} is not a client id (a UUID, as `pigeonhole clients` shows)",
+                printable(raw)
+            ))
+        })
 }
 
 async fn run_list(ctx: &Ctx, args: ListArgs) -> Result<u8, CliError> {
@@ -234,8 +364,13 @@ async fn run_list(ctx: &Ctx, args: ListArgs) -> Result<u8, CliError> {
             Some("") => return Err(CliError::Usage("the operator token is empty".into())),
             Some(token) => token.to_string(),
         };
+    if let Some(tag) = &args.tag {
+        check_tag(tag, "--tag")?;
+    }
     let api = ctx.server_api()?;
-    let all = api.all_clients(&token, args.page_size).await?;
+    let all = api
+        .all_clients(&token, args.page_size, args.tag.as_deref())
+        .await?;
     let total = all.len();
     let clients = filter_and_sort(all, args.status, args.sort);
     if args.json {
@@ -247,13 +382,14 @@ async fn run_list(ctx: &Ctx, args: ListArgs) -> Result<u8, CliError> {
         print_line(&line)?;
     }
     let online = clients.iter().filter(|c| c.status == "online").count();
+    let noun = match &args.tag {
+        Some(tag) => format!("clients tagged {tag}"),
+        None => "clients".into(),
+    };
     let shown = if clients.len() == total {
-        format!("{total} clients, {online} online")
+        format!("{total} {noun}, {online} online")
     } else {
-        format!(
-            "{} of {total} clients shown, {online} online",
-            clients.len()
-        )
+        format!("{} of {total} {noun} shown, {online} online", clients.len())
     };
     print_line(&shown)?;
     Ok(EXIT_OK)
@@ -268,7 +404,7 @@ async fn find_client(
     let mut token: Option<String> = None;
     loop {
         let page = api
-            .clients_page(operator_token, MAX_LIST_LIMIT, token.as_deref())
+            .clients_page(operator_token, MAX_LIST_LIMIT, token.as_deref(), None)
             .await?;
         if let Some(found) = page.clients.into_iter().find(|c| c.id == id) {
             return Ok(Some(found));
@@ -310,14 +446,7 @@ async fn run_delete(ctx: &Ctx, args: DeleteArgs) -> Result<u8, CliError> {
     if args.operator_token.trim().is_empty() {
         return Err(CliError::Usage("the operator token is empty".into()));
     }
-    let id = ClientId::parse(args.id.trim())
-        .ok_or_else(|| {
-            CliError::Usage(format!(
-                "{:?} is not a client id (a UUID, as `pigeonhole clients` shows)",
-                printable(&args.id)
-            ))
-        })?
-        .to_string();
+    let id = parse_client_id(&args.id)?;
     let api = ctx.server_api()?;
     if !args.yes {
         if !std::io::stdin().is_terminal() {
@@ -361,6 +490,7 @@ mod tests {
             last_seen_at: seen.map(String::from),
             status: status.into(),
             sent_head: Some(0),
+            tags: Some(Vec::new()),
         }
     }
 
@@ -427,14 +557,83 @@ mod tests {
         let mut rows = sample();
         rows[1].name = Some("evil\x1b[2Jname".into());
         rows[2].sent_head = None; // an older server
+        rows[2].tags = None;
         rows[3].sent_head = Some(12);
+        rows[3].tags = Some(vec!["door-sensors".into(), "eu".into()]);
         let lines = table(&filter_and_sort(rows, None, SortBy::Status), now);
-        assert_eq!(lines[0], "ID  NAME               STATUS   SENT  LAST SEEN");
-        assert_eq!(lines[1], "d   alpha              online   12    11 s ago");
-        assert_eq!(lines[2], "c   zeta               online   0     2 min ago");
-        assert_eq!(lines[3], "e   -                  online   0     1 min ago");
-        assert_eq!(lines[4], "b   Alpha              offline  -     3 h ago");
-        assert_eq!(lines[5], "a   evil\\u{1b}[2Jname  offline  0     never");
+        assert_eq!(
+            lines[0],
+            "ID  NAME               STATUS   SENT  LAST SEEN  TAGS"
+        );
+        assert_eq!(
+            lines[1],
+            "d   alpha              online   12    11 s ago   door-sensors,eu"
+        );
+        assert_eq!(
+            lines[2],
+            "c   zeta               online   0     2 min ago  -"
+        );
+        assert_eq!(
+            lines[3],
+            "e   -                  online   0     1 min ago  -"
+        );
+        assert_eq!(
+            lines[4],
+            "b   Alpha              offline  -     3 h ago    -"
+        );
+        assert_eq!(
+            lines[5],
+            "a   evil\\u{1b}[2Jname  offline  0     never      -"
+        );
+    }
+
+    #[test]
+    fn tags_are_checked_folded_and_shown_escaped() {
+        let given = |tags: &[&str]| {
+            parse_client_tags(&tags.iter().map(|t| t.to_string()).collect::<Vec<_>>())
+        };
+        assert_eq!(
+            given(&["eu", "door-sensors,eu", " v1.2_x "]).unwrap(),
+            ["eu", "door-sensors", "v1.2_x"]
+        );
+        assert!(given(&[]).unwrap().is_empty(), "no tags clears them");
+        for bad in ["EU", "a b", "caf\u{e9}", "x\u{1b}[2J", &"t".repeat(65)] {
+            let err = given(&[bad]).unwrap_err();
+            assert!(matches!(err, CliError::Usage(_)), "{bad:?}");
+            assert!(
+                err.to_string()
+                    .chars()
+                    .all(|c| !crate::status::unprintable(c)),
+                "{err}"
+            );
+        }
+        let many: Vec<String> = (0..21).map(|n| format!("t{n}")).collect();
+        assert!(parse_client_tags(&many).is_err());
+        assert_eq!(parse_client_tags(&many[..20]).unwrap().len(), 20);
+
+        let reply = ClientTags {
+            id: "3f2b8c1e-5d4a-4e7b-9c61-0a8d2f7e4b13".into(),
+            tags: vec!["door-sensors".into(), "eu".into()],
+        };
+        assert_eq!(
+            tags_line(&reply),
+            "Client 3f2b8c1e-5d4a-4e7b-9c61-0a8d2f7e4b13 tags: door-sensors, eu"
+        );
+        let none = ClientTags {
+            tags: Vec::new(),
+            ..reply
+        };
+        assert_eq!(
+            tags_line(&none),
+            "Client 3f2b8c1e-5d4a-4e7b-9c61-0a8d2f7e4b13 has no tags."
+        );
+        // Tags come from the server: escaped like names.
+        assert_eq!(
+            shown_tags(Some(&["e\u{1b}[2J".to_string(), "\u{202e}x".to_string()])),
+            "e\\u{1b}[2J,\\u{202e}x"
+        );
+        assert_eq!(shown_tags(None), "-");
+        assert_eq!(shown_tags(Some(&[])), "-");
     }
 
     #[test]

@@ -27,10 +27,12 @@ Examples:
 
 Output: `[created_at] type: payload` per message, or with --json one object per
 line: {\"id\", \"type\", \"created_at\", \"payload\"}. Each message's aad is checked
-against its envelope and it is decrypted before it is printed; it is acked after
-it is printed, and the cursor is saved to the profile, so a restart continues
-where it left off. A message that fails verification is reported on stderr and
-skipped.
+against its envelope and it is decrypted before it is printed; the page is
+acked (its next_cursor) after it is printed, and the cursor is saved to the
+profile, so a restart continues where it left off. A message that fails
+verification is reported on stderr and skipped. Messages that expired (publish
+--ttl) are never delivered: a page may skip their ids, or hold no message at
+all, and its next_cursor is acked all the same.
 
 If the server refuses the token (401) because `pigeonhole rotate` gave this
 profile new credentials meanwhile, the loop reads them from the config file and
@@ -116,6 +118,8 @@ struct Listener {
 struct Handled {
     printed: usize,
     rejected: usize,
+    /// The page moved the cursor (past messages, or past expired ids only).
+    moved: bool,
 }
 
 impl Listener {
@@ -125,9 +129,11 @@ impl Listener {
     }
 
     async fn handle(&mut self, page: PollPage) -> Result<Handled, CliError> {
+        let before = self.cursor;
         let mut handled = Handled {
             printed: 0,
             rejected: 0,
+            moved: false,
         };
         for msg in &page.messages {
             if msg.id <= self.cursor {
@@ -147,6 +153,11 @@ impl Listener {
             }
             self.cursor = msg.id;
         }
+        // Everything the page covered is handled: move on to its
+        // next_cursor, which is past any expired ids it skipped (and is all
+        // a page whose messages all expired has).
+        self.cursor = self.cursor.max(page.reach());
+        handled.moved = self.cursor > before;
         self.ack().await?;
         Ok(handled)
     }
@@ -253,6 +264,10 @@ impl Listener {
                         handled.rejected
                     )));
                 }
+                if handled.printed == 0 {
+                    // Only expired ids: acked, but nothing new to show.
+                    return Ok(EXIT_NO_MESSAGES);
+                }
                 Ok(EXIT_OK)
             }
         }
@@ -272,9 +287,17 @@ impl Listener {
             let (outcome, problem) = match result {
                 Ok(Poll::Empty) => (PollOutcome::Empty, None),
                 Ok(Poll::Page(page)) => {
-                    let full_page = page.messages.len() >= self.limit as usize;
-                    self.handle(page).await?;
-                    (PollOutcome::Messages { full_page }, None)
+                    let count = page.messages.len();
+                    let handled = self.handle(page).await?;
+                    if count == 0 && !handled.moved {
+                        // No message and no progress: nothing new.
+                        (PollOutcome::Empty, None)
+                    } else {
+                        // A page of expired ids only may have more behind
+                        // it: poll again at once, like after a full page.
+                        let full_page = count >= self.limit as usize || count == 0;
+                        (PollOutcome::Messages { full_page }, None)
+                    }
                 }
                 // 429, or 503 `unavailable` with Retry-After: wait as asked;
                 // the cursor stays where it is.

@@ -7,6 +7,7 @@ pub mod inbox;
 pub mod listen;
 pub mod profiles;
 pub mod publish;
+pub mod publish_status;
 pub mod register;
 pub mod rotate;
 pub mod send;

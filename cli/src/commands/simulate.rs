@@ -14,7 +14,7 @@ use tokio::task::JoinSet;
 use tokio::time::{sleep_until, Instant};
 
 use super::{ctrl_c, print_line, Ctx};
-use crate::api::{Api, ApiError, Credentials, Poll};
+use crate::api::{publish_body, Api, ApiError, Audience, Credentials, Poll};
 use crate::backoff::{Backoff, PollOutcome};
 use crate::error::{CliError, EXIT_FAILURE, EXIT_OK};
 use crate::fingerprint;
@@ -146,15 +146,19 @@ impl Sim {
                     PollOutcome::Empty
                 }
                 Ok(Poll::Page(page)) => {
-                    let full_page = page.messages.len() >= DEFAULT_POLL_LIMIT as usize;
+                    // A page of expired ids only holds no message: ack its
+                    // next_cursor and poll again at once.
+                    let full_page = page.messages.len() >= DEFAULT_POLL_LIMIT as usize
+                        || page.messages.is_empty();
                     let (mut ok, mut bad) = (0, 0);
                     for m in &page.messages {
                         match open_delivered(&key, &creds.client_id, m) {
                             Ok(_) => ok += 1,
                             Err(_) => bad += 1,
                         }
-                        cursor = cursor.max(m.id);
                     }
+                    let moved = page.reach() > cursor;
+                    cursor = cursor.max(page.reach());
                     {
                         let mut s = lock(&self.stats);
                         s.polls += 1;
@@ -163,10 +167,14 @@ impl Sim {
                         s.rejected += bad;
                         s.latencies_us.push(latency);
                     }
-                    if let Err(e) = self.api.ack(&creds, cursor).await {
-                        lock(&self.stats).error(format!("ack: {e}"));
+                    if !moved {
+                        PollOutcome::Empty
+                    } else {
+                        if let Err(e) = self.api.ack(&creds, cursor).await {
+                            lock(&self.stats).error(format!("ack: {e}"));
+                        }
+                        PollOutcome::Messages { full_page }
                     }
-                    PollOutcome::Messages { full_page }
                 }
                 Err(e) => {
                     let mut s = lock(&self.stats);
@@ -203,14 +211,17 @@ impl Sim {
                     .publish(
                         &token,
                         None,
-                        batch,
-                        "simulate",
-                        &serde_json::json!({"at": now_ms()}),
+                        &publish_body(
+                            Audience::Clients(batch),
+                            "simulate",
+                            &serde_json::json!({"at": now_ms()}),
+                            None,
+                        ),
                     )
                     .await;
                 let mut s = lock(&self.stats);
                 match result {
-                    Ok(receipt) => s.published += receipt.recipients,
+                    Ok(receipt) => s.published += receipt.recipients.unwrap_or(0),
                     Err(e) => s.error(format!("publish: {e}")),
                 }
             }

@@ -255,6 +255,43 @@ describe('browser client against the local server', () => {
     creds = fresh;
   });
 
+  it('acknowledges next_cursor of a page whose messages all expired', async () => {
+    const before = Number(await page.getAttribute('#acked-cursor', 'data-cursor'));
+    await page.click('#pause');
+    await page.waitForSelector('#conn-state[data-state="paused"]');
+    // Two real messages; the route below plays a server that let both expire:
+    // a 200 with no messages and a next_cursor past them.
+    await publish('expired', { n: 1 });
+    await publish('expired', { n: 2 });
+    const last = before + 2;
+    const acks = [];
+    const onRequest = (request) => {
+      if (request.url().endsWith('/api/v1/messages/ack')) acks.push(JSON.parse(request.postData()));
+    };
+    page.on('request', onRequest);
+    const pollUrl = '**/api/v1/messages/poll*';
+    await page.route(pollUrl, (route) =>
+      route.fulfill({
+        status: 200,
+        headers: { 'Content-Type': 'application/json' },
+        body: JSON.stringify({ messages: [], next_cursor: last }),
+      }),
+    );
+    await page.click('#pause');
+    await page.waitForSelector(`#acked-cursor[data-cursor="${last}"]`);
+    await page.unroute(pollUrl);
+    page.off('request', onRequest);
+    assert.deepEqual(acks[0], { last_received_id: last }, 'next_cursor, not a message id');
+    assert.ok(acks.every((a) => a.last_received_id === last), JSON.stringify(acks));
+    assert.equal(await page.locator(`.message[data-id="${before + 1}"]`).count(), 0, 'nothing shown');
+    assert.equal(await page.isHidden('#error'), true);
+    const poll = await api('/messages/poll', {
+      headers: { Authorization: `Bearer ${creds.api_token}`, 'X-Client-Id': creds.client_id },
+    });
+    assert.equal(poll.status, 204, 'the server cursor moved past both ids');
+    await page.waitForSelector('#conn-state[data-state="ok"]');
+  });
+
   it('shows an invalid JSON payload inline, and sends an encrypted message', async () => {
     await page.fill('#compose-type', 'reply');
     await page.fill('#compose-payload', '{"text": ');
