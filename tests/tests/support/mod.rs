@@ -1011,6 +1011,308 @@ impl Server {
         }
         (all, pages)
     }
+
+    // -----------------------------------------------------------------------
+    // Tags, audiences, delivery status (audiences.rs, publish_status.rs,
+    // expiry.rs)
+    // -----------------------------------------------------------------------
+
+    /// `PUT /operators/clients/{client_id}/tags` with `token` as
+    /// `X-Operator-Token` and `body` as JSON.
+    pub async fn set_tags_raw(&self, token: &str, client_id: &str, body: &Value) -> Response {
+        self.request(
+            Method::PUT,
+            &format!("{API}/operators/clients/{}/tags", urlencode(client_id)),
+        )
+        .header("X-Operator-Token", token)
+        .json(body)
+        .send()
+        .await
+        .expect("set tags request")
+    }
+
+    /// Replaces a client's tags with the first operator token; asserts 200
+    /// `{"id", "tags"}` naming the client, and returns the tags it answered.
+    pub async fn set_tags(&self, client_id: &str, tags: &[&str]) -> Vec<String> {
+        let resp = self
+            .set_tags_raw(self.operator_token(), client_id, &json!({ "tags": tags }))
+            .await;
+        let status = resp.status();
+        let v = json_body(resp).await;
+        assert_eq!(
+            status,
+            StatusCode::OK,
+            "set tags {tags:?} on {client_id}: {v}"
+        );
+        assert_keys(&v, &["id", "tags"]);
+        assert_eq!(v["id"], json!(client_id), "set tags answers the client id");
+        v["tags"]
+            .as_array()
+            .unwrap_or_else(|| panic!("tags is not an array: {v}"))
+            .iter()
+            .map(|t| t.as_str().expect("a tag is a string").to_string())
+            .collect()
+    }
+
+    /// Publishes `body` (any audience), asserts 202 `{"publish_id",
+    /// "recipients"}`, then waits for the fan-out ([`Server::settle`]).
+    /// Returns the 202 body.
+    pub async fn publish_with(&self, body: &Value) -> Value {
+        let resp = self.publish_raw(body).await;
+        let status = resp.status();
+        let v = json_body(resp).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "publish {body}: {v}");
+        assert_keys(&v, &["publish_id", "recipients"]);
+        self.settle().await;
+        v
+    }
+
+    /// `GET /messages/publish/{publish_id}{query}` with `token` as
+    /// `X-Admin-Token` (`query` is empty or starts with `?`).
+    pub async fn publish_status_raw(&self, token: &str, publish_id: &str, query: &str) -> Response {
+        self.request(
+            Method::GET,
+            &format!("{API}/messages/publish/{}{query}", urlencode(publish_id)),
+        )
+        .header("X-Admin-Token", token)
+        .send()
+        .await
+        .expect("publish status request")
+    }
+
+    /// A publish's delivery status: asserts 200 and a well-formed body
+    /// whose counts add up ([`check_publish_status`]). Returns the body.
+    pub async fn publish_status(&self, publish_id: &str, query: &str) -> Value {
+        let resp = self
+            .publish_status_raw(self.admin_token(), publish_id, query)
+            .await;
+        let status = resp.status();
+        let v = json_body(resp).await;
+        assert_eq!(status, StatusCode::OK, "status of {publish_id}{query}: {v}");
+        check_publish_status(&v, query.contains("recipients=1"));
+        assert_eq!(
+            v["publish_id"],
+            json!(publish_id),
+            "status of another publish"
+        );
+        v
+    }
+
+    /// Every entry of a publish's `recipient_status`, walking the pages
+    /// with `limit` (`?recipients=1&limit=…&page_token=…`): each page at
+    /// most `limit` long, `next_page_token` on every page but the last, no
+    /// recipient twice. Returns them in the order given.
+    pub async fn recipient_statuses(&self, publish_id: &str, limit: u32) -> Vec<Value> {
+        let mut all: Vec<Value> = Vec::new();
+        let mut token: Option<String> = None;
+        for _ in 0..10_000 {
+            let mut query = format!("?recipients=1&limit={limit}");
+            if let Some(t) = &token {
+                query.push_str(&format!("&page_token={}", urlencode(t)));
+            }
+            let v = self.publish_status(publish_id, &query).await;
+            let page = v["recipient_status"].as_array().unwrap();
+            assert!(
+                page.len() <= limit as usize,
+                "a page of {} with limit={limit}: {v}",
+                page.len()
+            );
+            for r in page {
+                assert!(
+                    all.iter().all(|seen| seen["client_id"] != r["client_id"]),
+                    "{} listed twice in the recipients of {publish_id}",
+                    r["client_id"]
+                );
+                all.push(r.clone());
+            }
+            match v.get("next_page_token") {
+                None => return all,
+                Some(Value::String(t)) => token = Some(t.clone()),
+                Some(other) => panic!("next_page_token is not a string: {other}"),
+            }
+        }
+        panic!("the recipient pages of {publish_id} do not end");
+    }
+
+    /// On the aws backend, makes the fan-out queue hold every job sent to
+    /// it from now on for [`FANOUT_HOLD`] (the queue's `DelaySeconds`), so
+    /// a test can look at a publish before the fan-out has touched it.
+    /// [`Server::release_fanout`] ends that for new jobs; [`Server::settle`]
+    /// waits for the held ones too. Nothing on the embedded backend, whose
+    /// fan-out runs inside the publish request.
+    pub async fn hold_fanout(&self) {
+        self.fanout_delay(FANOUT_HOLD.as_secs()).await;
+    }
+
+    /// Ends [`Server::hold_fanout`] for jobs sent from now on.
+    pub async fn release_fanout(&self) {
+        self.fanout_delay(0).await;
+    }
+
+    async fn fanout_delay(&self, secs: u64) {
+        let Some(aws) = &self.aws else { return };
+        use aws_sdk_sqs::types::QueueAttributeName as A;
+        aws.sqs
+            .set_queue_attributes()
+            .queue_url(&aws.env.provisioned.queue_url)
+            .attributes(A::DelaySeconds, secs.to_string())
+            .send()
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "SetQueueAttributes DelaySeconds={secs} on {}: {}",
+                    aws.env.provisioned.queue_url,
+                    aws_sdk_sqs::error::DisplayErrorContext(e)
+                )
+            });
+    }
+}
+
+/// How long [`Server::hold_fanout`] holds a fan-out job on the aws backend.
+/// A test that relies on the hold checks that less than this has passed
+/// since it published.
+pub const FANOUT_HOLD: Duration = Duration::from_secs(5);
+
+/// What a recipient of a publish can be, in `recipient_status`.
+pub const RECIPIENT_STATES: [&str; 5] =
+    ["pending", "delivered", "acknowledged", "expired", "unknown"];
+
+/// Checks a 200 body of `GET /messages/publish/{publish_id}`: its fields
+/// and their types, and that its counts add up. `recipients` is null only
+/// while the audience is still being enumerated (never when `done`);
+/// otherwise `delivered` (which includes `acknowledged`), `expired`,
+/// `unknown` and `pending` are a partition of it. `done` means the
+/// recipients are known and none is pending; `queued` means nothing
+/// settled yet. With `detail` (`?recipients=1`) it has `recipient_status`,
+/// each entry well-formed.
+pub fn check_publish_status(v: &Value, detail: bool) {
+    let obj = v
+        .as_object()
+        .unwrap_or_else(|| panic!("status is not an object: {v}"));
+    let mut keys = vec![
+        "acknowledged",
+        "audience",
+        "created_at",
+        "delivered",
+        "expired",
+        "expires_at",
+        "pending",
+        "publish_id",
+        "recipients",
+        "state",
+        "type",
+        "unknown",
+    ];
+    if detail {
+        keys.push("recipient_status");
+        if obj.contains_key("next_page_token") {
+            keys.push("next_page_token");
+        }
+    }
+    assert_keys(v, &keys);
+    uuid::Uuid::parse_str(v["publish_id"].as_str().expect("publish_id string"))
+        .expect("publish_id is a UUID");
+    assert!(v["type"].is_string(), "type: {v}");
+    assert_timestamp(v["created_at"].as_str().expect("created_at string"));
+    match &v["expires_at"] {
+        Value::Null => {}
+        Value::String(t) => {
+            assert_timestamp(t);
+            assert!(
+                t.as_str() > v["created_at"].as_str().unwrap(),
+                "expires before it was created: {v}"
+            );
+        }
+        other => panic!("expires_at is neither null nor a timestamp: {other}"),
+    }
+    let audience = v["audience"]
+        .as_object()
+        .unwrap_or_else(|| panic!("audience is not an object: {v}"));
+    assert_eq!(audience.len(), 1, "exactly one audience: {v}");
+    let (kind, value) = audience.iter().next().unwrap();
+    match kind.as_str() {
+        "to_client_ids" => assert!(value.as_u64().is_some_and(|n| n >= 1), "{v}"),
+        "to_tags" => assert!(
+            value
+                .as_array()
+                .is_some_and(|t| !t.is_empty() && t.iter().all(Value::is_string)),
+            "{v}"
+        ),
+        "to_all" => assert_eq!(value, &json!(true), "{v}"),
+        other => panic!("unknown audience {other:?}: {v}"),
+    }
+    let count = |name: &str| {
+        v[name]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{name} is not a count: {v}"))
+    };
+    let (delivered, acknowledged, expired, unknown, pending) = (
+        count("delivered"),
+        count("acknowledged"),
+        count("expired"),
+        count("unknown"),
+        count("pending"),
+    );
+    assert!(
+        acknowledged <= delivered,
+        "acknowledged ones are delivered: {v}"
+    );
+    let recipients = match &v["recipients"] {
+        Value::Null => None,
+        n => Some(
+            n.as_u64()
+                .unwrap_or_else(|| panic!("recipients is neither null nor a count: {v}")),
+        ),
+    };
+    if let Some(n) = recipients {
+        assert_eq!(
+            delivered + expired + unknown + pending,
+            n,
+            "delivered + expired + unknown + pending = recipients: {v}"
+        );
+    }
+    if let Some(n) = v.get("audience").and_then(|a| a.get("to_client_ids")) {
+        assert_eq!(
+            v["recipients"], *n,
+            "named recipients are known at once: {v}"
+        );
+    }
+    let state = v["state"].as_str().expect("state string");
+    let done = recipients.is_some() && pending == 0;
+    let settled = delivered + expired + unknown;
+    let want = if done {
+        "done"
+    } else if settled == 0 {
+        "queued"
+    } else {
+        "delivering"
+    };
+    assert_eq!(state, want, "state: {v}");
+    if detail {
+        let entries = v["recipient_status"]
+            .as_array()
+            .unwrap_or_else(|| panic!("recipient_status is not an array: {v}"));
+        for r in entries {
+            assert_keys(r, &["client_id", "message_id", "status"]);
+            uuid::Uuid::parse_str(r["client_id"].as_str().expect("client_id string"))
+                .expect("client_id is a UUID");
+            let status = r["status"].as_str().expect("status string");
+            assert!(RECIPIENT_STATES.contains(&status), "status {status}: {v}");
+            match status {
+                "pending" | "unknown" => {
+                    assert_eq!(r["message_id"], Value::Null, "{status} with a message: {r}")
+                }
+                "delivered" | "acknowledged" => assert!(
+                    r["message_id"].as_u64().is_some_and(|id| id >= 1),
+                    "{status} without a message id: {r}"
+                ),
+                _ => assert!(
+                    r["message_id"].is_null() || r["message_id"].as_u64().is_some_and(|id| id >= 1),
+                    "{r}"
+                ),
+            }
+        }
+    }
 }
 
 /// The raw bytes of a DynamoDB attribute value (strings as UTF-8, numbers as
