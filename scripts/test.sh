@@ -54,6 +54,12 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 "$venv/bin/pip" install --quiet --disable-pip-version-check \
   -r tests/python/requirements.txt -r tests/requirements-aws.txt
+# The Python clients, installed the way a user installs them; the tests
+# import them from site-packages and run their console scripts (see
+# tests/python/installed.py). --no-index: the package builds offline (its
+# build backend is in the tree and needs nothing downloaded); its two
+# dependencies came with the requirements above.
+"$venv/bin/pip" install --quiet --disable-pip-version-check --no-index ./clients/python
 
 # Two more emulators, both the real thing rather than a model of it: AWS's
 # DynamoDB Local, and LocalStack (DynamoDB, which is DynamoDB Local again,
@@ -173,8 +179,12 @@ for f in RegisterFunction RotateFunction PublishFunction SendFunction PollFuncti
 done
 export PIGEONHOLE_LAMBDA_BIN_DIR="$root/target/sam-build"
 
-step "browser client (headless Chromium)"
+step "browser client and operators' console (headless Chromium)"
 clients/browser/test/run.sh
+
+# The same protocol module as a Node package (no dependencies to install).
+step "pigeonhole.js under Node against the local server (node --test)"
+(cd clients/browser && npm test)
 
 step "OpenAPI description"
 "$venv/bin/openapi-spec-validator" openapi.yaml

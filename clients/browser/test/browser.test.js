@@ -4,72 +4,14 @@
 // $PIGEONHOLE_ARTIFACTS_DIR).
 
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
-import { existsSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
+import { mkdirSync } from 'node:fs';
+import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
+import { artifacts, chromiumArgs, chromiumPath, startServer } from './server.js';
 
-const here = fileURLToPath(new URL('.', import.meta.url));
-const repo = resolve(here, '../../..');
-const serverBin = process.env.PIGEONHOLE_LOCAL_BIN || join(repo, 'target/debug/pigeonhole-local');
-const chromiumPath = process.env.CHROMIUM_PATH || '/usr/bin/chromium';
-const artifacts = resolve(process.env.PIGEONHOLE_ARTIFACTS_DIR || join(repo, 'target/browser-artifacts'));
 const ADMIN_TOKEN = 'browser-test-admin-token';
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
-
-/** Starts pigeonhole-local on a free port; resolves to {url, stop}. */
-async function startServer() {
-  if (!existsSync(serverBin)) {
-    throw new Error(`${serverBin} not found: run cargo build -p pigeonhole-local or set PIGEONHOLE_LOCAL_BIN`);
-  }
-  const dataDir = mkdtempSync(join(tmpdir(), 'pigeonhole-browser-'));
-  const child = spawn(serverBin, ['--listen', '127.0.0.1:0', '--data-dir', dataDir], {
-    env: {
-      ...process.env,
-      ADMIN_TOKEN,
-      OPERATOR_TOKENS: 'browser-test-operator-token',
-      MASTER_KEY: randomBytes(32).toString('base64'),
-      POLL_RATE_LIMIT: '600',
-      RUST_LOG: process.env.RUST_LOG || 'warn',
-    },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  let stderr = '';
-  child.stderr.on('data', (chunk) => {
-    stderr += chunk;
-  });
-  const url = await new Promise((resolveUrl, reject) => {
-    let stdout = '';
-    const timer = setTimeout(() => reject(new Error(`the server did not start in 15 s:\n${stderr}`)), 15000);
-    child.stdout.on('data', (chunk) => {
-      stdout += chunk;
-      const match = stdout.match(/listening on (http:\/\/\S+)/);
-      if (match) {
-        clearTimeout(timer);
-        resolveUrl(match[1]);
-      }
-    });
-    child.on('exit', (code) => {
-      clearTimeout(timer);
-      reject(new Error(`the server exited with ${code}:\n${stderr}`));
-    });
-  });
-  const stop = async () => {
-    if (child.exitCode === null && child.signalCode === null) {
-      const exited = new Promise((r) => child.once('exit', r));
-      child.kill('SIGTERM');
-      const timer = setTimeout(() => child.kill('SIGKILL'), 5000);
-      await exited;
-      clearTimeout(timer);
-    }
-    rmSync(dataDir, { recursive: true, force: true });
-  };
-  return { url, stop };
-}
 
 describe('browser client against the local server', () => {
   let server;
@@ -102,19 +44,8 @@ describe('browser client against the local server', () => {
 
   before(async () => {
     mkdirSync(artifacts, { recursive: true });
-    server = await startServer();
-    browser = await chromium.launch({
-      executablePath: chromiumPath,
-      args: [
-        '--headless',
-        '--no-sandbox',
-        '--disable-gpu',
-        '--disable-background-networking',
-        '--disable-component-update',
-        '--disable-sync',
-        '--no-first-run',
-      ],
-    });
+    server = await startServer({ adminToken: ADMIN_TOKEN, operatorToken: 'browser-test-operator-token' });
+    browser = await chromium.launch({ executablePath: chromiumPath, args: chromiumArgs });
     context = await browser.newContext({ viewport: { width: 1100, height: 900 }, colorScheme: 'light' });
     page = await context.newPage();
     page.setDefaultTimeout(10000);

@@ -1,7 +1,8 @@
 // The browser client's protocol module under Node's Web Crypto: the format
 // vectors shared with the Rust server and the Python client, the code-point
 // key order of the canonical AAD, the poll backoff schedule, the plain-http
-// rule, and rotate() against a stubbed fetch.
+// rule, and against a stubbed fetch rotate(), the retries (one
+// Idempotency-Key per publish) and the listen loop.
 
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
@@ -9,7 +10,11 @@ import { test } from 'node:test';
 import {
   ApiError,
   Backoff,
+  DecryptionError,
   InsecureUrlError,
+  PigeonholeAdmin,
+  PigeonholeClient,
+  apiBase,
   apiRequest,
   b64decode,
   b64encode,
@@ -25,6 +30,7 @@ import {
   open,
   rotate,
   seal,
+  sleep,
 } from '../pigeonhole.js';
 
 const vectors = JSON.parse(
@@ -226,4 +232,110 @@ test('every body is sent as Content-Type: application/json', async () => {
   } finally {
     globalThis.fetch = realFetch;
   }
+});
+
+test('withRetries: what a retry may fix is retried (Retry-After first), the rest is not', async () => {
+  const realFetch = globalThis.fetch;
+  const replies = [];
+  const calls = [];
+  globalThis.fetch = async (url, init) => {
+    calls.push(init);
+    const next = replies.shift();
+    if (next === 'network') throw new TypeError('fetch failed');
+    return next();
+  };
+  const json = (status, body, headers = {}) => () =>
+    new Response(JSON.stringify(body), { status, headers: { 'Content-Type': 'application/json', ...headers } });
+  const base = 'http://127.0.0.1:8080/api/v1';
+  const admin = new PigeonholeAdmin(base, { adminToken: 'admin', attempts: 3 });
+  try {
+    // A publish whose answer was lost is resent with the same Idempotency-Key.
+    replies.push('network', json(503, { error: { code: 'unavailable', message: 'x' } }, { 'Retry-After': '1' }));
+    replies.push(json(202, { publish_id: 'p', recipients: 1 }));
+    const started = Date.now();
+    assert.deepEqual(await admin.publish({ toAll: true, type: 't', payload: null }), { publish_id: 'p', recipients: 1 });
+    assert.ok(Date.now() - started >= 1900, 'waited 1 s, then Retry-After: 1');
+    assert.equal(calls.length, 3);
+    const keys = new Set(calls.map((c) => c.headers['Idempotency-Key']));
+    assert.equal(keys.size, 1, 'one key for every attempt');
+    assert.match([...keys][0], /^[A-Za-z0-9_-]{22}$/);
+    assert.equal(calls[0].headers['X-Admin-Token'], 'admin');
+    assert.equal(calls[0].body, '{"to_all":true,"type":"t","payload":null}');
+
+    // A 422 is final; so is a 429 that asks for more than a minute.
+    calls.length = 0;
+    replies.push(json(422, { error: { code: 'validation_failed', message: 'bad' } }));
+    await assert.rejects(admin.publishStatus('p'), (e) => e instanceof ApiError && e.status === 422 && e.code === 'validation_failed');
+    replies.push(json(429, { error: { code: 'rate_limited', message: 'slow' } }, { 'Retry-After': '120' }));
+    await assert.rejects(admin.publishStatus('p'), (e) => e.status === 429 && e.retryAfter === 120);
+    assert.equal(calls.length, 2, 'no retries');
+
+    // attempts: 1 is one call; a missing token is refused before any.
+    replies.push('network');
+    await assert.rejects(admin.publishStatus('p', { attempts: 1 }), (e) => e.kind === 'network');
+    await assert.rejects(admin.listClients(), /operator token/);
+    assert.equal(calls.length, 3);
+  } finally {
+    globalThis.fetch = realFetch;
+  }
+});
+
+test('listen: hands verified messages over, skips a forged one, acks next_cursor, waits out a 429', async () => {
+  const v = vectors[0];
+  const realFetch = globalThis.fetch;
+  const requests = [];
+  const replies = [];
+  globalThis.fetch = async (url, init) => {
+    requests.push([init.method, url.replace(/^.*\/api\/v1/, ''), init.body]);
+    return replies.shift()();
+  };
+  const creds = { client_id: v.aad.client_id, api_token: 'pht_x', personal_token: v.personal_token };
+  const good = { ...v, id: v.aad.id, created_at: v.aad.created_at, type: 'greeting' };
+  const forged = { ...good, id: v.aad.id + 1 }; // its aad names another id
+  replies.push(
+    () => new Response('{"error":{"code":"rate_limited","message":"x"}}', { status: 429, headers: { 'Retry-After': '1' } }),
+    () => new Response(JSON.stringify({ messages: [good, forged], next_cursor: forged.id + 5 }), { status: 200 }),
+    () => new Response(JSON.stringify({ cursor: forged.id + 5 }), { status: 200 }),
+    () => new Response(null, { status: 204 }),
+  );
+  const client = new PigeonholeClient('http://127.0.0.1:8080', creds);
+  const seen = [];
+  const invalid = [];
+  const waits = [];
+  try {
+    const stats = await client.listen((m) => seen.push(m), {
+      step: 0.01,
+      maxPolls: 3,
+      onWait: (seconds, reason) => waits.push([seconds, reason]),
+      onInvalid: (message, error) => invalid.push([message.id, error instanceof DecryptionError, error.messageId]),
+    });
+    assert.deepEqual(seen, [{ id: good.id, type: 'greeting', payload: { text: 'hi' }, created_at: good.created_at }]);
+    assert.deepEqual(invalid, [[forged.id, true, forged.id]]);
+    assert.deepEqual(stats, { polls: 3, messages: 1, invalid: 1, errors: 0, rateLimited: 1, cursor: forged.id + 5 });
+    assert.deepEqual(waits[0], [1, 'rate_limited']);
+    assert.deepEqual(
+      requests.map(([method, path, body]) => [method, path, body]),
+      [
+        ['GET', '/messages/poll?limit=100', undefined],
+        ['GET', '/messages/poll?limit=100', undefined],
+        ['POST', '/messages/ack', JSON.stringify({ last_received_id: forged.id + 5 })],
+        ['GET', `/messages/poll?limit=100&cursor=${forged.id + 5}`, undefined],
+      ],
+    );
+  } finally {
+    globalThis.fetch = realFetch;
+  }
+});
+
+test('helpers: apiBase, intervalFromQuery fallback, sleep ends on abort', async () => {
+  assert.equal(apiBase('http://127.0.0.1:8080'), 'http://127.0.0.1:8080/api/v1');
+  assert.equal(apiBase('https://x.example/api/v1/'), 'https://x.example/api/v1');
+  assert.throws(() => apiBase('ftp://x'), /http/);
+  assert.equal(intervalFromQuery('', 1), 1);
+  assert.equal(intervalFromQuery('?interval=0.5', 1), 0.5);
+  const stop = new AbortController();
+  const started = Date.now();
+  setTimeout(() => stop.abort(), 20);
+  await sleep(30, stop.signal);
+  assert.ok(Date.now() - started < 5000);
 });

@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
-# Runs the browser client's tests: the protocol module against the shared
-# format vectors (Node's Web Crypto), then the page end to end in headless
-# Chromium (Debian's package, driven by playwright-core from npm) against the
-# real local server.
+# Runs the browser pages' tests: the protocol module against the shared
+# format vectors (Node's Web Crypto), then the client page and the
+# operators' console end to end in headless Chromium (Debian's package,
+# driven by playwright-core from npm) against the real local server.
+# (pigeonhole.js as a Node package against the server: `npm test` in
+# clients/browser, which needs no dependency.)
 #
-# Installs what is missing first: chromium through apt-get (as root), the npm
-# dependency from package-lock.json, the local server through cargo (unless
-# PIGEONHOLE_LOCAL_BIN points at a built one). Extra arguments go to
-# `node --test`. Screenshots land in target/browser-artifacts/.
+# Installs what is missing first: chromium through apt-get (as root), the
+# npm dependencies from package-lock.json (playwright-core, and TypeScript,
+# which first checks the JSDoc types of pigeonhole.js), the local server
+# through cargo (unless PIGEONHOLE_LOCAL_BIN points at a built one). Extra
+# arguments go to `node --test`. Screenshots land in target/browser-artifacts/.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../../.." && pwd)
@@ -42,10 +45,13 @@ else
   npm install --no-audit --no-fund --loglevel=error >/dev/null
 fi
 
+# The JSDoc types of pigeonhole.js, as a TypeScript user of the package sees them.
+node_modules/.bin/tsc -p ../jsconfig.json
+
 if [ -z "${PIGEONHOLE_LOCAL_BIN:-}" ]; then
   (cd "$root" && cargo build --quiet --locked -p pigeonhole-local)
   export PIGEONHOLE_LOCAL_BIN="$root/target/debug/pigeonhole-local"
 fi
 export CHROMIUM_PATH="$chromium"
 
-exec node --test "$@" format.test.js browser.test.js
+exec node --test "$@" format.test.js browser.test.js console.test.js
