@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
 """Pigeonhole Python reference client.
 
-A single file you can copy into your project. It needs Python 3.9 or newer
-and two packages: ``pip install requests cryptography``.
+Install it with ``pip install ./clients/python`` from a checkout (the
+``pigeonhole-client`` command, ``py.typed``), or copy this single file into
+your project. It needs Python 3.9 or newer and two packages, ``requests`` and
+``cryptography`` (``pip install requests cryptography`` for a copied file).
 
 It speaks only the documented HTTP API (``docs/api.md``) and encryption
 format (``docs/encryption.md``): AES-256-GCM under the client's personal key,
@@ -35,7 +37,7 @@ loopback (localhost, 127.0.0.0/8, ::1): the API token, and in the register
 and rotate answers the personal key, would cross the network unencrypted.
 Pass ``insecure_http=True`` to allow it anyway.
 
-Command line (``python pigeonhole_client.py --help``)::
+Command line (``pigeonhole-client --help`` installed, ``python pigeonhole_client.py --help`` copied)::
 
     python pigeonhole_client.py register --url http://127.0.0.1:8080 --name laptop
     python pigeonhole_client.py listen [--once] [--json]
@@ -328,7 +330,7 @@ class Message:
         return {"id": self.id, "type": self.type, "created_at": self.created_at, "payload": self.payload}
 
 
-class Messages(list):
+class Messages(List[Message]):
     """What ``PigeonholeClient.poll`` returns: the verified, decrypted messages (a list) and
     ``next_cursor``, the id to acknowledge.
 
@@ -732,7 +734,7 @@ def _retry_wait(exc: Exception, attempt: int, base_delay: float) -> Optional[flo
     """
     if not _retryable(exc):
         return None
-    retry_after = getattr(exc, "retry_after", None)
+    retry_after: Optional[float] = getattr(exc, "retry_after", None)
     if retry_after is not None:
         if retry_after > MAX_RETRY_AFTER:
             return None
@@ -1816,7 +1818,7 @@ def _batch_keys(given: Optional[str], batches: int) -> List[Optional[str]]:
     ``None`` (a fresh UUID each) without one."""
     if given is None:
         return [None] * batches
-    keys = [given] if batches == 1 else [f"{given}-{n}" for n in range(1, batches + 1)]
+    keys: List[Optional[str]] = [given] if batches == 1 else [f"{given}-{n}" for n in range(1, batches + 1)]
     if not all(valid_idempotency_key(k) for k in keys):
         raise _UsageError(f"--idempotency-key must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} visible ASCII characters "
                           "(no spaces)" + (f", including the batch suffix -{batches}" if batches > 1 else ""))
@@ -1982,6 +1984,15 @@ def _cmd_inbox(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _prog(file_name: str) -> str:
+    """The command's name in usage lines: the console script (``pigeonhole-client``), the copied
+    file (``pigeonhole_client.py``), or ``python -m pigeonhole_client`` for the installed package."""
+    invoked = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    if invoked == "__main__.py":
+        return f"python -m {__name__}"
+    return invoked if invoked and invoked != "-c" else file_name
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``argparse`` parser of the command line."""
     env_url = os.environ.get("PIGEONHOLE_URL") or DEFAULT_URL
@@ -1996,7 +2007,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "registered with it remembers it for its URL")
 
     parser = argparse.ArgumentParser(
-        prog="pigeonhole_client.py",
+        prog=_prog("pigeonhole_client.py"),
         description="Pigeonhole reference client: register, listen, send, rotate, publish, status, inbox.",
         epilog="plain http:// is refused unless the host is loopback (localhost, 127.0.0.0/8, ::1) or "
                "--insecure-http is given. exit codes: 0 ok, 1 the server refused the request, 2 usage error, "

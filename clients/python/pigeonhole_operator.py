@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
 """Pigeonhole operator tool: list clients with their status and tags, tag a client, delete a client.
 
-A single file; needs Python 3.9+ and ``pip install requests``. It follows
-``next_page_token`` through every page of ``GET /api/v1/operators/clients``.
+Installed with ``pip install ./clients/python`` (the ``pigeonhole-operator``
+command, ``py.typed``), or a single file to copy: Python 3.9+ and ``pip install
+requests``. It follows ``next_page_token`` through every page of
+``GET /api/v1/operators/clients``.
 
     export PIGEONHOLE_OPERATOR_TOKEN=...
     python pigeonhole_operator.py --url http://127.0.0.1:8080      # table
@@ -33,6 +35,7 @@ import sys
 import unicodedata
 import uuid
 from datetime import datetime, timezone
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Set
 from urllib.parse import quote, urlsplit
 
 import requests
@@ -52,11 +55,15 @@ EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_NETWORK = 4
 
+#: One client as the listing returns it: ``{"id", "name", "created_at", "last_seen_at", "status",
+#: "sent_head", "tags"}`` (a server may add fields).
+ClientRecord = Dict[str, Any]
+
 
 class OperatorError(Exception):
     """A failed request: ``status`` (None without a response), ``code`` and ``message``."""
 
-    def __init__(self, status, code: str, message: str) -> None:
+    def __init__(self, status: int | None, code: str, message: str) -> None:
         super().__init__(f"{status} {code}: {message}" if status else message)
         self.status = status
         self.code = code
@@ -104,7 +111,7 @@ def _unprintable(c: str) -> bool:
     return unicodedata.category(c) in ("Cc", "Cf")
 
 
-def printable(text) -> str:
+def printable(text: object) -> str:
     """``text`` with every control or format character shown escaped (``\\x1b``, ``\\u202e``), so a
     value from the server can neither act on the terminal nor hide; the operator sees it was there."""
     return "".join(c.encode("unicode_escape").decode("ascii") if _unprintable(c) else c for c in str(text))
@@ -113,7 +120,7 @@ def printable(text) -> str:
 def json_for_terminal(text: str) -> str:
     """JSON text with the control and format characters ``json.dumps(ensure_ascii=False)`` leaves raw
     (DEL, C1 controls, Cf) written as ``\\uXXXX`` escapes: the same value, safe on a terminal."""
-    out = []
+    out: List[str] = []
     for c in text:
         if c != "\n" and _unprintable(c):
             data = c.encode("utf-16-be")
@@ -128,11 +135,11 @@ def _api(base_url: str) -> str:
     return url if url.endswith(API_PREFIX) else url + API_PREFIX
 
 
-def _headers(operator_token: str) -> dict:
+def _headers(operator_token: str) -> Dict[str, str]:
     return {"X-Operator-Token": operator_token, "User-Agent": f"pigeonhole-operator-python/{__version__}"}
 
 
-def _error(resp) -> OperatorError:
+def _error(resp: requests.Response) -> OperatorError:
     code, message = f"http_{resp.status_code}", resp.text[:300]
     try:
         err = resp.json()["error"]
@@ -142,13 +149,13 @@ def _error(resp) -> OperatorError:
     return OperatorError(resp.status_code, code, message)
 
 
-def valid_tag(tag) -> bool:
+def valid_tag(tag: object) -> bool:
     """The API's rule for a tag: 1-64 characters of ``a-z 0-9 _ . -``."""
     return isinstance(tag, str) and 1 <= len(tag) <= MAX_TAG_CHARS and all(c in TAG_CHARS for c in tag)
 
 
-def set_tags(base_url: str, operator_token: str, client_id: str, tags, *, timeout: float = 10.0,
-             session=None, insecure_http: bool = False) -> list:
+def set_tags(base_url: str, operator_token: str, client_id: str, tags: Iterable[str], *, timeout: float = 10.0,
+             session: requests.Session | None = None, insecure_http: bool = False) -> List[str]:
     """Replace a client's tags (``PUT /api/v1/operators/clients/{client_id}/tags``).
 
     ``tags`` is any iterable of tags (0-20, each 1-64 characters of ``a-z 0-9 _ . -``;
@@ -185,7 +192,7 @@ def set_tags(base_url: str, operator_token: str, client_id: str, tags, *, timeou
 
 
 def delete_client(base_url: str, operator_token: str, client_id: str, *, timeout: float = 10.0,
-                  session=None, insecure_http: bool = False) -> None:
+                  session: requests.Session | None = None, insecure_http: bool = False) -> None:
     """Delete a client (``DELETE /api/v1/operators/clients/{client_id}``).
 
     Its token is refused from then on, and its record, inbox, sent messages and
@@ -204,8 +211,9 @@ def delete_client(base_url: str, operator_token: str, client_id: str, *, timeout
 
 
 def list_clients(base_url: str, operator_token: str, *, page_size: int | None = None,
-                 timeout: float = 10.0, session=None, insecure_http: bool = False, stop=None,
-                 tag: str | None = None) -> list:
+                 timeout: float = 10.0, session: requests.Session | None = None, insecure_http: bool = False,
+                 stop: Callable[[List[ClientRecord]], bool] | None = None,
+                 tag: str | None = None) -> List[ClientRecord]:
     """Every client, following ``next_page_token`` through all pages (oldest first).
 
     Each item is ``{"id", "name", "created_at", "last_seen_at", "status", "sent_head", "tags"}``
@@ -221,11 +229,11 @@ def list_clients(base_url: str, operator_token: str, *, page_size: int | None = 
     url = _api(base_url) + "/operators/clients"
     session = session or requests.Session()
     headers = _headers(operator_token)
-    clients: list = []
-    token = None
-    seen_tokens = set()
+    clients: List[ClientRecord] = []
+    token: str | None = None
+    seen_tokens: Set[str] = set()
     while True:
-        params = {}
+        params: Dict[str, Any] = {}
         if page_size is not None:
             params["limit"] = page_size
         if tag is not None:
@@ -252,7 +260,7 @@ def list_clients(base_url: str, operator_token: str, *, page_size: int | None = 
         seen_tokens.add(token)
 
 
-def relative_time(timestamp: str | None, now=None) -> str:
+def relative_time(timestamp: str | None, now: datetime | None = None) -> str:
     """``"never"``, ``"just now"``, ``"42 s ago"``, ``"2 min ago"``, ``"3 h ago"`` or ``"5 d ago"``."""
     if not timestamp:
         return "never"
@@ -277,7 +285,7 @@ def relative_time(timestamp: str | None, now=None) -> str:
     return f"{seconds // 86400} d ago"
 
 
-def format_table(clients: list, now=None) -> str:
+def format_table(clients: Iterable[Mapping[str, Any]], now: datetime | None = None) -> str:
     """An aligned text table: ID, NAME, STATUS, SENT, LAST SEEN, TAGS. SENT is the client's newest sent
     id (``sent_head``; ``-`` from a server that does not report it); TAGS its tags, comma-separated
     (``-``: none). Control and format characters in the values (names above all: anyone could register
@@ -294,7 +302,7 @@ def format_table(clients: list, now=None) -> str:
     return "\n".join(lines)
 
 
-def _add_connection(p, suppress: bool) -> None:
+def _add_connection(p: argparse.ArgumentParser, suppress: bool) -> None:
     """--url, --operator-token, --timeout, --insecure-http. A subcommand's copy has no defaults, so it
     does not overwrite what was given before the subcommand."""
     d = (lambda value: argparse.SUPPRESS) if suppress else (lambda value: value)
@@ -307,7 +315,7 @@ def _add_connection(p, suppress: bool) -> None:
                         "network unencrypted)")
 
 
-def _add_listing(p, suppress: bool) -> None:
+def _add_listing(p: argparse.ArgumentParser, suppress: bool) -> None:
     d = (lambda value: argparse.SUPPRESS) if suppress else (lambda value: value)
     p.add_argument("--status", choices=["online", "offline"], default=d(None), help="only clients with this status")
     p.add_argument("--tag", metavar="TAG", default=d(None),
@@ -318,10 +326,19 @@ def _add_listing(p, suppress: bool) -> None:
                    help=f"clients per request, 1-{MAX_PAGE_SIZE} (default: the server's, 100)")
 
 
-def build_parser():
+def _prog(file_name: str) -> str:
+    """The command's name in usage lines: the console script (``pigeonhole-operator``), the copied
+    file (``pigeonhole_operator.py``), or ``python -m pigeonhole_operator`` for the installed package."""
+    invoked = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    if invoked == "__main__.py":
+        return f"python -m {__name__}"
+    return invoked if invoked and invoked != "-c" else file_name
+
+
+def build_parser() -> argparse.ArgumentParser:
     """The ``argparse`` parser: list (the default), ``tag ID [TAG ...]`` or ``delete ID``."""
     parser = argparse.ArgumentParser(
-        prog="pigeonhole_operator.py",
+        prog=_prog("pigeonhole_operator.py"),
         description="List Pigeonhole clients with their status (online = seen in the last 120 s) and "
                     "tags, tag one, or delete one.",
         epilog="examples:\n"
@@ -364,11 +381,11 @@ def build_parser():
     return parser
 
 
-def _find(clients_or_page: list, client_id: str):
+def _find(clients_or_page: Iterable[ClientRecord], client_id: str) -> ClientRecord | None:
     return next((c for c in clients_or_page if str(c.get("id", "")).lower() == client_id), None)
 
 
-def delete_question(client_id: str, client, now=None) -> str:
+def delete_question(client_id: str, client: Mapping[str, Any] | None, now: datetime | None = None) -> str:
     """The confirmation question, naming the client (escaped for the terminal)."""
     if client is None:
         who = f"client {printable(client_id)} (not in the listing)"
@@ -380,7 +397,7 @@ def delete_question(client_id: str, client, now=None) -> str:
             "this cannot be undone. [y/N] ")
 
 
-def _delete(args, token: str) -> int:
+def _delete(args: argparse.Namespace, token: str) -> int:
     try:
         client_id = str(uuid.UUID(args.client_id.strip()))
     except ValueError:
@@ -392,9 +409,9 @@ def _delete(args, token: str) -> int:
             print(f"error: refusing to delete client {client_id} without confirmation: stdin is not a "
                   "terminal, so nobody can be asked; pass --yes to delete it", file=sys.stderr)
             return EXIT_USAGE
-        found = []
+        found: List[ClientRecord] = []
 
-        def stop(page) -> bool:  # walk the pages only until the client shows up
+        def stop(page: List[ClientRecord]) -> bool:  # walk the pages only until the client shows up
             client = _find(page, client_id)
             if client is not None:
                 found.append(client)
@@ -413,7 +430,7 @@ def _delete(args, token: str) -> int:
     return EXIT_OK
 
 
-def main(argv=None) -> int:
+def main(argv: List[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -438,7 +455,7 @@ def main(argv=None) -> int:
         return EXIT_ERROR
 
 
-def _tag(args, token: str) -> int:
+def _tag(args: argparse.Namespace, token: str) -> int:
     try:
         client_id = str(uuid.UUID(args.client_id.strip()))
     except ValueError:
@@ -459,7 +476,7 @@ def _tag(args, token: str) -> int:
     return EXIT_OK
 
 
-def _list(args, token: str) -> int:
+def _list(args: argparse.Namespace, token: str) -> int:
     if args.page_size is not None and not 1 <= args.page_size <= MAX_PAGE_SIZE:
         print(f"error: --page-size must be 1 to {MAX_PAGE_SIZE}", file=sys.stderr)
         return EXIT_USAGE

@@ -20,12 +20,10 @@ Inputs (see lambda_runtime.py):
 from __future__ import annotations
 
 import base64
-import importlib.util
 import json
 import os
 import secrets
 import subprocess
-import sys
 import time
 import uuid
 
@@ -34,8 +32,8 @@ import pytest
 import requests
 
 import lambda_runtime as lr
+from installed import installed_module
 
-CLIENT_PY = lr.REPO / "clients" / "python" / "pigeonhole_client.py"
 ADMIN_TOKEN = "lrt-admin-" + secrets.token_hex(12)
 OPERATOR_TOKENS = ["lrt-op-" + secrets.token_hex(8), "lrt-op2-" + secrets.token_hex(8)]
 # One key of its own per purpose, as the template generates them.
@@ -46,19 +44,7 @@ PURPOSE_KEYS = {
 HTTP_TIMEOUT = 20
 
 
-def _load_client():
-    """clients/python/pigeonhole_client.py under a name of its own (the
-    reference-client tests load and unload it as `pigeonhole_client`)."""
-    name = "pigeonhole_client_for_lambda_runtime"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, CLIENT_PY)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module  # dataclasses look the module up while it loads
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-pc = _load_client()
+pc = installed_module("pigeonhole_client")  # the Python client, as installed (see installed.py)
 
 
 class Stack:

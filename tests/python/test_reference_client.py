@@ -6,8 +6,12 @@
 - A scripted stub server covers what the real one can't be made to do on
   demand: 5xx, a chosen Retry-After (429, 503 `unavailable`), a tampered
   delivery, publish retries under one Idempotency-Key.
-- pigeonhole_operator.py and the pigeonhole_client.py command line, run as
-  scripts from their own directory.
+- The operator tool and the client's command line, run as the console scripts
+  the package installs (pigeonhole-operator, pigeonhole-client).
+- The modules come from the installed package (scripts/test.sh runs
+  `pip install ./clients/python`; see installed.py); the single files as a
+  user copies them are checked too: standard library plus their documented
+  dependencies only, and run from a directory of their own.
 - Issue 8: rotate (library and command line, including a rotation whose
   answer was lost), operator delete, the registration limit, plain http
   refused for hosts that are not loopback, Content-Type on every POST, and
@@ -23,7 +27,6 @@ from __future__ import annotations
 
 import ast
 import base64
-import importlib.util
 import json
 import os
 import signal
@@ -42,10 +45,12 @@ import requests
 
 from docutil import REPO
 from harness import start_server, stop_server
+from installed import CLIENT_DIR, console_script, installed_module
 
-CLIENT_DIR = REPO / "clients" / "python"
 CLIENT_PY = CLIENT_DIR / "pigeonhole_client.py"
 OPERATOR_PY = CLIENT_DIR / "pigeonhole_operator.py"
+CLIENT_CLI = "pigeonhole-client"
+OPERATOR_CLI = "pigeonhole-operator"
 FORMAT_VECTORS = REPO / "shared" / "tests" / "data" / "pigeonhole_format_vectors.json"
 
 
@@ -55,22 +60,14 @@ FORMAT_VECTORS = REPO / "shared" / "tests" / "data" / "pigeonhole_format_vectors
 
 @pytest.fixture(scope="module")
 def phc():
-    """clients/python/pigeonhole_client.py, loaded from its path (as a user who copied it would)."""
-    spec = importlib.util.spec_from_file_location("pigeonhole_client", CLIENT_PY)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["pigeonhole_client"] = module
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop("pigeonhole_client", None)
+    """``import pigeonhole_client``, from the installed package."""
+    return installed_module("pigeonhole_client")
 
 
 @pytest.fixture(scope="module")
 def opt():
-    """clients/python/pigeonhole_operator.py, loaded from its path."""
-    spec = importlib.util.spec_from_file_location("pigeonhole_operator", OPERATOR_PY)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """``import pigeonhole_operator``, from the installed package."""
+    return installed_module("pigeonhole_operator")
 
 
 @pytest.fixture(scope="module")
@@ -243,14 +240,25 @@ def _delivered(phc, mid, type_, payload, client_id=STUB_CLIENT_ID):
     return dict(body, id=mid, type=type_, created_at=created_at)
 
 
-def _run(script: Path, *args, env=None, timeout=30):
-    """Run a client script from its own directory, as a user would."""
+def _clean_env(env=None) -> dict:
+    """This process's environment without the PIGEONHOLE_* settings a command would pick up, plus ``env``."""
     full_env = {k: v for k, v in os.environ.items()
                 if k not in ("PIGEONHOLE_OPERATOR_TOKEN", "PIGEONHOLE_ADMIN_TOKEN", "PIGEONHOLE_URL",
                              "PIGEONHOLE_CREDENTIALS", "PIGEONHOLE_INSECURE_HTTP")}
     full_env.update(env or {})
+    return full_env
+
+
+def _run(command: str, *args, env=None, timeout=30):
+    """Run an installed console script (``pigeonhole-client``, ``pigeonhole-operator``), as a user would."""
     # stdin is never a terminal here, whatever runs pytest.
-    return subprocess.run([sys.executable, script.name, *map(str, args)], cwd=script.parent, env=full_env,
+    return subprocess.run([str(console_script(command)), *map(str, args)], env=_clean_env(env),
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout)
+
+
+def _run_copied(script: Path, *args, env=None, timeout=30):
+    """Run a single file the way someone who copied it would: ``python FILE ...`` from its directory."""
+    return subprocess.run([sys.executable, script.name, *map(str, args)], cwd=script.parent, env=_clean_env(env),
                           stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout)
 
 
@@ -272,6 +280,37 @@ def test_single_files_use_only_the_stdlib_and_their_documented_deps(path, allowe
         pytest.skip("needs Python 3.10+ to know the standard library's module names")
     extra = {m for m in imported if m not in stdlib and m != "__future__"}
     assert extra <= allowed, extra
+
+
+def test_single_files_work_copied_into_a_project(server, tmp_path):
+    """Without the package: the two files copied into a directory import as modules from there and
+    run as scripts (register, send, list)."""
+    project = tmp_path / "my_project"
+    project.mkdir()
+    client_copy = project / CLIENT_PY.name
+    operator_copy = project / OPERATOR_PY.name
+    client_copy.write_bytes(CLIENT_PY.read_bytes())
+    operator_copy.write_bytes(OPERATOR_PY.read_bytes())
+
+    where = subprocess.run([sys.executable, "-c", "import pigeonhole_client as c, pigeonhole_operator as o; "
+                            "print(c.__file__); print(o.__file__)"], cwd=project, env=_clean_env(),
+                           capture_output=True, text=True, timeout=30)
+    assert where.returncode == 0, where.stderr
+    assert [Path(p) for p in where.stdout.split()] == [client_copy, operator_copy]
+
+    usage = _run_copied(client_copy, "--help")
+    assert usage.returncode == 0 and usage.stdout.startswith("usage: pigeonhole_client.py"), usage.stdout
+    creds = project / "creds.json"
+    reg = _run_copied(client_copy, "register", "--url", server.origin, "--name", "copied", "--credentials", creds)
+    assert reg.returncode == 0, reg.stderr
+    client_id = reg.stdout.strip().split()[-1]
+    sent = _run_copied(client_copy, "send", "--type", "status", "--payload", '{"ok": true}', "--credentials", creds)
+    assert sent.returncode == 0 and json.loads(sent.stdout) == {"id": 1, "status": 201}, (sent.stdout, sent.stderr)
+    listed = _run_copied(operator_copy, "--url", server.origin, "--json",
+                         env={"PIGEONHOLE_OPERATOR_TOKEN": server.operator_token})
+    assert listed.returncode == 0, listed.stderr
+    assert {"id": client_id, "sent_head": 1} in [{"id": c["id"], "sent_head": c["sent_head"]}
+                                                 for c in json.loads(listed.stdout)]
 
 
 def test_backoff_schedule_and_next_interval(phc):
@@ -678,7 +717,7 @@ def test_publish_does_not_retry_a_422(phc):
 def test_cli_publish_retries_with_the_same_key_and_stops_on_422():
     unavailable = (503, {"Retry-After": "1"}, {"error": {"code": "unavailable", "message": "storage is unavailable"}})
     with Stub(publish=[unavailable, PUBLISHED]) as stub:
-        run = _run(CLIENT_PY, "publish", "--url", stub.origin, "--to", STUB_CLIENT_ID, "--type", "t",
+        run = _run(CLIENT_CLI, "publish", "--url", stub.origin, "--to", STUB_CLIENT_ID, "--type", "t",
                    "--payload", "1", "--idempotency-key", "job-42", env={"PIGEONHOLE_ADMIN_TOKEN": "admin-token"})
         assert run.returncode == 0, run.stderr
         assert json.loads(run.stdout)["recipients"] == 1
@@ -686,12 +725,12 @@ def test_cli_publish_retries_with_the_same_key_and_stops_on_422():
         assert [h["Idempotency-Key"] for h in stub.headers_of("POST", "/api/v1/messages/publish")] == \
             ["job-42", "job-42"]
     with Stub(publish=[_error(422, "idempotency_key_reused", "different body")]) as stub:
-        run = _run(CLIENT_PY, "publish", "--url", stub.origin, "--to", STUB_CLIENT_ID, "--type", "t",
+        run = _run(CLIENT_CLI, "publish", "--url", stub.origin, "--to", STUB_CLIENT_ID, "--type", "t",
                    "--payload", "2", "--idempotency-key", "job-42", env={"PIGEONHOLE_ADMIN_TOKEN": "admin-token"})
         assert run.returncode == 1 and "idempotency_key_reused" in run.stderr, run.stderr
         assert "retrying" not in run.stderr
         assert len(stub.calls("POST", "/api/v1/messages/publish")) == 1
-    bad = _run(CLIENT_PY, "publish", "--url", "http://127.0.0.1:9", "--to", STUB_CLIENT_ID, "--type", "t",
+    bad = _run(CLIENT_CLI, "publish", "--url", "http://127.0.0.1:9", "--to", STUB_CLIENT_ID, "--type", "t",
                "--payload", "1", "--idempotency-key", "two words", env={"PIGEONHOLE_ADMIN_TOKEN": "x"})
     assert bad.returncode == 2 and "--idempotency-key" in bad.stderr
 
@@ -706,7 +745,7 @@ def test_operator_lists_clients_with_status(phc, server):
     offline_creds, _ = _new_client(phc, server, "op-offline")  # registered, never seen
     env = {"PIGEONHOLE_OPERATOR_TOKEN": server.operator_token}
 
-    table = _run(OPERATOR_PY, "--url", server.origin, env=env)
+    table = _run(OPERATOR_CLI, "--url", server.origin, env=env)
     assert table.returncode == 0, table.stderr
     rows = {line.split()[0]: line for line in table.stdout.splitlines() if line.strip()}
     assert rows["ID"].split() == ["ID", "NAME", "STATUS", "SENT", "LAST", "SEEN", "TAGS"]
@@ -714,7 +753,7 @@ def test_operator_lists_clients_with_status(phc, server):
     assert " ".join(rows[online_creds.client_id].split()).endswith(("just now -", "s ago -"))
     assert rows[offline_creds.client_id].split()[-4:] == ["offline", "0", "never", "-"]
 
-    as_json = _run(OPERATOR_PY, "--url", server.origin, "--json", env=env)
+    as_json = _run(OPERATOR_CLI, "--url", server.origin, "--json", env=env)
     assert as_json.returncode == 0, as_json.stderr
     clients = {c["id"]: c for c in json.loads(as_json.stdout)}
     assert clients[online_creds.client_id]["status"] == "online"
@@ -724,7 +763,7 @@ def test_operator_lists_clients_with_status(phc, server):
     assert clients[offline_creds.client_id]["sent_head"] == 0
 
     # The token from the flag; --status filters.
-    offline_only = _run(OPERATOR_PY, "--url", server.origin, "--json", "--status", "offline",
+    offline_only = _run(OPERATOR_CLI, "--url", server.origin, "--json", "--status", "offline",
                         "--operator-token", server.operator_token)
     assert offline_only.returncode == 0, offline_only.stderr
     listed = json.loads(offline_only.stdout)
@@ -736,24 +775,22 @@ def test_operator_lists_clients_with_status(phc, server):
     direct = requests.get(f"{server.base}/operators/clients", params={"limit": 1000},
                           headers={"X-Operator-Token": server.operator_token}, timeout=10).json()["clients"]
     assert len(direct) >= 2
-    paged = _run(OPERATOR_PY, "--url", server.origin, "--json", "--page-size", "1", env=env)
+    paged = _run(OPERATOR_CLI, "--url", server.origin, "--json", "--page-size", "1", env=env)
     assert paged.returncode == 0, paged.stderr
     assert [c["id"] for c in json.loads(paged.stdout)] == [c["id"] for c in direct]
 
 
 def test_operator_errors_and_exit_codes(server):
-    no_token = _run(OPERATOR_PY, "--url", server.origin)
+    no_token = _run(OPERATOR_CLI, "--url", server.origin)
     assert no_token.returncode == 2 and "PIGEONHOLE_OPERATOR_TOKEN" in no_token.stderr
-    wrong = _run(OPERATOR_PY, "--url", server.origin, "--operator-token", "wrong-token")
+    wrong = _run(OPERATOR_CLI, "--url", server.origin, "--operator-token", "wrong-token")
     assert wrong.returncode == 1 and "unauthorized" in wrong.stderr
-    down = _run(OPERATOR_PY, "--url", f"http://127.0.0.1:{_free_port()}", "--operator-token", "x")
+    down = _run(OPERATOR_CLI, "--url", f"http://127.0.0.1:{_free_port()}", "--operator-token", "x")
     assert down.returncode == 4, down.stderr
 
 
-def test_operator_relative_time():
-    spec = importlib.util.spec_from_file_location("pigeonhole_operator", OPERATOR_PY)
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+def test_operator_relative_time(opt):
+    tool = opt
     from datetime import datetime, timezone
     now = datetime(2026, 11, 25, 12, 0, 0, tzinfo=timezone.utc)
     cases = {None: "never", "2026-11-25T11:59:58.500Z": "just now", "2026-11-25T11:59:18.000Z": "42 s ago",
@@ -769,7 +806,7 @@ def test_operator_relative_time():
 
 def test_cli_register_listen_send_publish(phc, server, tmp_path):
     creds_path = tmp_path / "conf" / "client.json"
-    reg = _run(CLIENT_PY, "register", "--url", server.origin, "--name", "cli", "--credentials", creds_path)
+    reg = _run(CLIENT_CLI, "register", "--url", server.origin, "--name", "cli", "--credentials", creds_path)
     assert reg.returncode == 0, reg.stderr
     assert stat.S_IMODE(os.stat(creds_path).st_mode) == 0o600
     saved = json.loads(creds_path.read_text())
@@ -781,53 +818,53 @@ def test_cli_register_listen_send_publish(phc, server, tmp_path):
 
     # Again with the same file: the stored fingerprint is reused, so it's the same client.
     os.chmod(creds_path, 0o644)
-    again = _run(CLIENT_PY, "register", "--url", server.origin, "--credentials", creds_path)
+    again = _run(CLIENT_CLI, "register", "--url", server.origin, "--credentials", creds_path)
     assert again.returncode == 0 and again.stdout.strip() == client_id, again.stderr
     assert "already registered" in again.stderr
     assert stat.S_IMODE(os.stat(creds_path).st_mode) == 0o600
-    other = _run(CLIENT_PY, "register", "--url", server.origin, "--credentials", creds_path,
+    other = _run(CLIENT_CLI, "register", "--url", server.origin, "--credentials", creds_path,
                  "--fingerprint", f"another-{uuid.uuid4()}")
     assert other.returncode == 2 and "--force" in other.stderr
 
-    empty = _run(CLIENT_PY, "listen", "--once", "--credentials", creds_path)
+    empty = _run(CLIENT_CLI, "listen", "--once", "--credentials", creds_path)
     assert empty.returncode == 3, empty.stderr
 
-    pub = _run(CLIENT_PY, "publish", "--url", server.origin, "--to", client_id, "--type", "greeting",
+    pub = _run(CLIENT_CLI, "publish", "--url", server.origin, "--to", client_id, "--type", "greeting",
                "--payload", '{"text": "hi from the CLI ✓"}', env={"PIGEONHOLE_ADMIN_TOKEN": server.admin_token})
     assert pub.returncode == 0, pub.stderr
     assert json.loads(pub.stdout)["recipients"] == 1
 
-    got = _run(CLIENT_PY, "listen", "--once", "--json", "--credentials", creds_path)
+    got = _run(CLIENT_CLI, "listen", "--once", "--json", "--credentials", creds_path)
     assert got.returncode == 0, got.stderr
     lines = [json.loads(line) for line in got.stdout.splitlines()]
     assert [(m["id"], m["type"], m["payload"]) for m in lines] == [(1, "greeting", {"text": "hi from the CLI ✓"})]
-    assert _run(CLIENT_PY, "listen", "--once", "--credentials", creds_path).returncode == 3  # acked
+    assert _run(CLIENT_CLI, "listen", "--once", "--credentials", creds_path).returncode == 3  # acked
 
-    sent = _run(CLIENT_PY, "send", "--type", "status", "--payload", '{"ok": true}', "--credentials", creds_path)
+    sent = _run(CLIENT_CLI, "send", "--type", "status", "--payload", '{"ok": true}', "--credentials", creds_path)
     assert sent.returncode == 0, sent.stderr
     assert json.loads(sent.stdout) == {"id": 1, "status": 201}
 
-    bad_json = _run(CLIENT_PY, "send", "--type", "status", "--payload", "{nope", "--credentials", creds_path)
+    bad_json = _run(CLIENT_CLI, "send", "--type", "status", "--payload", "{nope", "--credentials", creds_path)
     assert bad_json.returncode == 2
-    no_admin = _run(CLIENT_PY, "publish", "--url", server.origin, "--to", client_id, "--type", "t",
+    no_admin = _run(CLIENT_CLI, "publish", "--url", server.origin, "--to", client_id, "--type", "t",
                     "--payload", "1")
     assert no_admin.returncode == 2 and "PIGEONHOLE_ADMIN_TOKEN" in no_admin.stderr
-    missing = _run(CLIENT_PY, "listen", "--once", "--credentials", tmp_path / "nope.json")
+    missing = _run(CLIENT_CLI, "listen", "--once", "--credentials", tmp_path / "nope.json")
     assert missing.returncode == 2 and "register" in missing.stderr
 
 
 def test_cli_exit_codes_for_rate_limit_and_unreachable(phc, limited_server, tmp_path):
     creds_path = tmp_path / "limited.json"
-    assert _run(CLIENT_PY, "register", "--url", limited_server.origin, "--credentials", creds_path).returncode == 0
-    assert _run(CLIENT_PY, "listen", "--once", "--credentials", creds_path).returncode == 3
-    limited = _run(CLIENT_PY, "listen", "--once", "--credentials", creds_path)
+    assert _run(CLIENT_CLI, "register", "--url", limited_server.origin, "--credentials", creds_path).returncode == 0
+    assert _run(CLIENT_CLI, "listen", "--once", "--credentials", creds_path).returncode == 3
+    limited = _run(CLIENT_CLI, "listen", "--once", "--credentials", creds_path)
     assert limited.returncode == 1 and "rate limited" in limited.stderr
 
     creds = phc.load_credentials(str(creds_path))
     down_path = phc.save_credentials(
         phc.Credentials(f"http://127.0.0.1:{_free_port()}", creds.client_id, creds.api_token,
                         creds.personal_token), str(tmp_path / "down.json"))
-    down = _run(CLIENT_PY, "listen", "--once", "--timeout", "2", "--credentials", down_path)
+    down = _run(CLIENT_CLI, "listen", "--once", "--timeout", "2", "--credentials", down_path)
     assert down.returncode == 4, down.stderr
 
 
@@ -884,15 +921,15 @@ def test_plain_http_is_refused_unless_loopback_or_allowed(phc, opt):
 
 
 def test_command_lines_refuse_plain_http_to_other_hosts(tmp_path):
-    reg = _run(CLIENT_PY, "register", "--url", NOT_LOOPBACK, "--credentials", tmp_path / "c.json")
+    reg = _run(CLIENT_CLI, "register", "--url", NOT_LOOPBACK, "--credentials", tmp_path / "c.json")
     assert reg.returncode == 2, reg.stderr
     assert "--insecure-http" in reg.stderr and "192.0.2.10" in reg.stderr
     assert not (tmp_path / "c.json").exists()
-    pub = _run(CLIENT_PY, "publish", "--url", NOT_LOOPBACK, "--to", STUB_CLIENT_ID, "--type", "t",
+    pub = _run(CLIENT_CLI, "publish", "--url", NOT_LOOPBACK, "--to", STUB_CLIENT_ID, "--type", "t",
                "--payload", "1", env={"PIGEONHOLE_ADMIN_TOKEN": "x"})
     assert pub.returncode == 2 and "--insecure-http" in pub.stderr, pub.stderr
     for args in ((), ("--json",), ("delete", STUB_CLIENT_ID, "--yes")):
-        out = _run(OPERATOR_PY, "--url", NOT_LOOPBACK, *args, "--operator-token", "x")
+        out = _run(OPERATOR_CLI, "--url", NOT_LOOPBACK, *args, "--operator-token", "x")
         assert out.returncode == 2, (args, out.stderr)
         assert "--insecure-http" in out.stderr, out.stderr
 
@@ -950,9 +987,9 @@ def test_cli_rotate_completes_a_rotation_whose_answer_was_lost(phc, tmp_path):
     lost = _error(502, "http_502", "bad gateway")
     with Stub(register=[(201, None, _creds_body(key_byte=1)), (200, None, _creds_body(key_byte=2, token="B"))],
               rotate=[lost], poll=[_error(401, "unauthorized")]) as stub:
-        assert _run(CLIENT_PY, "register", "--url", stub.origin, "--fingerprint", fp,
+        assert _run(CLIENT_CLI, "register", "--url", stub.origin, "--fingerprint", fp,
                     "--credentials", path).returncode == 0
-        out = _run(CLIENT_PY, "rotate", "--credentials", path)
+        out = _run(CLIENT_CLI, "rotate", "--credentials", path)
         assert out.returncode == 0, out.stderr
         assert "checking whether the server rotated" in out.stderr and out.stdout.strip() == STUB_CLIENT_ID
         saved = json.loads(path.read_text())
@@ -966,13 +1003,13 @@ def test_cli_rotate_completes_a_rotation_whose_answer_was_lost(phc, tmp_path):
               register=[(200, None, _creds_body(key_byte=3, token="C"))]) as stub:
         phc.save_credentials(phc.Credentials(stub.origin, STUB_CLIENT_ID, "pht_" + "B" * 43,
                                              _creds_body(key_byte=2)["personal_token"], fingerprint=fp), str(path))
-        out = _run(CLIENT_PY, "rotate", "--new-fingerprint", "--credentials", path)
+        out = _run(CLIENT_CLI, "rotate", "--new-fingerprint", "--credentials", path)
         assert out.returncode == 1 and "run `rotate` again" in out.stderr, out.stderr
         pending = json.loads(path.read_text())["pending_fingerprint"]
         assert pending != fp and stub.calls("POST", "/api/v1/clients/rotate") == [{"fingerprint": pending}]
-        refused = _run(CLIENT_PY, "register", "--url", stub.origin, "--credentials", path)
+        refused = _run(CLIENT_CLI, "register", "--url", stub.origin, "--credentials", path)
         assert refused.returncode == 2 and "rotate" in refused.stderr
-        done = _run(CLIENT_PY, "rotate", "--credentials", path)
+        done = _run(CLIENT_CLI, "rotate", "--credentials", path)
         assert done.returncode == 0, done.stderr
         assert "completed an earlier rotation" in done.stderr
         saved = json.loads(path.read_text())
@@ -984,11 +1021,11 @@ def test_cli_rotate_completes_a_rotation_whose_answer_was_lost(phc, tmp_path):
     with Stub(rotate=[lost]) as stub:
         phc.save_credentials(phc.Credentials(stub.origin, STUB_CLIENT_ID, "pht_" + "C" * 43,
                                              _creds_body(key_byte=3)["personal_token"], fingerprint=fp), str(path))
-        out = _run(CLIENT_PY, "rotate", "--credentials", path)
+        out = _run(CLIENT_CLI, "rotate", "--credentials", path)
         assert out.returncode == 1 and "nothing was changed" in out.stderr, out.stderr
         saved = json.loads(path.read_text())
         assert saved["api_token"] == "pht_" + "C" * 43 and "pending_fingerprint" not in saved
-        bad = _run(CLIENT_PY, "rotate", "--fingerprint", "short", "--credentials", path)
+        bad = _run(CLIENT_CLI, "rotate", "--fingerprint", "short", "--credentials", path)
         assert bad.returncode == 2 and "--fingerprint" in bad.stderr
 
 
@@ -1003,10 +1040,10 @@ def test_operator_table_and_json_escape_control_and_format_characters(opt):
     assert opt.printable("café ✓ 日本 \u00a0") == "café ✓ 日本 \u00a0"
     listing = (200, None, {"clients": [row]})
     with Stub(listing=[listing, listing]) as stub:
-        out = _run(OPERATOR_PY, "--url", stub.origin, "--operator-token", "op")
+        out = _run(OPERATOR_CLI, "--url", stub.origin, "--operator-token", "op")
         assert out.returncode == 0, out.stderr
         assert not raw & set(out.stdout) and "\\u202egpj.exe" in out.stdout
-        out = _run(OPERATOR_PY, "--url", stub.origin, "--operator-token", "op", "--json")
+        out = _run(OPERATOR_CLI, "--url", stub.origin, "--operator-token", "op", "--json")
         assert out.returncode == 0, out.stderr
         assert not raw & set(out.stdout), repr(out.stdout)
         assert json.loads(out.stdout)[0]["name"] == evil  # the same value, escaped as JSON
@@ -1014,12 +1051,12 @@ def test_operator_table_and_json_escape_control_and_format_characters(opt):
 
 def test_operator_delete_against_a_stub(opt):
     with Stub(delete=[(204,), _error(404, "not_found", "no such client")]) as stub:
-        out = _run(OPERATOR_PY, "--url", stub.origin, "--operator-token", "op", "delete", STUB_CLIENT_ID)
+        out = _run(OPERATOR_CLI, "--url", stub.origin, "--operator-token", "op", "delete", STUB_CLIENT_ID)
         assert out.returncode == 2 and "--yes" in out.stderr, out.stderr  # no terminal, no --yes
-        out = _run(OPERATOR_PY, "delete", "laptop", "--yes", "--url", stub.origin, "--operator-token", "op")
+        out = _run(OPERATOR_CLI, "delete", "laptop", "--yes", "--url", stub.origin, "--operator-token", "op")
         assert out.returncode == 2 and "not a client id" in out.stderr
         assert stub.requests == []
-        out = _run(OPERATOR_PY, "delete", STUB_CLIENT_ID.upper(), "--yes", "--url", stub.origin,
+        out = _run(OPERATOR_CLI, "delete", STUB_CLIENT_ID.upper(), "--yes", "--url", stub.origin,
                    env={"PIGEONHOLE_OPERATOR_TOKEN": "op"})
         assert out.returncode == 0 and out.stdout.strip() == f"deleted client {STUB_CLIENT_ID}", out.stderr
         with pytest.raises(opt.OperatorError) as e:
@@ -1065,25 +1102,25 @@ def test_rotate_keeps_unacknowledged_messages_readable(phc, server):
 
 def test_cli_rotate_against_the_server(phc, server, tmp_path):
     path = tmp_path / "rot.json"
-    assert _run(CLIENT_PY, "register", "--url", server.origin, "--credentials", path).returncode == 0
+    assert _run(CLIENT_CLI, "register", "--url", server.origin, "--credentials", path).returncode == 0
     before = json.loads(path.read_text())
     _publish(phc, server, [before["client_id"]], "pending", {"k": "v"})
-    out = _run(CLIENT_PY, "rotate", "--credentials", path)
+    out = _run(CLIENT_CLI, "rotate", "--credentials", path)
     assert out.returncode == 0, out.stderr
     after = json.loads(path.read_text())
     assert after["client_id"] == before["client_id"] and after["fingerprint"] == before["fingerprint"]
     assert after["api_token"] != before["api_token"] and after["personal_token"] != before["personal_token"]
     assert after["api_token"] not in out.stdout + out.stderr
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
-    got = _run(CLIENT_PY, "listen", "--once", "--json", "--credentials", path)
+    got = _run(CLIENT_CLI, "listen", "--once", "--json", "--credentials", path)
     assert got.returncode == 0, got.stderr
     assert [json.loads(line)["payload"] for line in got.stdout.splitlines()] == [{"k": "v"}]
 
-    out = _run(CLIENT_PY, "rotate", "--new-fingerprint", "--credentials", path)
+    out = _run(CLIENT_CLI, "rotate", "--new-fingerprint", "--credentials", path)
     assert out.returncode == 0, out.stderr
     latest = json.loads(path.read_text())
     assert latest["fingerprint"] != before["fingerprint"] and latest["fingerprint"] not in out.stdout + out.stderr
-    again = _run(CLIENT_PY, "register", "--url", server.origin, "--credentials", path)
+    again = _run(CLIENT_CLI, "register", "--url", server.origin, "--credentials", path)
     assert again.returncode == 0 and "already registered" in again.stderr, again.stderr
     assert json.loads(path.read_text())["api_token"] == latest["api_token"]
 
@@ -1093,21 +1130,21 @@ def test_operator_delete_revokes_a_client(phc, opt, server):
     gone_creds, gone = _new_client(phc, server, "op-gone")
     env = {"PIGEONHOLE_OPERATOR_TOKEN": server.operator_token}
 
-    refused = _run(OPERATOR_PY, "--url", server.origin, "delete", gone_creds.client_id, env=env)
+    refused = _run(OPERATOR_CLI, "--url", server.origin, "delete", gone_creds.client_id, env=env)
     assert refused.returncode == 2 and "--yes" in refused.stderr
     assert gone.poll() == []  # still there
 
-    out = _run(OPERATOR_PY, "--url", server.origin, "delete", gone_creds.client_id, "--yes", env=env)
+    out = _run(OPERATOR_CLI, "--url", server.origin, "delete", gone_creds.client_id, "--yes", env=env)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == f"deleted client {gone_creds.client_id}"
-    listed = _run(OPERATOR_PY, "--url", server.origin, "--json", env=env)
+    listed = _run(OPERATOR_CLI, "--url", server.origin, "--json", env=env)
     ids = {c["id"] for c in json.loads(listed.stdout)}
     assert gone_creds.client_id not in ids and keep.client_id in ids
     with pytest.raises(phc.ApiError) as e:
         gone.poll()
     assert e.value.status == 401
 
-    again = _run(OPERATOR_PY, "--url", server.origin, "delete", gone_creds.client_id, "--yes", env=env)
+    again = _run(OPERATOR_CLI, "--url", server.origin, "delete", gone_creds.client_id, "--yes", env=env)
     assert again.returncode == 1 and "not_found" in again.stderr, again.stderr
     with pytest.raises(opt.OperatorError) as e:
         opt.delete_client(server.origin, server.operator_token, gone_creds.client_id)
@@ -1239,28 +1276,28 @@ def test_cli_inbox(phc, server):
     cid = creds.client_id
     env = {"PIGEONHOLE_ADMIN_TOKEN": server.admin_token}
 
-    out = _run(CLIENT_PY, "inbox", cid, "--url", server.origin, "--json", "--limit", "1", env=env)
+    out = _run(CLIENT_CLI, "inbox", cid, "--url", server.origin, "--json", "--limit", "1", env=env)
     assert out.returncode == 0, out.stderr
     lines = [json.loads(line) for line in out.stdout.splitlines()]
     assert [(m["id"], m["type"], m["payload"], m["aad"]) for m in lines] == \
         [(i, "reply", {"n": i}, {"client_id": cid}) for i in (1, 2, 3)]
 
-    out = _run(CLIENT_PY, "inbox", cid.upper(), "--after", "2", "--url", server.origin, env=env)
+    out = _run(CLIENT_CLI, "inbox", cid.upper(), "--after", "2", "--url", server.origin, env=env)
     assert out.returncode == 0, out.stderr
     assert len(out.stdout.splitlines()) == 1 and out.stdout.rstrip().endswith('] #3 reply: {"n":3}'), out.stdout
 
-    unknown = _run(CLIENT_PY, "inbox", str(uuid.uuid4()), "--url", server.origin, env=env)
+    unknown = _run(CLIENT_CLI, "inbox", str(uuid.uuid4()), "--url", server.origin, env=env)
     assert unknown.returncode == 1 and "not_found" in unknown.stderr, unknown.stderr
-    not_uuid = _run(CLIENT_PY, "inbox", "laptop", "--url", server.origin, env=env)
+    not_uuid = _run(CLIENT_CLI, "inbox", "laptop", "--url", server.origin, env=env)
     assert not_uuid.returncode == 2 and "not a client id" in not_uuid.stderr
-    no_token = _run(CLIENT_PY, "inbox", cid, "--url", server.origin)
+    no_token = _run(CLIENT_CLI, "inbox", cid, "--url", server.origin)
     assert no_token.returncode == 2 and "PIGEONHOLE_ADMIN_TOKEN" in no_token.stderr
 
     # --follow: prints what is there, picks up what comes, and Ctrl-C ends it with 0.
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("PIGEONHOLE_")}
     full_env.update(env)
-    proc = subprocess.Popen([sys.executable, CLIENT_PY.name, "inbox", cid, "--url", server.origin, "--follow",
-                             "--json"], cwd=CLIENT_DIR, env=full_env, stdin=subprocess.DEVNULL,
+    proc = subprocess.Popen([str(console_script(CLIENT_CLI)), "inbox", cid, "--url", server.origin, "--follow",
+                             "--json"], env=full_env, stdin=subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     watchdog = threading.Timer(30, proc.kill)  # a readline below never blocks for ever
     watchdog.start()
@@ -1288,7 +1325,7 @@ def test_cli_inbox_escapes_what_clients_sent(phc):
     raw = {"\x1b", "\x07", "\x9b", "\u202e", "\u200b"}
     for as_json in (False, True):
         with Stub(sent=[page, (204,)]) as stub:
-            out = _run(CLIENT_PY, "inbox", STUB_CLIENT_ID, "--url", stub.origin, *(["--json"] if as_json else []),
+            out = _run(CLIENT_CLI, "inbox", STUB_CLIENT_ID, "--url", stub.origin, *(["--json"] if as_json else []),
                        env={"PIGEONHOLE_ADMIN_TOKEN": "admin-token"})
             assert out.returncode == 0, out.stderr
             assert not raw & set(out.stdout), repr(out.stdout)
@@ -1389,9 +1426,9 @@ def test_poll_and_listen_ack_next_cursor_past_expired_ids(phc, tmp_path):
     # --once on a page of expired ids only: acked, and "nothing new" (exit 3).
     with Stub(poll=[(200, None, expired)], register=[(201, None, _creds_body())]) as stub:
         creds_path = tmp_path / "c.json"
-        reg = _run(CLIENT_PY, "register", "--url", stub.origin, "--credentials", creds_path)
+        reg = _run(CLIENT_CLI, "register", "--url", stub.origin, "--credentials", creds_path)
         assert reg.returncode == 0, reg.stderr
-        out = _run(CLIENT_PY, "listen", "--once", "--credentials", creds_path)
+        out = _run(CLIENT_CLI, "listen", "--once", "--credentials", creds_path)
         assert out.returncode == 3, (out.stdout, out.stderr)
         assert stub.calls("POST", "/api/v1/messages/ack") == [{"last_received_id": 5}]
 
@@ -1463,17 +1500,17 @@ def test_operator_set_tags_and_tag_listing_against_a_stub(opt):
         assert "tag=eu" in [p for m, p, _ in stub.requests if m == "GET"][0]
 
         # The command line: `tag` replaces, and the listing shows TAGS, escaped.
-        out = _run(OPERATOR_PY, "--url", stub.origin, "--operator-token", "op", "tag", STUB_CLIENT_ID, "eu")
+        out = _run(OPERATOR_CLI, "--url", stub.origin, "--operator-token", "op", "tag", STUB_CLIENT_ID, "eu")
         assert out.returncode == 0, out.stderr
         assert out.stdout.strip() == f"client {STUB_CLIENT_ID} tags: eu"
-        out = _run(OPERATOR_PY, "--url", stub.origin, "--operator-token", "op", "--tag", "eu")
+        out = _run(OPERATOR_CLI, "--url", stub.origin, "--operator-token", "op", "--tag", "eu")
         assert out.returncode == 0, out.stderr
         assert "\x1b" not in out.stdout and "door-sensors,e\\x1b[2Ju" in out.stdout, out.stdout
         assert "TAGS" in out.stdout.splitlines()[0]
         before = len(stub.requests)
-        bad = _run(OPERATOR_PY, "--url", stub.origin, "--operator-token", "op", "tag", STUB_CLIENT_ID, "EU")
+        bad = _run(OPERATOR_CLI, "--url", stub.origin, "--operator-token", "op", "tag", STUB_CLIENT_ID, "EU")
         assert bad.returncode == 2, bad.stderr
-        bad = _run(OPERATOR_PY, "--url", stub.origin, "--operator-token", "op", "--tag", "no spaces")
+        bad = _run(OPERATOR_CLI, "--url", stub.origin, "--operator-token", "op", "--tag", "no spaces")
         assert bad.returncode == 2, bad.stderr
         assert len(stub.requests) == before
 
@@ -1484,7 +1521,7 @@ def test_cli_publish_audiences_and_status_against_a_stub(tmp_path):
     with Stub(publish=[tag_receipt], status=[(200, None, _status_body()),
                                               (200, None, _status_body(recipient_status=[row]))]) as stub:
         env = {"PIGEONHOLE_ADMIN_TOKEN": "admin"}
-        out = _run(CLIENT_PY, "publish", "--url", stub.origin, "--to-tag", "eu,door-sensors", "--type", "alarm",
+        out = _run(CLIENT_CLI, "publish", "--url", stub.origin, "--to-tag", "eu,door-sensors", "--type", "alarm",
                    "--payload", '"door open"', "--ttl", "300", env=env)
         assert out.returncode == 0, out.stderr
         assert json.loads(out.stdout) == {"publish_id": STATUS_ID, "recipients": None}
@@ -1492,17 +1529,17 @@ def test_cli_publish_audiences_and_status_against_a_stub(tmp_path):
             [{"to_tags": ["eu", "door-sensors"], "type": "alarm", "payload": "door open", "ttl_secs": 300}]
         for args in (["--all", "--to", STUB_CLIENT_ID], ["--all", "--to-tag", "eu"], ["--to-tag", "EU"],
                      ["--all", "--ttl", "0"], []):
-            bad = _run(CLIENT_PY, "publish", "--url", stub.origin, "--type", "t", "--payload", "1", *args, env=env)
+            bad = _run(CLIENT_CLI, "publish", "--url", stub.origin, "--type", "t", "--payload", "1", *args, env=env)
             assert bad.returncode == 2, (args, bad.stderr)
         assert len(stub.calls("POST", "/api/v1/messages/publish")) == 1
 
-        out = _run(CLIENT_PY, "status", "--url", stub.origin, STATUS_ID, "--recipients", env=env)
+        out = _run(CLIENT_CLI, "status", "--url", stub.origin, STATUS_ID, "--recipients", env=env)
         assert out.returncode == 0, out.stderr
         lines = out.stdout.splitlines()
         assert "state     done" in lines and "audience  the clients tagged eu" in lines
         assert "delivered 2/2 · acknowledged 1/2 · expired 0 · unknown 0 · pending 0" in lines
         assert lines[-1].split() == [STUB_CLIENT_ID, "7", "acknowledged"]
-        bad = _run(CLIENT_PY, "status", "--url", stub.origin, "not-a-uuid", env=env)
+        bad = _run(CLIENT_CLI, "status", "--url", stub.origin, "not-a-uuid", env=env)
         assert bad.returncode == 2, bad.stderr
 
 
