@@ -173,13 +173,16 @@ impl DynamoStore {
 
     /// The sequence numbers the markers for `dedup_key` of the recipients
     /// among `ids` hold. The markers outlive the messages (they expire by
-    /// TTL after 15 days, as publish statuses do). One eventually
-    /// consistent `BatchGetItem` per 100 ids.
+    /// TTL after 15 days, as publish statuses do). One `BatchGetItem` per
+    /// 100 ids; `consistent` for the fan-out, which must not miss a marker
+    /// written a moment ago, eventually consistent (half the read units)
+    /// for a status count.
     pub(super) async fn marker_seqs(
         &self,
         mailbox: Mailbox,
         ids: &[ClientId],
         dedup_key: &str,
+        consistent: bool,
     ) -> StoreResult<std::collections::HashMap<ClientId, Seq>> {
         let by_marker: std::collections::HashMap<String, ClientId> = ids
             .iter()
@@ -190,7 +193,7 @@ impl DynamoStore {
             .map(|m| Item::from([("dedup_id".to_string(), s(m))]))
             .collect();
         let found = self
-            .batch_get(&self.tables.dedup, keys, Some("dedup_id, seq"), false)
+            .batch_get(&self.tables.dedup, keys, Some("dedup_id, seq"), consistent)
             .await?;
         found
             .iter()
@@ -200,35 +203,6 @@ impl DynamoStore {
                     backend(std::io::Error::other(format!("unasked marker {marker}")))
                 })?;
                 Ok((id, get_n(item, "seq")?))
-            })
-            .collect()
-    }
-
-    /// The recipients among `ids` whose marker for `dedup_key` exists.
-    pub(super) async fn find_markers(
-        &self,
-        mailbox: Mailbox,
-        ids: &[ClientId],
-        dedup_key: &str,
-    ) -> StoreResult<HashSet<ClientId>> {
-        let by_marker: std::collections::HashMap<String, ClientId> = ids
-            .iter()
-            .map(|id| (marker_id(*id, mailbox, dedup_key), *id))
-            .collect();
-        let keys = by_marker
-            .keys()
-            .map(|m| Item::from([("dedup_id".to_string(), s(m))]))
-            .collect();
-        let found = self
-            .batch_get(&self.tables.dedup, keys, Some("dedup_id"), true)
-            .await?;
-        found
-            .iter()
-            .map(|item| {
-                let marker = get_s(item, "dedup_id")?;
-                by_marker.get(&marker).copied().ok_or_else(|| {
-                    backend(std::io::Error::other(format!("unasked marker {marker}")))
-                })
             })
             .collect()
     }

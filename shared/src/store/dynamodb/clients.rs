@@ -450,13 +450,7 @@ impl DynamoStore {
     /// stop a fan-out to thousands. Deleted clients are left out too.
     pub(super) async fn load(&self, ids: &[ClientId]) -> StoreResult<Vec<ClientRecord>> {
         let mut found = Vec::with_capacity(ids.len());
-        let mut unique: Vec<ClientId> = ids.to_vec();
-        unique.sort();
-        unique.dedup();
-        let keys = unique
-            .iter()
-            .map(|id| Item::from([("client_id".to_string(), s(id.to_string()))]))
-            .collect();
+        let (_, keys) = client_keys(ids);
         for item in self
             .batch_get(&self.tables.clients, keys, None, true)
             .await?
@@ -597,13 +591,7 @@ impl DynamoStore {
         &self,
         ids: &[ClientId],
     ) -> StoreResult<std::collections::HashMap<ClientId, AckState>> {
-        let mut unique: Vec<ClientId> = ids.to_vec();
-        unique.sort();
-        unique.dedup();
-        let keys = unique
-            .iter()
-            .map(|id| Item::from([("client_id".to_string(), s(id.to_string()))]))
-            .collect();
+        let (unique, keys) = client_keys(ids);
         let mut states = std::collections::HashMap::with_capacity(unique.len());
         for item in self
             .batch_get(&self.tables.clients, keys, Some(&ack_projection()), false)
@@ -665,6 +653,19 @@ impl DynamoStore {
         };
         Ok(Ok(ClientPage { clients, next }))
     }
+}
+
+/// The distinct ids among `ids`, and their keys in the clients table, for
+/// a `BatchGetItem`.
+fn client_keys(ids: &[ClientId]) -> (Vec<ClientId>, Vec<Item>) {
+    let mut unique: Vec<ClientId> = ids.to_vec();
+    unique.sort();
+    unique.dedup();
+    let keys = unique
+        .iter()
+        .map(|id| Item::from([("client_id".to_string(), s(id.to_string()))]))
+        .collect();
+    (unique, keys)
 }
 
 #[cfg(test)]

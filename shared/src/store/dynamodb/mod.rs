@@ -146,7 +146,8 @@ impl Store for DynamoStore {
         ids: &[ClientId],
         dedup_key: &str,
     ) -> StoreResult<HashSet<ClientId>> {
-        self.find_markers(mailbox, ids, dedup_key).await
+        let found = self.marker_seqs(mailbox, ids, dedup_key, true).await?;
+        Ok(found.into_keys().collect())
     }
 
     async fn read_page(
@@ -235,7 +236,7 @@ impl Store for DynamoStore {
         ids: &[ClientId],
         dedup_key: &str,
     ) -> StoreResult<std::collections::HashMap<ClientId, Seq>> {
-        self.marker_seqs(mailbox, ids, dedup_key).await
+        self.marker_seqs(mailbox, ids, dedup_key, false).await
     }
 
     async fn ack_states(
