@@ -161,7 +161,7 @@ PIGEONHOLE_E2E_BACKEND=aws PIGEONHOLE_TEST_AWS_ENDPOINT="$PIGEONHOLE_TEST_LOCALS
   --test rate_limit --test concurrency --test persistence --test cli_client \
   --test cli_admin --test config --test cleanup --test at_rest --test faults --test limits \
   --test credentials --test abuse --test sent --test inbound \
-  --test audiences --test publish_status --test expiry
+  --test audiences --test publish_status --test expiry --test metrics
 # Nothing below uses them: their memory and cores go to the builds.
 scripts/emulators.sh stop all
 

@@ -5,12 +5,18 @@
 //!
 //! No endpoint logic lives here: requests go to
 //! [`pigeonhole::http::handle_route`], the same adapter the local server uses.
+//!
+//! Metrics: each function installs the Embedded Metric Format recorder at
+//! cold start and writes what an invocation recorded to its log at the end
+//! of the invocation ([`pigeonhole::metrics::emf`]); CloudWatch Logs turns
+//! those lines into metrics in the `Pigeonhole` namespace.
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use bytes::Bytes;
 use lambda_http::{service_fn, Body, Request, Response};
 use pigeonhole::handlers::sqs_batch::FanoutFunction;
 use pigeonhole::http::{handle_route, Route, SourceAddr};
+use pigeonhole::metrics::emf::{self, EmfHandle};
 use pigeonhole::App;
 use std::convert::Infallible;
 use std::net::IpAddr;
@@ -35,17 +41,52 @@ fn fail_cold_start(what: &str, error: impl std::fmt::Display) -> ! {
     std::process::exit(1)
 }
 
+/// The environment variable naming the CloudFormation stack (the template
+/// sets it to `AWS::StackName`): the `Stack` dimension of every metric, so
+/// the dashboards of two stacks in one account stay apart.
+pub const STACK_NAME: &str = "STACK_NAME";
+
+/// Installs the Embedded Metric Format recorder for `function` (its binary
+/// name, the `Function` dimension). Metrics are no reason to stop a cold
+/// start: if a recorder is somehow installed already, this one is skipped.
+pub fn init_metrics(function: &str) -> Option<EmfHandle> {
+    let stack = std::env::var(STACK_NAME)
+        .ok()
+        .filter(|s| !s.trim().is_empty())
+        .unwrap_or_else(|| "pigeonhole".to_string());
+    match emf::install(&stack, function) {
+        Ok(handle) => Some(handle),
+        Err(error) => {
+            lambda_http::tracing::warn!(%error, "metrics recorder not installed");
+            None
+        }
+    }
+}
+
+/// Writes what the invocation recorded to the log, before the runtime
+/// hands the result back (work after that is not guaranteed to run).
+fn flush_metrics(metrics: Option<&EmfHandle>) {
+    if let Some(metrics) = metrics {
+        metrics.flush();
+    }
+}
+
 /// Serves one HTTP route: builds the app once, then answers every
 /// invocation through the shared adapter.
 pub async fn serve_route(route: Route) -> Result<(), Error> {
     init_logging();
+    let metrics = init_metrics(pigeonhole::metrics::route_label(Some(route)));
     let app = pigeonhole::aws::app_from_env(route.secrets(), route.publishes())
         .await
         .unwrap_or_else(|e| fail_cold_start(route.path(), e));
     let app = Arc::new(app);
     lambda_http::run(service_fn(move |request: Request| {
-        let app = Arc::clone(&app);
-        async move { Ok::<_, Infallible>(respond(&app, route, request).await) }
+        let (app, metrics) = (Arc::clone(&app), metrics.clone());
+        async move {
+            let response = respond(&app, route, request).await;
+            flush_metrics(metrics.as_ref());
+            Ok::<_, Infallible>(response)
+        }
     }))
     .await
 }
@@ -108,18 +149,19 @@ pub fn invocation_deadline(context: &lambda_runtime::Context) -> Option<Instant>
 /// individually.
 pub async fn serve_fanout() -> Result<(), Error> {
     init_logging();
+    let metrics = init_metrics("fanout");
     let function = pigeonhole::aws::fanout_from_env()
         .await
         .unwrap_or_else(|e| fail_cold_start("fanout", e));
     let function = Arc::new(function);
     lambda_runtime::run(lambda_runtime::service_fn(
         move |event: lambda_runtime::LambdaEvent<SqsEvent>| {
-            let function = Arc::clone(&function);
+            let (function, metrics) = (Arc::clone(&function), metrics.clone());
             async move {
                 let deadline = invocation_deadline(&event.context);
-                Ok::<SqsBatchResponse, Infallible>(
-                    fan_out(&function, event.payload, deadline).await,
-                )
+                let response = fan_out(&function, event.payload, deadline).await;
+                flush_metrics(metrics.as_ref());
+                Ok::<SqsBatchResponse, Infallible>(response)
             }
         },
     ))
@@ -139,13 +181,14 @@ pub async fn fan_out(
 /// short resumes where it stopped at the next schedule.
 pub async fn serve_cleanup() -> Result<(), Error> {
     init_logging();
+    let metrics = init_metrics("cleanup");
     let app = pigeonhole::aws::app_from_env(&[], false)
         .await
         .unwrap_or_else(|e| fail_cold_start("cleanup", e));
     let app = Arc::new(app);
     lambda_runtime::run(lambda_runtime::service_fn(
         move |event: lambda_runtime::LambdaEvent<serde_json::Value>| {
-            let app = Arc::clone(&app);
+            let (app, metrics) = (Arc::clone(&app), metrics.clone());
             async move {
                 // Without one, a budget of its own: retries need an end.
                 let deadline = invocation_deadline(&event.context)
@@ -154,7 +197,9 @@ pub async fn serve_cleanup() -> Result<(), Error> {
                     deadline,
                     pigeonhole::maintenance::purge_expired(&app),
                 )
-                .await?;
+                .await;
+                flush_metrics(metrics.as_ref());
+                let purged = purged?;
                 Ok::<_, Error>(serde_json::json!({
                     "removed": purged.inbox,
                     "removed_sent": purged.outbox,

@@ -7,6 +7,7 @@
 
 #[cfg(feature = "aws")]
 mod event_source;
+mod metrics_endpoint;
 mod secrets;
 mod server;
 
@@ -88,6 +89,8 @@ async fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> Result<(), String> {
+    // Before anything records: GET /metrics renders this recorder.
+    metrics_endpoint::install()?;
     create_data_dir(&args.data_dir)?;
     let secrets = secrets::LocalSecrets::load_or_create(&args.data_dir)?;
     let config = Config::from_lookup(

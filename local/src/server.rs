@@ -148,7 +148,13 @@ async fn respond(
     request: Request<Incoming>,
     body_timeout: Duration,
 ) -> Response<Full<Bytes>> {
-    // The browser client's files; every other path is the API's.
+    // Operators' metrics (GET /metrics, operator token).
+    let (method, path, headers) = (request.method(), request.uri().path(), request.headers());
+    if let Some(metrics) = crate::metrics_endpoint::respond(app, method, path, headers) {
+        return metrics.map(Full::new);
+    }
+    // The browser pages' files (client page and console); every other path
+    // is the API's.
     if let Some(page) = static_page::respond(request.method(), request.uri().path()) {
         tracing::debug!(
             method = %request.method(),

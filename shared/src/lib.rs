@@ -24,6 +24,7 @@ pub mod error;
 pub mod handlers;
 pub mod http;
 pub mod maintenance;
+pub mod metrics;
 pub mod queue;
 pub mod rate_limit;
 pub mod retry;

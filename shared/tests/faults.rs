@@ -398,6 +398,7 @@ impl Harness {
             recipients,
             expires_at: None,
             step: None,
+            accepted_at: None,
         }
     }
 

@@ -167,6 +167,7 @@ async fn a_redelivered_fanout_job_stores_nothing_twice() {
         recipients: vec![id, pigeonhole::domain::ClientId::new()],
         expires_at: None,
         step: None,
+        accepted_at: None,
     };
     let fanout = Fanout::new(Arc::clone(&h.store), keys, h.clock.clone());
     let first = fanout.deliver(&job).await.unwrap();
@@ -212,6 +213,7 @@ async fn a_job_sealed_under_another_master_key_is_refused() {
         recipients: vec![],
         expires_at: None,
         step: None,
+        accepted_at: None,
     };
     let fanout = Fanout::new(
         Arc::clone(&h.store),

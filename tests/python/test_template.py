@@ -12,7 +12,8 @@ Two kinds of test:
   set, each function holds only its own secrets (as Secrets Manager ARNs,
   never values) and IAM actions, and the tables, queues, secrets, fan-out
   mapping, dead-letter queue, throttling, reserved concurrency and alarms
-  exist.
+  exist; the dashboard and the fan-out lag alarm name metrics the code
+  writes (shared/src/metrics/), under dimensions it writes them with.
 
 Every fact about the code is parsed out of the code (functions/Cargo.toml,
 shared/src/http/routes.rs, shared/src/config.rs, shared/src/aws.rs,
@@ -46,6 +47,7 @@ CONFIG_RS = ROOT / "shared" / "src" / "config.rs"
 AWS_RS = ROOT / "shared" / "src" / "aws.rs"
 TABLES_RS = ROOT / "shared" / "src" / "store" / "dynamodb" / "tables.rs"
 EVENTS = ROOT / "events"
+METRICS_RS = ROOT / "shared" / "src" / "metrics" / "mod.rs"
 
 # The binaries the functions crate builds. Used only while functions/ does
 # not exist; once it does, the crate's own targets are the truth (and must
@@ -1030,6 +1032,159 @@ def test_send_announces_on_the_fifo_inbound_queue_when_enabled(template, mode):
             continue
         resolved = json.dumps(resolve(res, {**mode, "InboundEnabled": False}))
         assert "InboundQueue" not in resolved, f"{logical_id} refers to InboundQueue when it does not exist"
+
+
+# ------------------------------------------------- metrics and dashboard ---
+
+def code_metrics():
+    """(namespace, {CloudWatch name: [set of dimension names]}) from
+    shared/src/metrics/mod.rs: what the functions write to their logs."""
+    source = METRICS_RS.read_text(encoding="utf-8")
+    namespace = re.search(r'pub const NAMESPACE: &str = "(\w+)";', source).group(1)
+    module = re.search(r"pub mod dimension \{(.*?)\n\}", source, re.S).group(1)
+    dimension = dict(re.findall(r'pub const (\w+): &str = "(\w+)";', module))
+    assert {"STACK", "FUNCTION", "ROUTE", "STATUS_CLASS", "OUTCOME"} <= set(dimension), dimension
+    metrics = {}
+    for body in re.findall(r"= Metric \{(.*?)\n\};", source, re.S):
+        name = re.search(r'cloudwatch: "(\w+)"', body).group(1)
+        sets = re.search(r"dimensions: &\[(.*)\],\n", body).group(1)
+        metrics[name] = [
+            {dimension[d.strip()] for d in group.split(",") if d.strip()}
+            for group in re.findall(r"&\[([^\]]*)\]", sets)
+        ]
+        assert metrics[name], f"{name} has no dimension set"
+    assert {"Requests", "DeliveryLag", "Polls", "FanoutJobs"} <= set(metrics), sorted(metrics)
+    return namespace, metrics
+
+
+def dashboard_body(template):
+    """The dashboard's JSON, with every `${...}` of its !Sub replaced by a
+    placeholder string (numbers for Number parameters), and the names it
+    substitutes."""
+    body = template["Resources"]["Dashboard"]["Properties"]["DashboardBody"]["Fn::Sub"]
+    assert isinstance(body, str), "DashboardBody is one !Sub string"
+    params = template["Parameters"]
+    names = re.findall(r"\$\{([^}]+)\}", body)
+
+    def placeholder(match):
+        name = match.group(1)
+        if params.get(name, {}).get("Type") == "Number":
+            return str(params[name]["Default"])
+        return f"<{name}>"
+
+    return json.loads(re.sub(r"\$\{([^}]+)\}", placeholder, body)), names
+
+
+def dashboard_metrics(body):
+    """[(namespace, metric name, {dimension: value}, options)] of every
+    metric line of every widget, and [(namespace, {dimension}, metric name)]
+    of every SEARCH expression."""
+    lines, searches = [], []
+    for widget in body["widgets"]:
+        for line in widget.get("properties", {}).get("metrics", []):
+            options = line[-1] if isinstance(line[-1], dict) else {}
+            plain = [p for p in line if not isinstance(p, dict)]
+            if plain:
+                assert "..." not in plain and "." not in plain, f"no shorthand, so the test can read {line}"
+                namespace, name, *pairs = plain
+                lines.append((namespace, name, dict(zip(pairs[::2], pairs[1::2])), options))
+            expression = options.get("expression", "")
+            for schema, name in re.findall(r"SEARCH\('\{([^}]*)\} MetricName=\"(\w+)\"", expression):
+                namespace, *dims = schema.split(",")
+                searches.append((namespace, set(dims), name))
+            if expression:
+                assert "SEARCH(" in expression, expression
+    return lines, searches
+
+
+def test_the_dashboard_shows_what_operators_need(template):
+    namespace, metrics = code_metrics()
+    dashboard = template["Resources"]["Dashboard"]
+    assert dashboard["Type"] == "AWS::CloudWatch::Dashboard"
+    # Dashboards are global to an account: the name carries the region.
+    assert dashboard["Properties"]["DashboardName"] == {"Fn::Sub": "${AWS::StackName}-${AWS::Region}"}
+    body, names = dashboard_body(template)
+    # Everything substituted exists.
+    resources_ = template["Resources"]
+    for name in names:
+        target = name.split(".")[0]
+        assert target in resources_ or target in template["Parameters"] or name in (
+            "AWS::StackName", "AWS::Region",
+        ), f"the dashboard refers to {name}"
+    lines, searches = dashboard_metrics(body)
+    assert lines and searches
+    for widget in body["widgets"]:
+        if widget["type"] == "metric":
+            assert widget["properties"]["region"] == "<AWS::Region>", widget["properties"]["title"]
+    # Every Pigeonhole metric is one the code writes, with one of the
+    # dimension sets it writes it under, for this stack.
+    for ns, name, dims, _ in lines:
+        if ns != namespace:
+            assert ns.startswith("AWS/"), ns
+            continue
+        assert name in metrics, f"the dashboard shows {name}, which the code does not write"
+        assert set(dims) in metrics[name], f"{name} is not written with dimensions {sorted(dims)}"
+        assert dims["Stack"] == "<AWS::StackName>", name
+        if "StatusClass" in dims:
+            assert dims["StatusClass"] in {"2xx", "4xx", "5xx"}
+    for ns, dims, name in searches:
+        assert ns == namespace and name in metrics, name
+        assert dims in metrics[name], f"SEARCH for {name} by {sorted(dims)}"
+    shown = {(ns, name) for ns, name, _, _ in lines} | {(ns, name) for ns, _, name in searches}
+    # Requests, errors, throttles, the fan-out's lag and its dead-letter
+    # queue, and what costs money.
+    for ns, name in [
+        (namespace, "Requests"), (namespace, "RequestLatency"), ("AWS/ApiGateway", "5xx"),
+        (namespace, "Polls"), ("AWS/Lambda", "Throttles"), ("AWS/DynamoDB", "WriteThrottleEvents"),
+        (namespace, "StorageRetries"), (namespace, "DeliveryLag"), (namespace, "FanoutJobs"),
+        (namespace, "MessagesDelivered"), ("AWS/SQS", "ApproximateNumberOfMessagesVisible"),
+        ("AWS/DynamoDB", "ConsumedWriteCapacityUnits"), ("AWS/DynamoDB", "ConsumedReadCapacityUnits"),
+        ("AWS/Lambda", "Invocations"), ("AWS/ApiGateway", "Count"),
+    ]:
+        assert (ns, name) in shown, f"the dashboard does not show {ns} {name}"
+    errors = [d for ns, n, d, _ in lines if (ns, n) == (namespace, "Requests") and d.get("StatusClass") == "5xx"]
+    assert errors, "no graph of the 5xx the functions answer"
+    dlq = [d for ns, n, d, _ in lines if n == "ApproximateNumberOfMessagesVisible"]
+    assert {"QueueName": "<FanoutDeadLetterQueue.QueueName>"} in dlq, dlq
+    lag_stats = {o.get("stat") for ns, n, _, o in lines if n == "DeliveryLag"}
+    assert {"p50", "p99"} <= lag_stats, lag_stats
+    # Every function's invocations, and every table's writes.
+    invoked = {d["FunctionName"] for ns, n, d, _ in lines if n == "Invocations"}
+    assert invoked == {f"<{f}>" for f in resources(template, "AWS::Serverless::Function")}, invoked
+    written = {d["TableName"] for ns, n, d, _ in lines if n == "ConsumedWriteCapacityUnits"}
+    assert written == {f"<{t}>" for t in resources(template, "AWS::DynamoDB::Table")}, written
+    assert template["Outputs"]["DashboardUrl"]["Value"]["Fn::Sub"].endswith("#dashboards:name=${Dashboard}")
+
+
+def test_an_alarm_watches_the_fanout_lag(template):
+    namespace, metrics = code_metrics()
+    alarm = template["Resources"]["FanoutLagAlarm"]["Properties"]
+    assert alarm["Namespace"] == namespace and alarm["MetricName"] == "DeliveryLag"
+    dims = {d["Name"]: d["Value"] for d in alarm["Dimensions"]}
+    assert dims == {"Stack": {"Ref": "AWS::StackName"}}
+    assert set(dims) in metrics["DeliveryLag"]
+    # The p99 over the threshold for two 5-minute periods; no publish, no data.
+    assert alarm["ExtendedStatistic"] == "p99" and "Statistic" not in alarm
+    assert (alarm["Period"], alarm["EvaluationPeriods"]) == (300, 2)
+    assert alarm["ComparisonOperator"] == "GreaterThanThreshold"
+    assert alarm["TreatMissingData"] == "notBreaching"
+    assert ref_target(alarm["Threshold"]) == "DeliveryLagAlarmSeconds"
+    param = template["Parameters"]["DeliveryLagAlarmSeconds"]
+    assert param["Type"] == "Number" and param["Default"] == 60 and param["MinValue"] >= 1
+    assert alarm["AlarmActions"] == {"Fn::If": ["HasAlarmEmail", [{"Ref": "AlarmTopic"}], {"Ref": "AWS::NoValue"}]}
+    # The dashboard draws the same threshold on the lag graph.
+    body = template["Resources"]["Dashboard"]["Properties"]["DashboardBody"]["Fn::Sub"]
+    assert '"value": ${DeliveryLagAlarmSeconds}' in body
+
+
+def test_metrics_are_written_per_stack(template):
+    # The functions read the stack's name for the Stack dimension of every
+    # metric (functions/src/lib.rs), and every function is given it.
+    variable = rust_str_const("functions/src/lib.rs", "STACK_NAME")
+    env = template["Globals"]["Function"]["Environment"]["Variables"]
+    assert env[variable] == {"Ref": "AWS::StackName"}
+    for logical_id, res in resources(template, "AWS::Serverless::Function").items():
+        assert variable not in ((res["Properties"].get("Environment") or {}).get("Variables") or {}), logical_id
 
 
 def test_outputs(template):

@@ -265,6 +265,12 @@ async fn simulate_polls_decrypts_and_stops_by_itself() {
     assert_eq!(summary["errors"], json!(0), "{summary}");
     assert!(summary["p50_ms"].as_f64().is_some(), "{summary}");
     assert!(summary["p99_ms"].as_f64().is_some(), "{summary}");
+    // The delivery lag of what was published and received: publish sent to
+    // message received, so at most the run's 3 s plus its grace.
+    let lag_p50 = summary["delivery_p50_ms"].as_f64().expect("a p50 lag");
+    let lag_p99 = summary["delivery_p99_ms"].as_f64().expect("a p99 lag");
+    assert!(0.0 <= lag_p50 && lag_p50 <= lag_p99, "{summary}");
+    assert!(lag_p99 < 10_000.0, "{summary}");
 
     let (clients, _) = s.list_all_clients(100).await;
     let mut names: Vec<&str> = clients
@@ -289,6 +295,11 @@ async fn simulate_polls_decrypts_and_stops_by_itself() {
     out.expect_ok();
     assert!(out.stdout.contains("simulated 2 clients"), "{out:#?}");
     assert!(out.stdout.contains("latency    p50"), "{out:#?}");
+    // Nothing published: no lag to report, and it says why.
+    assert!(
+        out.stdout.contains("delivery   - (nothing published"),
+        "{out:#?}"
+    );
 }
 
 // ---------------------------------------------------------------------------

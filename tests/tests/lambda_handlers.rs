@@ -781,8 +781,24 @@ async fn publish_fan_out_poll_decrypt_ack() {
     let job = job_of(&messages[0]);
     support::assert_keys(
         &job,
-        &["publish_id", "recipients", "sealed_payload", "type"],
+        &[
+            "accepted_at",
+            "publish_id",
+            "recipients",
+            "sealed_payload",
+            "type",
+        ],
     );
+    // When the publish was accepted (ms since the epoch), for the fan-out's
+    // delivery lag.
+    let accepted_at = job["accepted_at"]
+        .as_i64()
+        .expect("accepted_at is a number");
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    assert!((now_ms - 60_000..=now_ms).contains(&accepted_at), "{job}");
     assert_eq!(job["publish_id"], json!(publish_id));
     assert_eq!(job["recipients"], json!([creds.client_id]));
     assert_eq!(job["type"], json!("greeting"));

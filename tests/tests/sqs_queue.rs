@@ -24,6 +24,7 @@ fn job(publish_id: &str, payload_bytes: usize, recipients: usize) -> FanoutJob {
         recipients: (0..recipients).map(|_| ClientId::new()).collect(),
         expires_at: None,
         step: None,
+        accepted_at: None,
     }
 }
 

@@ -18,7 +18,7 @@ use crate::api::{publish_body, Api, ApiError, Audience, Credentials, Poll};
 use crate::backoff::{Backoff, PollOutcome};
 use crate::error::{CliError, EXIT_FAILURE, EXIT_OK};
 use crate::fingerprint;
-use crate::message::open_delivered;
+use crate::message::{open_delivered, Plain};
 use crate::retry::Retry;
 use crate::status::StatusLine;
 
@@ -31,7 +31,10 @@ Examples:
 Each simulated client registers with a random fingerprint (named `sim-<n>`),
 then polls on the 3 → 30 s schedule, verifies, decrypts and acks what it
 receives. With --publish-every, a message is published to all of them that
-often, so `received` means something. Given the admin token, the registrations
+often, so `received` means something, and the summary reports the delivery
+lag: from sending the publish request to the poll that brought the message
+(p50 and p99), which includes the clients' poll interval, as a real client
+on that schedule would see it. Given the admin token, the registrations
 carry it (X-Admin-Token), so the server's per-address register limit does not
 apply; without it a 429 is waited out as its Retry-After asks. Stops by itself
 after --duration (or on Ctrl-C) and prints a summary. Exit code 1 if no client could register or a
@@ -85,6 +88,8 @@ struct Stats {
     errors: u64,
     published: u64,
     latencies_us: Vec<u32>,
+    /// Publish sent → message received, per message, in milliseconds.
+    lags_ms: Vec<u32>,
     last_error: Option<String>,
 }
 
@@ -151,9 +156,14 @@ impl Sim {
                     let full_page = page.messages.len() >= DEFAULT_POLL_LIMIT as usize
                         || page.messages.is_empty();
                     let (mut ok, mut bad) = (0, 0);
+                    let mut lags = Vec::new();
+                    let received_at = now_ms();
                     for m in &page.messages {
                         match open_delivered(&key, &creds.client_id, m) {
-                            Ok(_) => ok += 1,
+                            Ok(plain) => {
+                                ok += 1;
+                                lags.extend(delivery_lag_ms(&plain, received_at));
+                            }
                             Err(_) => bad += 1,
                         }
                     }
@@ -166,6 +176,7 @@ impl Sim {
                         s.received += ok;
                         s.rejected += bad;
                         s.latencies_us.push(latency);
+                        s.lags_ms.extend(lags);
                     }
                     if !moved {
                         PollOutcome::Empty
@@ -213,7 +224,7 @@ impl Sim {
                         None,
                         &publish_body(
                             Audience::Clients(batch),
-                            "simulate",
+                            SIMULATE_KIND,
                             &serde_json::json!({"at": now_ms()}),
                             None,
                         ),
@@ -236,6 +247,21 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// The kind of the messages the simulation publishes; their payload is
+/// `{"at": <ms since the epoch when the publish was sent>}`.
+const SIMULATE_KIND: &str = "simulate";
+
+/// How long a message the simulation published took to be received at
+/// `received_at` (ms since the epoch); `None` for any other message. Both
+/// times come from this machine's clock.
+fn delivery_lag_ms(plain: &Plain, received_at: u64) -> Option<u32> {
+    if plain.kind != SIMULATE_KIND {
+        return None;
+    }
+    let sent = plain.payload.get("at")?.as_u64()?;
+    Some(received_at.saturating_sub(sent).min(u64::from(u32::MAX)) as u32)
+}
+
 #[derive(Debug, Serialize)]
 struct Summary {
     url: String,
@@ -254,6 +280,11 @@ struct Summary {
     p90_ms: Option<f64>,
     p99_ms: Option<f64>,
     max_ms: Option<f64>,
+    /// Delivery lag (publish sent → message received) of the published
+    /// messages received, when there were any.
+    delivery_p50_ms: Option<f64>,
+    delivery_p99_ms: Option<f64>,
+    delivery_max_ms: Option<f64>,
     last_error: Option<String>,
     interrupted: bool,
 }
@@ -434,6 +465,9 @@ pub async fn run(ctx: &Ctx, args: SimulateArgs) -> Result<u8, CliError> {
     let mut sorted = s.latencies_us.clone();
     sorted.sort_unstable();
     let pct = |p: f64| percentile(&sorted, p).map(|us| f64::from(us) / 1000.0);
+    let mut lags = s.lags_ms.clone();
+    lags.sort_unstable();
+    let lag = |p: f64| percentile(&lags, p).map(f64::from);
     let summary = Summary {
         url: api.base().to_string(),
         clients: ids.len(),
@@ -451,6 +485,9 @@ pub async fn run(ctx: &Ctx, args: SimulateArgs) -> Result<u8, CliError> {
         p90_ms: pct(90.0),
         p99_ms: pct(99.0),
         max_ms: pct(100.0),
+        delivery_p50_ms: lag(50.0),
+        delivery_p99_ms: lag(99.0),
+        delivery_max_ms: lag(100.0),
         last_error: s.last_error.clone(),
         interrupted,
     };
@@ -494,6 +531,15 @@ fn summary_lines(s: &Summary) -> Vec<String> {
             f(s.p99_ms),
             f(s.max_ms)
         ),
+        match (s.delivery_p50_ms, s.delivery_p99_ms) {
+            (Some(p50), Some(p99)) => format!(
+                "delivery   p50 {}, p99 {}, max {} (publish sent → message received)",
+                f(Some(p50)),
+                f(Some(p99)),
+                f(s.delivery_max_ms)
+            ),
+            _ => "delivery   - (nothing published was received; see --publish-every)".to_string(),
+        },
         format!("errors     {}", s.errors),
     ];
     if let Some(e) = &s.last_error {
@@ -504,7 +550,90 @@ fn summary_lines(s: &Summary) -> Vec<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::percentile;
+    use super::*;
+    use serde_json::json;
+
+    fn plain(kind: &str, payload: serde_json::Value) -> Plain {
+        Plain {
+            kind: kind.into(),
+            payload,
+        }
+    }
+
+    #[test]
+    fn the_delivery_lag_of_a_simulated_publish() {
+        let sent = plain(SIMULATE_KIND, json!({"at": 1_000}));
+        assert_eq!(delivery_lag_ms(&sent, 1_250), Some(250));
+        // A clock that went back counts as no lag, not as a huge one.
+        assert_eq!(delivery_lag_ms(&sent, 900), Some(0));
+        // Messages the simulation did not publish are not measured.
+        assert_eq!(
+            delivery_lag_ms(&plain("event", json!({"at": 1_000})), 1_250),
+            None
+        );
+        assert_eq!(
+            delivery_lag_ms(&plain(SIMULATE_KIND, json!({})), 1_250),
+            None
+        );
+        assert_eq!(
+            delivery_lag_ms(&plain(SIMULATE_KIND, json!("x")), 1_250),
+            None
+        );
+    }
+
+    fn summary() -> Summary {
+        Summary {
+            url: "http://127.0.0.1:8080/api/v1".into(),
+            clients: 2,
+            seconds: 3.0,
+            polls: 10,
+            polls_per_second: 3.3,
+            empty_polls: 8,
+            message_polls: 2,
+            received: 2,
+            failed_verification: 0,
+            published: 2,
+            rate_limited: 0,
+            errors: 0,
+            p50_ms: Some(1.0),
+            p90_ms: Some(2.0),
+            p99_ms: Some(3.0),
+            max_ms: Some(3.0),
+            delivery_p50_ms: Some(120.0),
+            delivery_p99_ms: Some(2_900.0),
+            delivery_max_ms: Some(3_000.0),
+            last_error: None,
+            interrupted: false,
+        }
+    }
+
+    #[test]
+    fn the_summary_reports_the_delivery_lag() {
+        let lines = summary_lines(&summary());
+        assert!(
+            lines.contains(
+                &"delivery   p50 120.0 ms, p99 2900.0 ms, max 3000.0 ms (publish sent → message received)"
+                    .to_string()
+            ),
+            "{lines:?}"
+        );
+        let json: serde_json::Value = serde_json::to_value(summary()).unwrap();
+        assert_eq!(json["delivery_p50_ms"], json!(120.0));
+        assert_eq!(json["delivery_p99_ms"], json!(2900.0));
+        let none = Summary {
+            delivery_p50_ms: None,
+            delivery_p99_ms: None,
+            delivery_max_ms: None,
+            ..summary()
+        };
+        assert!(summary_lines(&none)
+            .iter()
+            .any(|l| l.starts_with("delivery   - (nothing published")));
+        assert_eq!(
+            serde_json::to_value(none).unwrap()["delivery_p99_ms"],
+            json!(null)
+        );
+    }
 
     #[test]
     fn nearest_rank_percentiles() {

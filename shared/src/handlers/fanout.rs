@@ -22,6 +22,7 @@ use crate::clock::Clock;
 use crate::crypto::{canonical_aad, seal, ServerKeys};
 use crate::domain::ClientId;
 use crate::envelope::delivered_aad;
+use crate::metrics::{self, NotDelivered};
 use crate::queue::FanoutJob;
 use crate::retry;
 use crate::store::{Appended, ClientRecord, Dedup, Mailbox, NewMessage, Sealer, Store, StoreError};
@@ -179,8 +180,13 @@ impl Fanout {
                 continue;
             };
             let (store, dedup, id) = (Arc::clone(&self.store), dedup.clone(), client.id);
+            let (clock, accepted_at) = (Arc::clone(&self.clock), job.accepted_at);
             let append = async move {
                 let outcome = store.append(Mailbox::Inbox, id, dedup, sealer).await;
+                if let Ok(Appended::Stored { .. }) = outcome {
+                    // In the inbox from now on: the end of the delivery lag.
+                    metrics::delivered(clock.now(), accepted_at);
+                }
                 (id, outcome)
             };
             match deadline {
@@ -201,6 +207,11 @@ impl Fanout {
             remaining = remaining.len(),
             "fan-out run done"
         );
+        // Delivered copies are counted as they are stored; recipients left
+        // in `remaining` are counted when they are handed on.
+        metrics::not_delivered(NotDelivered::Duplicate, report.already_delivered);
+        metrics::not_delivered(NotDelivered::Unknown, report.unknown);
+        metrics::not_delivered(NotDelivered::Skipped, report.skipped);
         if remaining.is_empty() && error.is_none() {
             Ok(Delivery::Complete(report))
         } else {

@@ -22,7 +22,8 @@ use crate::crypto::encode_base64;
 use crate::crypto::{canonical_aad, open, seal, ServerKeys};
 use crate::domain::{Seq, DEFAULT_POLL_LIMIT, MAX_POLL_BODY_BYTES, MAX_POLL_LIMIT};
 use crate::envelope::delivered_aad;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
+use crate::metrics::{self, PollOutcome};
 use crate::store::{Bucket, ClientRecord, Mailbox, RateCharge, ReadLimit, StoredMessage, Touch};
 use crate::App;
 use serde::Serialize;
@@ -73,6 +74,17 @@ pub enum Polled {
 }
 
 pub async fn poll(app: &App, client: &ClientAuth, input: PollInput) -> Result<Polled, ApiError> {
+    let polled = poll_inbox(app, client, input).await;
+    match &polled {
+        Ok(Polled::Nothing) => metrics::poll(PollOutcome::Empty),
+        Ok(Polled::Messages { .. }) => metrics::poll(PollOutcome::Messages),
+        Err(e) if e.code == ErrorCode::RateLimited => metrics::poll(PollOutcome::RateLimited),
+        Err(_) => {}
+    }
+    polled
+}
+
+async fn poll_inbox(app: &App, client: &ClientAuth, input: PollInput) -> Result<Polled, ApiError> {
     let id = client.id();
     let state = match app
         .store

@@ -304,7 +304,7 @@ async fn enqueue(
     let expires_at = input.expires_at(accepted);
     let jobs = match &input.recipients {
         Recipients::Clients(ids) => {
-            FanoutJob::plan(publish_id, &input.kind, &sealed, ids, expires_at)
+            FanoutJob::plan(publish_id, &input.kind, &sealed, ids, expires_at, accepted)
         }
         Recipients::Tags(_) | Recipients::All => vec![FanoutJob {
             publish_id: publish_id.to_string(),
@@ -319,6 +319,7 @@ async fn enqueue(
                 page_token: None,
                 so_far: 0,
             }),
+            accepted_at: Some(accepted),
         }],
     };
     let header = PublishHeader {

@@ -263,6 +263,7 @@ pub async fn send(app: &App, client: &ClientAuth, input: SendInput) -> Result<Se
     match app.store.append(Mailbox::Outbox, id, dedup, sealer).await? {
         Appended::Stored { seq } => {
             tracing::info!(client_id = %id, id = seq, "message received from client");
+            crate::metrics::send_stored();
             let created_at = sealed_at.lock().unwrap_or_else(|p| p.into_inner()).take();
             announce(app, id, seq, &kind, created_at.unwrap_or_else(|| app.clock.now())).await?;
             Ok(Sent { id: seq, created: true })

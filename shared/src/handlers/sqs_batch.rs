@@ -20,9 +20,10 @@
 
 use super::fanout::{Delivery, Fanout};
 use crate::domain::ClientId;
+use crate::metrics::{self, JobOutcome, NotDelivered};
 use crate::queue::{FanoutJob, Queue};
 use crate::retry;
-use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
+use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -75,6 +76,9 @@ async fn handle_sqs_batch(
     let mut response = SqsBatchResponse::default();
     for record in event.records {
         let id = record.message_id.clone().unwrap_or_default();
+        if redelivered(&record) {
+            metrics::fanout_redelivered();
+        }
         let late = work_deadline.is_some_and(|d| Instant::now() + fanout.stop_margin() >= d);
         let outcome = if late {
             // Handed on whole rather than failed: a record that never got
@@ -103,7 +107,7 @@ async fn handle_sqs_batch(
                     match ran {
                         Err(e) => Err(e),
                         Ok((job, delivery)) => match delivery {
-                            Ok(Delivery::Complete(_)) => Ok(()),
+                            Ok(Delivery::Complete(_)) => Ok(JobOutcome::Done),
                             Ok(Delivery::Unfinished {
                                 report,
                                 remaining,
@@ -123,14 +127,28 @@ async fn handle_sqs_batch(
                 }
             }
         };
-        if let Err(error) = outcome {
-            tracing::error!(message_id = %id, %error, "fan-out record failed; SQS will redeliver it");
-            let mut failure = BatchItemFailure::default();
-            failure.item_identifier = id;
-            response.batch_item_failures.push(failure);
+        match outcome {
+            Ok(outcome) => metrics::fanout_job(outcome),
+            Err(error) => {
+                metrics::fanout_job(JobOutcome::Failed);
+                tracing::error!(message_id = %id, %error, "fan-out record failed; SQS will redeliver it");
+                let mut failure = BatchItemFailure::default();
+                failure.item_identifier = id;
+                response.batch_item_failures.push(failure);
+            }
         }
     }
     response
+}
+
+/// Whether SQS delivered this record before (its receive count is above
+/// one): an earlier receive failed, or its invocation timed out.
+fn redelivered(record: &SqsMessage) -> bool {
+    record
+        .attributes
+        .get("ApproximateReceiveCount")
+        .and_then(|n| n.parse::<u32>().ok())
+        .is_some_and(|n| n > 1)
 }
 
 /// Turns a step of an audience into this page's delivery, after handing
@@ -170,7 +188,7 @@ async fn hand_on(
     job: &FanoutJob,
     remaining: Vec<ClientId>,
     deadline: Option<Instant>,
-) -> Result<(), String> {
+) -> Result<JobOutcome, String> {
     let Some(queue) = continuation else {
         return Err(format!("{} recipients left", remaining.len()));
     };
@@ -179,10 +197,35 @@ async fn hand_on(
         ..job.clone()
     };
     tracing::info!(publish_id = %job.publish_id, remaining = rest.recipients.len(), "handing the rest of the job on");
+    let handed_on = rest.recipients.len();
     let enqueue = queue.enqueue(vec![rest]);
     let enqueued = match deadline {
         Some(d) => retry::within(d, enqueue).await,
         None => enqueue.await,
     };
-    enqueued.map_err(|e| e.to_string())
+    enqueued.map_err(|e| e.to_string())?;
+    metrics::not_delivered(NotDelivered::HandedOn, handed_on);
+    Ok(JobOutcome::HandedOn)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_received_before_is_a_redelivery() {
+        let record = |count: Option<&str>| {
+            let mut record = SqsMessage::default();
+            if let Some(count) = count {
+                record
+                    .attributes
+                    .insert("ApproximateReceiveCount".into(), count.into());
+            }
+            record
+        };
+        assert!(!redelivered(&record(None)));
+        assert!(!redelivered(&record(Some("1"))));
+        assert!(redelivered(&record(Some("2"))));
+        assert!(!redelivered(&record(Some("many"))));
+    }
 }

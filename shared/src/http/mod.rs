@@ -21,6 +21,7 @@ use crate::handlers::{
     ack, delete_client, list_clients, poll, publish, publish_status, register, rotate, send, sent,
     tags,
 };
+use crate::metrics;
 use crate::retry;
 use crate::App;
 use bytes::Bytes;
@@ -62,15 +63,17 @@ async fn handle_within(app: &App, only: Option<Route>, request: Request<Bytes>) 
         Ok(response) => response,
         Err(error) => error_response(&error),
     };
+    let elapsed = started.elapsed();
     // The path only: query strings may carry page tokens, and no header is
     // ever logged, so no secret reaches the log.
     tracing::info!(
         method = %method,
         path = %path,
         status = response.status().as_u16(),
-        latency_ms = (started.elapsed().as_secs_f64() * 100_000.0).round() / 100.0,
+        latency_ms = (elapsed.as_secs_f64() * 100_000.0).round() / 100.0,
         "request"
     );
+    metrics::request(Route::find(&path), response.status().as_u16(), elapsed);
     response
 }
 

@@ -7,6 +7,7 @@
 
 use super::{FanoutJob, Queue, QueueError};
 use crate::handlers::fanout::{Fanout, FanoutError};
+use crate::metrics::{self, JobOutcome};
 use crate::retry;
 use crate::store::StoreError;
 use async_trait::async_trait;
@@ -41,7 +42,12 @@ impl Queue for InProcessQueue {
                     self.fanout.deliver(&expanded.deliver).await?;
                     Ok::<_, FanoutError>(expanded.next)
                 };
-                next = retry::within(deadline, run).await.map_err(|e| match e {
+                let ran = retry::within(deadline, run).await;
+                metrics::fanout_job(match ran {
+                    Ok(_) => JobOutcome::Done,
+                    Err(_) => JobOutcome::Failed,
+                });
+                next = ran.map_err(|e| match e {
                     FanoutError::Store(StoreError::Unavailable(cause)) => {
                         QueueError::Unavailable(cause)
                     }

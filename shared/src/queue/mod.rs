@@ -74,6 +74,10 @@ pub struct FanoutJob {
     /// enumerates the next page of the audience (and `recipients` is
     /// empty), then delivers to it.
     pub step: Option<AudienceStep>,
+    /// When the publish was accepted, carried through audience steps and
+    /// hand-ons, so the fan-out can measure the delivery lag. `None` for a
+    /// job queued before the field existed.
+    pub accepted_at: Option<Timestamp>,
 }
 
 /// Where the enumeration of a tag or everyone audience stands.
@@ -102,6 +106,10 @@ struct JobWire {
     expires_at: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     step: Option<StepWire>,
+    /// Milliseconds since the epoch; absent from jobs queued before it was
+    /// added, which still parse.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    accepted_at: Option<i64>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -129,13 +137,15 @@ impl FanoutJob {
         (MAX_JOB_BYTES.saturating_sub(fixed) / RECIPIENT_BYTES).clamp(1, MAX_JOB_RECIPIENTS)
     }
 
-    /// Splits one publish into jobs that each fit a queue message.
+    /// Splits one publish, accepted at `accepted_at`, into jobs that each
+    /// fit a queue message.
     pub fn plan(
         publish_id: &str,
         kind: &str,
         payload: &Sealed,
         recipients: &[ClientId],
         expires_at: Option<Timestamp>,
+        accepted_at: Timestamp,
     ) -> Vec<FanoutJob> {
         recipients
             .chunks(Self::recipients_per_job(kind, payload))
@@ -146,6 +156,7 @@ impl FanoutJob {
                 recipients: chunk.to_vec(),
                 expires_at,
                 step: None,
+                accepted_at: Some(accepted_at),
             })
             .collect()
     }
@@ -164,6 +175,7 @@ impl FanoutJob {
                 page_token: s.page_token.clone(),
                 so_far: s.so_far,
             }),
+            accepted_at: self.accepted_at.map(Timestamp::millis),
         })
         .expect("serializing a job cannot fail")
     }
@@ -195,6 +207,7 @@ impl FanoutJob {
             recipients,
             expires_at: wire.expires_at.map(Timestamp),
             step,
+            accepted_at: wire.accepted_at.map(Timestamp),
         })
     }
 }
@@ -208,7 +221,7 @@ mod tests {
     fn plans_jobs_that_fit_a_queue_message() {
         let payload = seal(&Key::random(), &vec![b'x'; 64 * 1024], b"");
         let recipients: Vec<ClientId> = (0..10_000).map(|_| ClientId::new()).collect();
-        let jobs = FanoutJob::plan("p", "event", &payload, &recipients, None);
+        let jobs = FanoutJob::plan("p", "event", &payload, &recipients, None, Timestamp(0));
         assert!(jobs.len() > 1);
         assert!(jobs.iter().all(|j| j.to_json().len() <= MAX_JOB_BYTES));
         assert!(jobs
@@ -223,7 +236,7 @@ mod tests {
         let payload = seal(&Key::random(), b"{}", b"");
         let recipients = [ClientId::new(), ClientId::new()];
         assert_eq!(
-            FanoutJob::plan("p", "t", &payload, &recipients, None).len(),
+            FanoutJob::plan("p", "t", &payload, &recipients, None, Timestamp(0)).len(),
             1
         );
     }
@@ -237,8 +250,10 @@ mod tests {
             recipients: vec![ClientId::new()],
             expires_at: None,
             step: None,
+            accepted_at: None,
         };
         assert_eq!(FanoutJob::from_json(&job.to_json()).unwrap(), job);
+        assert!(!job.to_json().contains("accepted_at"));
         let step = FanoutJob {
             recipients: vec![],
             expires_at: Some(Timestamp(1_700_000_000_000)),
@@ -249,9 +264,29 @@ mod tests {
                 page_token: Some("t0k".into()),
                 so_far: 2_000,
             }),
+            accepted_at: Some(Timestamp(1_699_999_999_000)),
             ..job
         };
         assert_eq!(FanoutJob::from_json(&step.to_json()).unwrap(), step);
         assert!(FanoutJob::from_json("{}").is_err());
+    }
+
+    #[test]
+    fn jobs_queued_before_accepted_at_existed_still_parse() {
+        let payload = encode_base64(&seal(&Key::random(), b"body", b"").to_bytes());
+        let id = ClientId::new();
+        let old = format!(
+            r#"{{"publish_id":"p","type":"event","sealed_payload":"{payload}","recipients":["{id}"]}}"#
+        );
+        let job = FanoutJob::from_json(&old).unwrap();
+        assert_eq!(job.accepted_at, None);
+        assert_eq!(job.recipients, [id]);
+        let planned = FanoutJob::plan("p", "event", &job.payload, &[id], None, Timestamp(42));
+        let wire: serde_json::Value = serde_json::from_str(&planned[0].to_json()).unwrap();
+        assert_eq!(wire["accepted_at"], 42);
+        assert_eq!(
+            FanoutJob::from_json(&planned[0].to_json()).unwrap(),
+            planned[0]
+        );
     }
 }

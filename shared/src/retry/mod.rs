@@ -24,6 +24,7 @@ pub mod aws;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 
+use crate::metrics;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
@@ -158,11 +159,13 @@ where
         number += 1;
         // Another attempt needs the wait plus a little time to run.
         if Instant::now() + wait + MIN_ATTEMPT >= deadline {
+            metrics::storage_unavailable();
             return Err(GaveUp::Exhausted {
                 last: failed.error,
                 attempts: number,
             });
         }
+        metrics::storage_retry(metrics::Retry::Repeat);
         tokio::time::sleep(wait).await;
     }
 }
@@ -171,14 +174,13 @@ where
 /// race lost to another writer, which must re-read before trying again).
 /// Returns false, without waiting, when the deadline leaves no room.
 pub async fn pause(retry: u32) -> bool {
-    if retry >= MAX_ROUNDS {
-        return false;
-    }
     let deadline = deadline().unwrap_or_else(|| Instant::now() + REQUEST_BUDGET);
     let wait = BACKOFF.delay(retry);
-    if Instant::now() + wait + MIN_ATTEMPT >= deadline {
+    if retry >= MAX_ROUNDS || Instant::now() + wait + MIN_ATTEMPT >= deadline {
+        metrics::storage_unavailable();
         return false;
     }
+    metrics::storage_retry(metrics::Retry::Reread);
     tokio::time::sleep(wait).await;
     true
 }
@@ -242,6 +244,36 @@ mod tests {
         .await;
         assert_eq!(result, Ok(3));
         assert_eq!(calls.load(Ordering::SeqCst), 4);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn retries_and_give_ups_are_counted() {
+        let recorder = crate::metrics::emf::EmfRecorder::new("s", "f");
+        let _local = ::metrics::set_default_local_recorder(&recorder);
+        let _: Result<u32, GaveUp<&str>> = run(
+            |n| async move {
+                if n < 2 {
+                    Err(Failed::transient("busy"))
+                } else {
+                    Ok(n)
+                }
+            },
+            || "timeout",
+        )
+        .await;
+        assert!(pause(0).await);
+        assert!(!pause(MAX_ROUNDS).await);
+        let lines = recorder.handle().take_lines(0);
+        let total = |name: &str| -> u64 {
+            lines
+                .iter()
+                .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+                .filter_map(|d| d.get(name).and_then(|v| v.as_u64()))
+                .sum()
+        };
+        // Two repeats and one reread; one give-up.
+        assert_eq!(total("StorageRetries"), 3, "{lines:?}");
+        assert_eq!(total("StorageUnavailable"), 1, "{lines:?}");
     }
 
     #[tokio::test]
