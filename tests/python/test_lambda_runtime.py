@@ -341,6 +341,45 @@ def test_whole_contract_through_function_urls(stack):
     assert stack.invoke("cleanup", scheduled) == {"removed": 0, "removed_sent": 0, "finished": True}
 
 
+def emf_metrics(stack, function):
+    """The metric values the function's CloudWatch EMF lines carried, by name
+    (each document's members named in `_aws.CloudWatchMetrics`)."""
+    values = {}
+    proc = stack.functions[function]
+    for doc in lr.json_log_lines(proc.stdout() + proc.stderr()):
+        directives = doc.get("_aws", {}).get("CloudWatchMetrics", [])
+        for directive in directives:
+            assert directive["Namespace"] == "Pigeonhole", directive
+            for metric in directive["Metrics"]:
+                name = metric["Name"]
+                assert name in doc, f"{name} is declared but not in the document: {doc}"
+                for dims in directive["Dimensions"]:
+                    assert all(d in doc for d in dims), f"dimension missing: {dims} in {doc}"
+                values.setdefault(name, []).append(doc[name])
+    return values
+
+
+def test_functions_write_their_metrics_as_cloudwatch_emf_lines(stack):
+    # A publish, its fan-out and a poll of the message, through the real
+    # bootstraps: each one's log must carry its metrics in Embedded Metric
+    # Format, which CloudWatch Logs turns into metrics without an API call.
+    _, dave = stack.register("dave")
+    stack.publish([dave["client_id"]], "metrics", {"n": 1})
+    jobs = stack.receive_jobs(at_least=1)
+    assert stack.invoke("fanout", {"Records": [stack.sqs_record(j) for j in jobs]}) == {
+        "batchItemFailures": []}
+    stack.delete(jobs)
+    resp = stack.call("poll", "GET", "/api/v1/messages/poll", headers=stack.auth(dave))
+    assert resp.status_code == 200, resp.text
+
+    polled = emf_metrics(stack, "poll")
+    assert "Polls" in polled and "RequestLatency" in polled, (polled, stack.logs("poll"))
+    fanout = emf_metrics(stack, "fanout")
+    assert "MessagesDelivered" in fanout and "DeliveryLag" in fanout, (fanout, stack.logs("fanout"))
+    lags = [v for value in fanout["DeliveryLag"] for v in (value if isinstance(value, list) else [value])]
+    assert lags and all(0 <= v < 60 for v in lags), lags
+
+
 def test_fanout_reports_only_the_bad_record(stack):
     _, carol = stack.register("carol")
     stack.publish([carol["client_id"]], "note", {"i": 1})
