@@ -6,9 +6,38 @@
 //! `Retry-After` without touching the delay. Network errors and other 5xx
 //! back off like an empty poll.
 //!
-//! Nothing here sleeps or reads a clock, so the schedule is tested directly.
+//! Jitter: every interval of that schedule is multiplied by a random factor
+//! in [0.9, 1.1] ([`jittered`]), so a fleet that restarts together does not
+//! poll in lockstep. A `Retry-After` is a floor: the wait is that long plus
+//! up to 10 % more, never less.
+//!
+//! Nothing here sleeps or reads a clock, so the schedule is tested directly;
+//! the jitter draw is passed in ([`Backoff::next_wait`]).
 
 use std::time::Duration;
+
+/// The smallest and largest factor [`jittered`] multiplies an interval by.
+pub const JITTER_MIN: f64 = 0.9;
+pub const JITTER_MAX: f64 = 1.1;
+
+/// `base` multiplied by a factor in [0.9, 1.1]; `unit` (clamped to [0, 1])
+/// is a uniform draw that picks the factor linearly.
+pub fn jittered(base: Duration, unit: f64) -> Duration {
+    let unit = if unit.is_finite() {
+        unit.clamp(0.0, 1.0)
+    } else {
+        0.5
+    };
+    base.mul_f64(JITTER_MIN + (JITTER_MAX - JITTER_MIN) * unit)
+}
+
+/// A uniform draw from [0, 1) from the OS random source. `rand` is not a
+/// dependency of the CLI, so this uses `pigeonhole::crypto::random_bytes`
+/// (which the shared crate already has for keys and nonces).
+pub fn jitter_unit() -> f64 {
+    let bytes = pigeonhole::crypto::random_bytes::<8>();
+    (u64::from_le_bytes(bytes) >> 11) as f64 / (1u64 << 53) as f64
+}
 
 /// What the last poll came back with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,6 +117,18 @@ impl Backoff {
             PollOutcome::RetryAfter { wait } => wait,
         }
     }
+
+    /// What the poll loops wait: [`Backoff::next_delay`] with jitter. With
+    /// `unit` a uniform draw from [0, 1), an interval of the schedule is
+    /// multiplied by a factor in [0.9, 1.1]; a `Retry-After` is a floor, so
+    /// it becomes that wait times [1.0, 1.1]; "poll again at once" stays 0.
+    pub fn next_wait(&mut self, outcome: PollOutcome, unit: f64) -> Duration {
+        let base = self.next_delay(outcome);
+        match outcome {
+            PollOutcome::RetryAfter { .. } => jittered(base, 0.5 + unit.clamp(0.0, 1.0) / 2.0),
+            _ => jittered(base, unit),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -161,6 +202,56 @@ mod tests {
         assert_eq!(b.next_delay(PollOutcome::RetryAfter { wait }), wait);
         assert_eq!(secs(b.current()), 9);
         assert_eq!(secs(b.next_delay(PollOutcome::Empty)), 9);
+    }
+
+    #[test]
+    fn jittered_intervals_stay_within_ten_percent_and_differ() {
+        // Step n of the schedule (3 s · n, up to 30 s), over many draws.
+        for n in 1..=12u32 {
+            let base = Backoff::STEP * n.min(10);
+            let lo = base.mul_f64(JITTER_MIN);
+            let hi = base.mul_f64(JITTER_MAX);
+            let mut seen = std::collections::BTreeSet::new();
+            for _ in 0..500 {
+                let mut b = Backoff::new();
+                for _ in 1..n {
+                    b.next_wait(PollOutcome::Empty, jitter_unit());
+                }
+                let wait = b.next_wait(PollOutcome::Empty, jitter_unit());
+                assert!(lo <= wait && wait <= hi, "step {n}: {wait:?}");
+                seen.insert(wait);
+            }
+            assert!(seen.len() > 100, "step {n}: draws differ ({})", seen.len());
+        }
+        // The ends of the draw are the ends of the range.
+        let base = Duration::from_secs(30);
+        assert_eq!(jittered(base, 0.0), Duration::from_secs(27));
+        assert_eq!(jittered(base, 1.0), Duration::from_secs(33));
+        assert_eq!(jittered(base, 7.0), Duration::from_secs(33));
+        assert_eq!(jittered(base, -1.0), Duration::from_secs(27));
+        // Jitter does not change the schedule underneath.
+        let mut b = Backoff::new();
+        b.next_wait(PollOutcome::Empty, 0.0);
+        assert_eq!(secs(b.current()), 6);
+        b.next_wait(PollOutcome::Messages { full_page: false }, 1.0);
+        assert_eq!(secs(b.current()), 3);
+    }
+
+    #[test]
+    fn retry_after_is_a_floor_under_jitter() {
+        let wait = Duration::from_secs(20);
+        for _ in 0..500 {
+            let mut b = Backoff::new();
+            let got = b.next_wait(PollOutcome::RetryAfter { wait }, jitter_unit());
+            assert!(wait <= got && got <= wait.mul_f64(JITTER_MAX), "{got:?}");
+        }
+        let mut b = Backoff::new();
+        assert_eq!(b.next_wait(PollOutcome::RetryAfter { wait }, 0.0), wait);
+        // Poll again at once stays at once.
+        assert_eq!(
+            b.next_wait(PollOutcome::Messages { full_page: true }, 1.0),
+            Duration::ZERO
+        );
     }
 
     #[test]

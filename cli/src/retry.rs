@@ -10,9 +10,8 @@
 use std::future::Future;
 use std::time::Duration;
 
-use pigeonhole::crypto::random_bytes;
-
 use crate::api::ApiError;
+use crate::backoff::jitter_unit;
 
 #[derive(Debug, Clone, Copy)]
 pub struct Retry {
@@ -106,11 +105,6 @@ impl Retry {
             }
         }
     }
-}
-
-/// A uniform draw from [0, 1).
-fn jitter_unit() -> f64 {
-    (u64::from_le_bytes(random_bytes::<8>()) >> 11) as f64 / (1u64 << 53) as f64
 }
 
 /// A wait as people read it: `1 s`, `1.4 s`.

@@ -13,6 +13,7 @@ import {
   encryptOutgoing,
   importKey,
   intervalFromQuery,
+  jittered,
   normaliseBaseUrl,
   randomFingerprint,
   rotate,
@@ -379,7 +380,7 @@ async function pollOnce(session) {
       ui.lastPoll.textContent = `no new messages (${now})`;
       clearError('poll');
       setConnState('ok', 'Connected');
-      schedule(session, session.backoff.afterEmpty());
+      schedule(session, jittered(session.backoff.afterEmpty()));
       return;
     }
     const { messages, next_cursor: nextCursor } = response.body;
@@ -396,7 +397,7 @@ async function pollOnce(session) {
       setConnState('ok', 'Connected');
       if (!moved) {
         ui.lastPoll.textContent = `no new messages (${now})`;
-        schedule(session, session.backoff.afterEmpty());
+        schedule(session, jittered(session.backoff.afterEmpty()));
         return;
       }
       ui.lastPoll.textContent = `no new messages; expired ones skipped up to #${nextCursor} (${now})`;
@@ -452,7 +453,7 @@ async function pollOnce(session) {
     await ackPending(session);
     if (state.session !== session) return;
     setConnState('ok', 'Connected');
-    const wait = session.backoff.afterMessages();
+    const wait = jittered(session.backoff.afterMessages());
     // A full page means more may be waiting: ask again at once.
     schedule(session, messages.length >= POLL_LIMIT ? 0 : wait);
   } catch (e) {
@@ -486,17 +487,17 @@ function pollFailed(session, error) {
   }
   let wait;
   if (error instanceof ApiError && error.status === 429) {
-    wait = session.backoff.afterRateLimit(error.retryAfter);
+    wait = jittered(session.backoff.afterRateLimit(error.retryAfter), Math.random(), error.retryAfter);
     setConnState('warn', 'Rate limited');
     showError('poll', `Rate limited (429): the server asked to wait ${error.retryAfter ?? '?'} s; next poll in ${seconds(wait)}.`);
   } else if (error instanceof ApiError && error.status === 503 && error.retryAfter) {
     // 503 unavailable: storage was briefly unavailable. Like a 429: wait as
     // asked, keep the delay and the cursor (nothing was skipped).
-    wait = session.backoff.afterRateLimit(error.retryAfter);
+    wait = jittered(session.backoff.afterRateLimit(error.retryAfter), Math.random(), error.retryAfter);
     setConnState('warn', 'Server busy');
     showError('poll', `Server unavailable (503): the server asked to wait ${error.retryAfter} s; next poll in ${seconds(wait)}.`);
   } else {
-    wait = session.backoff.afterError();
+    wait = jittered(session.backoff.afterError());
     const offline = error instanceof ApiError && error.kind === 'network';
     setConnState('warn', offline ? 'Offline' : 'Error');
     showError('poll', `${describe(error, action)} Retrying in ${seconds(wait)}.`);

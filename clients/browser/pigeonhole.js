@@ -694,7 +694,8 @@ export async function rotate(baseUrl, credentials, { fingerprint = null, signal,
  * after an empty poll wait the delay, then add `step`, up to `max`
  * (3, 6, 9 … 30); after messages reset to `step`. A 429, or a 503 with
  * Retry-After, waits as the server asked. Other errors (network, 5xx) back
- * off exponentially from `step`, never below the current delay.
+ * off exponentially from `step`, never below the current delay. The loops
+ * multiply every wait by a random factor in [0.9, 1.1] (`jittered`).
  */
 export class Backoff {
   /**
@@ -740,6 +741,25 @@ export class Backoff {
   }
 }
 
+/** The range of the random factor `jittered` multiplies a wait by. */
+export const JITTER_MIN = 0.9;
+export const JITTER_MAX = 1.1;
+
+/**
+ * A wait of the poll schedule with jitter: `seconds` multiplied by a factor
+ * in [0.9, 1.1], so a fleet restarted together does not poll in lockstep;
+ * never less than `floor` (the server's Retry-After: never poll earlier than
+ * it asked).
+ * @param {number} seconds The wait from `Backoff`.
+ * @param {number} [unit] A uniform draw from [0, 1) (clamped); Math.random().
+ * @param {number | null} [floor] Seconds the wait may not go below.
+ * @returns {number}
+ */
+export function jittered(seconds, unit = Math.random(), floor = 0) {
+  const u = Number.isFinite(unit) ? Math.min(Math.max(unit, 0), 1) : 0.5;
+  return Math.max(floor || 0, seconds * (JITTER_MIN + (JITTER_MAX - JITTER_MIN) * u));
+}
+
 /**
  * The base step from `?interval=SECONDS` (for demos and tests), or
  * `fallback` (3 s). Accepted range 0.05–60 s; anything else falls back.
@@ -779,6 +799,8 @@ export function intervalFromQuery(search, fallback = 3) {
  *   A message that failed verification; acknowledged with its page so that it
  *   cannot block the queue. Default: a console warning.
  * @property {(error: unknown) => void} [onError] A poll or ack that failed and will be retried.
+ * @property {() => number} [jitter] The uniform [0, 1) draw behind each
+ *   wait's jitter factor (Math.random); `() => 0.5` gives no jitter.
  */
 
 /**
@@ -973,8 +995,9 @@ export class PigeonholeClient {
    * - after an empty poll wait the delay, then add `step`, up to 10·step
    *   (3, 6, 9 … 30 s); after messages go back to `step`; a full page, or a
    *   page of expired ids only, is followed by another poll at once;
-   * - a 429, or a 503 with Retry-After, waits as the server asked, without
-   *   changing the delay or the cursor;
+   * - every wait is multiplied by a random factor in [0.9, 1.1] (`jittered`);
+   * - a 429, or a 503 with Retry-After, waits as the server asked (never
+   *   less), without changing the delay or the cursor;
    * - a network error or another 5xx backs off and the loop goes on;
    * - a message that fails verification goes to `onInvalid`, never to the
    *   handler, and is acknowledged with its page;
@@ -985,16 +1008,17 @@ export class PigeonholeClient {
    * @param {ListenOptions} [options]
    * @returns {Promise<ListenStats>}
    */
-  async listen(handler, { signal, step = 3, limit = POLL_LIMIT, maxPolls, onWait, onInvalid, onError } = {}) {
+  async listen(handler, { signal, step = 3, limit = POLL_LIMIT, maxPolls, onWait, onInvalid, onError, jitter = Math.random } = {}) {
     const backoff = new Backoff(step);
     /** @type {ListenStats} */
     const stats = { polls: 0, messages: 0, invalid: 0, errors: 0, rateLimited: 0, cursor: null };
     /** @type {number | null} */
     let cursor = null; // null: start from the server's acknowledged cursor
     const aborted = () => Boolean(signal && signal.aborted);
-    /** @param {number} seconds @param {'empty' | 'messages' | 'rate_limited' | 'unavailable' | 'error'} reason */
-    const wait = async (seconds, reason) => {
+    /** @param {number} base @param {'empty' | 'messages' | 'rate_limited' | 'unavailable' | 'error'} reason @param {number | null} [floor] */
+    const wait = async (base, reason, floor = 0) => {
       if (maxPolls !== undefined && stats.polls >= maxPolls) return;
+      const seconds = jittered(base, jitter(), floor);
       if (onWait) onWait(seconds, reason);
       await sleep(seconds, signal);
     };
@@ -1007,7 +1031,7 @@ export class PigeonholeClient {
         if (aborted()) break;
         if (e instanceof ApiError && e.status === 429) {
           stats.rateLimited += 1;
-          await wait(backoff.afterRateLimit(e.retryAfter), 'rate_limited');
+          await wait(backoff.afterRateLimit(e.retryAfter), 'rate_limited', e.retryAfter);
           continue;
         }
         if (!isRetryable(e)) throw e;
@@ -1015,7 +1039,7 @@ export class PigeonholeClient {
         if (onError) onError(e);
         const error = /** @type {ApiError} */ (e);
         if (error.status === 503 && error.retryAfter) {
-          await wait(backoff.afterRateLimit(error.retryAfter), 'unavailable');
+          await wait(backoff.afterRateLimit(error.retryAfter), 'unavailable', error.retryAfter);
         } else {
           await wait(backoff.afterError(), 'error');
         }

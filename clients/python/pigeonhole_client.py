@@ -105,6 +105,7 @@ __all__ = [
     "decrypt",
     "next_interval",
     "backoff_schedule",
+    "jittered_interval",
     "save_credentials",
     "load_credentials",
     "is_loopback_host",
@@ -128,6 +129,10 @@ DEFAULT_POLL_LIMIT = 100  # the server's default page size
 INITIAL_INTERVAL = 3.0
 INTERVAL_STEP = 3.0
 MAX_INTERVAL = 30.0
+#: Every wait of that schedule is multiplied by a random factor in this range
+#: (jitter), so clients started together do not poll in lockstep.
+JITTER_MIN = 0.9
+JITTER_MAX = 1.1
 
 
 # ---------------------------------------------------------------------------
@@ -510,6 +515,18 @@ def next_interval(current: float, got_messages: bool) -> float:
     if got_messages:
         return INITIAL_INTERVAL
     return min(current + INTERVAL_STEP, MAX_INTERVAL)
+
+
+def jittered_interval(base: float, unit: Optional[float] = None) -> float:
+    """``base`` multiplied by a factor in [0.9, 1.1] (jitter).
+
+    ``unit`` is a uniform draw from [0, 1) (clamped), by default
+    ``random.random()``; 0.5 gives ``base`` itself.
+    """
+    if unit is None:
+        unit = random.random()
+    unit = min(max(unit, 0.0), 1.0)
+    return base * (JITTER_MIN + (JITTER_MAX - JITTER_MIN) * unit)
 
 
 def backoff_schedule(empty_polls: int) -> List[float]:
@@ -1370,7 +1387,8 @@ class PigeonholeClient:
                max_polls: Optional[int] = None, sleep: Optional[Callable[[float], Any]] = None,
                limit: Optional[int] = None,
                on_wait: Optional[Callable[[float, str], Any]] = None,
-               on_invalid: Optional[Callable[[Mapping[str, Any], DecryptionError], Any]] = None) -> ListenStats:
+               on_invalid: Optional[Callable[[Mapping[str, Any], DecryptionError], Any]] = None,
+               jitter: Optional[Callable[[], float]] = None) -> ListenStats:
         """Poll with the documented backoff and call ``handler(message)`` for each message.
 
         - Start with a 3 s delay. After an empty poll wait the delay, then add
@@ -1381,9 +1399,13 @@ class PigeonholeClient:
         - A page with no messages (every message it covered expired) is
           acknowledged too (its ``next_cursor``), and followed by another
           poll at once: more may be waiting behind it.
+        - Every wait is the delay multiplied by a random factor in [0.9, 1.1]
+          (``jittered_interval``; ``jitter()`` is the uniform [0, 1) draw,
+          ``random.random`` by default), so a fleet restarted together does
+          not poll in lockstep.
         - On 429, and on a 503 (``unavailable``) with ``Retry-After``, wait
-          ``max(Retry-After, delay)`` without changing the delay; the cursor
-          stays where it is.
+          ``max(Retry-After, jittered delay)`` without changing the delay (never
+          earlier than the server asked); the cursor stays where it is.
         - On a network error or another 5xx, log it, wait the delay and grow it
           as for an empty poll; the loop keeps running.
         - A message that fails verification is passed to ``on_invalid`` (default:
@@ -1404,10 +1426,12 @@ class PigeonholeClient:
         sleeper = sleep or stop.wait
         page = limit or DEFAULT_POLL_LIMIT
         stats = ListenStats()
+        draw = jitter or random.random
         delay = INITIAL_INTERVAL
         cursor: Optional[int] = None  # None: start from the server's acknowledged cursor
 
-        def wait(seconds: float, reason: str) -> None:
+        def wait(base: float, reason: str, floor: float = 0.0) -> None:
+            seconds = max(floor, jittered_interval(base, draw()))
             stats.sleeps.append(seconds)
             if on_wait is not None:
                 on_wait(seconds, reason)
@@ -1422,7 +1446,7 @@ class PigeonholeClient:
                 stats.rate_limited += 1
                 log.info("rate limited; retrying in %s s", max(e.retry_after, delay))
                 if not last:
-                    wait(max(float(e.retry_after), delay), "rate_limited")
+                    wait(delay, "rate_limited", floor=float(e.retry_after))
                 continue
             except (NetworkError, ApiError) as e:
                 if not _retryable(e):
@@ -1432,7 +1456,7 @@ class PigeonholeClient:
                     # Storage was briefly unavailable: come back when the server says.
                     log.warning("server unavailable: %s; retrying in %s s", e, max(e.retry_after, delay))
                     if not last:
-                        wait(max(float(e.retry_after), delay), "unavailable")
+                        wait(delay, "unavailable", floor=float(e.retry_after))
                     continue
                 log.warning("poll failed: %s; retrying in %.0f s", e, delay)
                 wait_for, delay = delay, next_interval(delay, got_messages=False)

@@ -313,6 +313,31 @@ def test_single_files_work_copied_into_a_project(server, tmp_path):
                                                  for c in json.loads(listed.stdout)]
 
 
+#: The listen loop's jitter draw that multiplies every wait by exactly 1.0.
+NO_JITTER = lambda: 0.5  # noqa: E731
+
+
+def test_jittered_intervals_stay_within_ten_percent_and_differ(phc):
+    for n, base in enumerate(phc.backoff_schedule(12), start=1):
+        draws = [phc.jittered_interval(base) for _ in range(500)]
+        assert all(0.9 * base <= d <= 1.1 * base for d in draws), (n, min(draws), max(draws))
+        assert len(set(draws)) > 100, n  # draws differ
+    assert phc.jittered_interval(30, 0.0) == pytest.approx(27)
+    assert phc.jittered_interval(30, 1.0) == pytest.approx(33)
+    assert phc.jittered_interval(30, 0.5) == pytest.approx(30)
+    assert phc.jittered_interval(30, 5.0) == pytest.approx(33)  # clamped
+
+
+def test_listen_jitters_its_waits_but_keeps_retry_after_as_a_floor(phc):
+    limited = (429, {"Retry-After": "20"}, {"error": {"code": "rate_limited", "message": "slow down"}})
+    script = [(204,), (204,), limited, (204,)]
+    for unit, expected in [(0.0, [2.7, 5.4, 20, 8.1]), (1.0, [3.3, 6.6, 20, 9.9])]:
+        with Stub(poll=list(script)) as stub:
+            sleep = Recorder()
+            _stub_client(phc, stub).listen(lambda m: None, max_polls=5, sleep=sleep, jitter=lambda: unit)
+            assert sleep.sleeps == pytest.approx(expected), unit  # never before the Retry-After
+
+
 def test_backoff_schedule_and_next_interval(phc):
     assert phc.backoff_schedule(12) == [3, 6, 9, 12, 15, 18, 21, 24, 27, 30, 30, 30]
     assert phc.next_interval(3, got_messages=False) == 6
@@ -496,7 +521,7 @@ def test_poll_and_listen_on_a_tampered_delivery(phc):
             client.poll()
         assert e.value.message_id == 2
         got, invalid = [], []
-        stats = client.listen(got.append, max_polls=1, sleep=Recorder(),
+        stats = client.listen(got.append, max_polls=1, sleep=Recorder(), jitter=NO_JITTER,
                               on_invalid=lambda raw, err: invalid.append(raw["id"]))
         assert [m.payload for m in got] == [{"text": "ok"}] and invalid == [2]
         assert stats.invalid == 1 and stats.messages == 1
@@ -516,7 +541,7 @@ def test_poll_429_raises_rate_limited(phc, limited_server):
 def test_listen_honours_retry_after_from_the_server(phc, limited_server):
     _, client = _new_client(phc, limited_server, "limited-listen")
     sleep = Recorder()
-    stats = client.listen(lambda m: None, max_polls=3, sleep=sleep)
+    stats = client.listen(lambda m: None, max_polls=3, sleep=sleep, jitter=NO_JITTER)
     assert (stats.polls, stats.rate_limited) == (3, 2)
     # 204 -> wait 3; 429 -> wait Retry-After (about a minute at 1 poll/min), not the 6 s delay.
     assert sleep.sleeps[0] == 3 and len(sleep.sleeps) == 2
@@ -537,7 +562,7 @@ def test_listen_receives_acks_after_handler_and_resets_backoff(phc, server):
         received.append(m)
 
     sleep = Recorder({2: lambda: _publish(phc, server, [creds.client_id], "greeting", {"text": "during backoff"})})
-    stats = client.listen(handler, max_polls=6, sleep=sleep)
+    stats = client.listen(handler, max_polls=6, sleep=sleep, jitter=NO_JITTER)
     # empty: 3, empty: 6 (publish meanwhile), message: reset to 3, empty: 3, empty: 6, (last poll: no wait)
     assert sleep.sleeps == [3, 6, 3, 3, 6]
     assert [(m.id, m.type, m.payload) for m in received] == [(1, "greeting", {"text": "during backoff"})]
@@ -558,7 +583,7 @@ def test_listen_stops_on_event_after_acking(phc, server):
         stop.set()
 
     sleep = Recorder()
-    stats = client.listen(handler, stop=stop, sleep=sleep)  # no max_polls: only the event ends it
+    stats = client.listen(handler, stop=stop, sleep=sleep, jitter=NO_JITTER)  # no max_polls: only the event ends it
     assert got == [1, 2] and stats.polls == 1 and sleep.sleeps == []
     assert client.poll() == []
 
@@ -568,7 +593,7 @@ def test_listen_full_page_polls_again_at_once(phc, server):
     for i in range(3):
         _publish(phc, server, [creds.client_id], "n", i)
     got, sleep = [], Recorder()
-    client.listen(lambda m: got.append(m.payload), limit=2, max_polls=3, sleep=sleep)
+    client.listen(lambda m: got.append(m.payload), limit=2, max_polls=3, sleep=sleep, jitter=NO_JITTER)
     # page of 2 (full): no wait; page of 1: reset to 3; empty: last poll.
     assert got == [0, 1, 2] and sleep.sleeps == [3]
 
@@ -576,7 +601,7 @@ def test_listen_full_page_polls_again_at_once(phc, server):
 def test_listen_backoff_caps_at_30_seconds(phc):
     with Stub() as stub:  # always 204
         sleep = Recorder()
-        stats = _stub_client(phc, stub).listen(lambda m: None, max_polls=13, sleep=sleep)
+        stats = _stub_client(phc, stub).listen(lambda m: None, max_polls=13, sleep=sleep, jitter=NO_JITTER)
         assert sleep.sleeps == phc.backoff_schedule(12) == [3, 6, 9, 12, 15, 18, 21, 24, 27, 30, 30, 30]
         assert stats.polls == 13
 
@@ -593,7 +618,7 @@ def test_listen_survives_5xx_and_honours_retry_after(phc):
     ]
     with Stub(poll=script) as stub:
         got, sleep, waits = [], Recorder(), []
-        stats = _stub_client(phc, stub).listen(lambda m: got.append(m.payload), max_polls=7, sleep=sleep,
+        stats = _stub_client(phc, stub).listen(lambda m: got.append(m.payload), max_polls=7, sleep=sleep, jitter=NO_JITTER,
                                                on_wait=lambda s, reason: waits.append(reason))
         assert sleep.sleeps == [3, 40, 6, 9, 9, 3]
         assert waits == ["error", "rate_limited", "error", "rate_limited", "empty", "messages"]
@@ -615,7 +640,7 @@ def test_listen_honours_retry_after_on_503_unavailable(phc):
     ]
     with Stub(poll=script) as stub:
         got, sleep, reasons = [], Recorder(), []
-        stats = _stub_client(phc, stub).listen(lambda m: got.append(m.payload), max_polls=6, sleep=sleep,
+        stats = _stub_client(phc, stub).listen(lambda m: got.append(m.payload), max_polls=6, sleep=sleep, jitter=NO_JITTER,
                                                on_wait=lambda s, reason: reasons.append(reason))
         assert sleep.sleeps == [3, 3, 20, 6, 9]
         assert reasons == ["messages", "empty", "unavailable", "error", "rate_limited"]
@@ -638,7 +663,7 @@ def test_listen_handler_error_acks_what_was_handled_and_propagates(phc):
                 raise RuntimeError("handler bug")
 
         with pytest.raises(RuntimeError, match="handler bug"):
-            _stub_client(phc, stub).listen(handler, sleep=Recorder())
+            _stub_client(phc, stub).listen(handler, sleep=Recorder(), jitter=NO_JITTER)
         assert stub.calls("POST", "/api/v1/messages/ack") == [{"last_received_id": 1}]
 
 
@@ -646,7 +671,7 @@ def test_listen_survives_network_errors(phc):
     client = phc.PigeonholeClient(f"http://127.0.0.1:{_free_port()}", STUB_CLIENT_ID, "pht_x", STUB_TOKEN,
                                   timeout=2)
     sleep = Recorder()
-    stats = client.listen(lambda m: None, max_polls=4, sleep=sleep)
+    stats = client.listen(lambda m: None, max_polls=4, sleep=sleep, jitter=NO_JITTER)
     assert sleep.sleeps == [3, 6, 9] and stats.errors == 4
     with pytest.raises(phc.NetworkError):
         client.poll()
@@ -941,7 +966,7 @@ def test_every_post_says_content_type_json(phc, opt):
               rotate=[(200, None, _creds_body(key_byte=2, token="B"))]) as stub:
         creds = phc.register(stub.origin, "fingerprint-123456", name="n")
         client = phc.PigeonholeClient.from_credentials(creds)
-        client.listen(lambda m: None, max_polls=1, sleep=Recorder())  # poll, then ack
+        client.listen(lambda m: None, max_polls=1, sleep=Recorder(), jitter=NO_JITTER)  # poll, then ack
         client.send("t", 1)
         phc.publish(stub.origin, "admin", [STUB_CLIENT_ID], "t", 1)
         client.rotate()
@@ -1405,7 +1430,7 @@ def test_poll_and_listen_ack_next_cursor_past_expired_ids(phc, tmp_path):
     with Stub(poll=[(200, None, first), (200, None, expired)]) as stub:
         client = _stub_client(phc, stub)
         got, sleep = [], Recorder()
-        stats = client.listen(lambda m: got.append(m.id), max_polls=3, sleep=sleep)
+        stats = client.listen(lambda m: got.append(m.id), max_polls=3, sleep=sleep, jitter=NO_JITTER)
         assert got == [1]
         assert stub.calls("POST", "/api/v1/messages/ack") == [{"last_received_id": 3}, {"last_received_id": 5}]
         # After the page with a message: the 3 s step; after the expired-only page: at once; then 204 (last).

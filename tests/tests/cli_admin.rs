@@ -265,6 +265,12 @@ async fn simulate_polls_decrypts_and_stops_by_itself() {
     assert_eq!(summary["errors"], json!(0), "{summary}");
     assert!(summary["p50_ms"].as_f64().is_some(), "{summary}");
     assert!(summary["p99_ms"].as_f64().is_some(), "{summary}");
+    // The peak-to-mean ratio of polls per second is reported. With 4
+    // clients over 3 one-second buckets it is too noisy to bound tightly.
+    let ratio = summary["peak_to_mean"]
+        .as_f64()
+        .expect("a peak-to-mean ratio");
+    assert!(ratio.is_finite() && ratio >= 1.0, "{summary}");
     // The delivery lag of what was published and received: publish sent to
     // message received, so at most the run's 3 s plus its grace.
     let lag_p50 = summary["delivery_p50_ms"].as_f64().expect("a p50 lag");
@@ -295,6 +301,7 @@ async fn simulate_polls_decrypts_and_stops_by_itself() {
     out.expect_ok();
     assert!(out.stdout.contains("simulated 2 clients"), "{out:#?}");
     assert!(out.stdout.contains("latency    p50"), "{out:#?}");
+    assert!(out.stdout.contains("peak-to-mean "), "{out:#?}");
     // Nothing published: no lag to report, and it says why.
     assert!(
         out.stdout.contains("delivery   - (nothing published"),

@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use super::{ctrl_c, follow_outcome, print_line, profile_key, Ctx};
 use crate::api::{Api, Credentials, Delivered, Poll, PollPage};
-use crate::backoff::{Backoff, PollOutcome};
+use crate::backoff::{jitter_unit, Backoff, PollOutcome};
 use crate::config;
 use crate::error::{CliError, EXIT_NO_MESSAGES, EXIT_OK};
 use crate::message::{open_delivered, Plain};
@@ -39,9 +39,10 @@ profile new credentials meanwhile, the loop reads them from the config file and
 goes on with them.
 
 Schedule: 3 s, then +3 s after each empty poll up to 30 s, back to 3 s after a
-message; Retry-After is honoured on 429 and 503 (the server is briefly
-unavailable); network errors and other 5xx back off the same way. Ctrl-C stops
-(exit 0).
+message; each wait is multiplied by a random factor in [0.9, 1.1] (jitter), so
+clients started together do not poll in lockstep. Retry-After is honoured on
+429 and 503 (the server is briefly unavailable) and never shortened; network
+errors and other 5xx back off the same way. Ctrl-C stops (exit 0).
 
 Exit codes: 0 messages came (or stopped with Ctrl-C), 1 error, 3 with --once:
 nothing new.";
@@ -304,7 +305,7 @@ impl Listener {
                 Err(e) => follow_outcome(e, "poll")?,
             };
             let interval = backoff.current();
-            let delay = backoff.next_delay(outcome);
+            let delay = backoff.next_wait(outcome, jitter_unit());
             if let Some(problem) = problem {
                 self.status
                     .note(&format!("{problem}; next poll in {}", seconds(delay)));

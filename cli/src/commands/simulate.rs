@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use clap::Args;
-use pigeonhole::crypto::{random_bytes, Key};
+use pigeonhole::crypto::Key;
 use pigeonhole::domain::{DEFAULT_POLL_LIMIT, MAX_RECIPIENTS};
 use serde::Serialize;
 use tokio::sync::Semaphore;
@@ -15,7 +15,7 @@ use tokio::time::{sleep_until, Instant};
 
 use super::{ctrl_c, print_line, Ctx};
 use crate::api::{publish_body, Api, ApiError, Audience, Credentials, Poll};
-use crate::backoff::{Backoff, PollOutcome};
+use crate::backoff::{jitter_unit, Backoff, PollOutcome};
 use crate::error::{CliError, EXIT_FAILURE, EXIT_OK};
 use crate::fingerprint;
 use crate::message::{open_delivered, Plain};
@@ -29,8 +29,10 @@ Examples:
     pigeonhole simulate --url http://127.0.0.1:8080 --clients 50 --duration 30 --publish-every 5
 
 Each simulated client registers with a random fingerprint (named `sim-<n>`),
-then polls on the 3 → 30 s schedule, verifies, decrypts and acks what it
-receives. With --publish-every, a message is published to all of them that
+then polls on the 3 → 30 s schedule (first polls spread over the first
+interval, every wait jittered by [0.9, 1.1]), verifies, decrypts and acks what
+it receives. The summary reports the peak-to-mean ratio of polls per second
+(busiest one-second bucket over the mean). With --publish-every, a message is published to all of them that
 often, so `received` means something, and the summary reports the delivery
 lag: from sending the publish request to the poll that brought the message
 (p50 and p99), which includes the clients' poll interval, as a real client
@@ -90,10 +92,21 @@ struct Stats {
     latencies_us: Vec<u32>,
     /// Publish sent → message received, per message, in milliseconds.
     lags_ms: Vec<u32>,
+    /// Polls sent in each whole second since the run started.
+    polls_per_bucket: Vec<u64>,
     last_error: Option<String>,
 }
 
 impl Stats {
+    /// Counts a poll sent `since_start` after the run started.
+    fn poll_at(&mut self, since_start: Duration) {
+        let bucket = since_start.as_secs() as usize;
+        if self.polls_per_bucket.len() <= bucket {
+            self.polls_per_bucket.resize(bucket + 1, 0);
+        }
+        self.polls_per_bucket[bucket] += 1;
+    }
+
     fn error(&mut self, e: impl ToString) {
         self.errors += 1;
         self.last_error = Some(e.to_string());
@@ -116,12 +129,27 @@ pub fn percentile(sorted: &[u32], p: f64) -> Option<u32> {
     Some(sorted[rank.clamp(1, sorted.len()) - 1])
 }
 
+/// Peak-to-mean ratio of polls per second: the busiest one-second bucket
+/// over the mean of all `buckets` whole and partial seconds of the run
+/// (`counts` may be shorter: seconds without a poll count as 0). `None` when
+/// nothing was polled. 1.0 is a perfectly even load.
+pub fn peak_to_mean(counts: &[u64], buckets: usize) -> Option<f64> {
+    let buckets = buckets.max(counts.len()).max(1);
+    let total: u64 = counts.iter().sum();
+    let peak = counts.iter().copied().max()?;
+    if total == 0 {
+        return None;
+    }
+    Some(peak as f64 / (total as f64 / buckets as f64))
+}
+
 fn ms(us: Option<u32>) -> String {
     us.map_or("-".into(), |us| format!("{:.1} ms", f64::from(us) / 1000.0))
 }
 
 struct Sim {
     api: Api,
+    started: Instant,
     deadline: Instant,
     step: Duration,
     stats: Shared,
@@ -131,12 +159,14 @@ impl Sim {
     async fn poller(self: Arc<Self>, creds: Credentials, key: Key) {
         let mut backoff = Backoff::with_step(self.step);
         let mut cursor = 0u64;
-        // Spread the first polls over one step so clients don't move in lockstep.
-        let step_ms = self.step.as_millis().max(1) as u64;
-        let jitter = u64::from_le_bytes(random_bytes::<8>()) % step_ms;
-        sleep_until((Instant::now() + Duration::from_millis(jitter)).min(self.deadline)).await;
+        // Spread the first polls evenly over the first interval (one step)
+        // so the clients don't move in lockstep; the jittered schedule
+        // keeps them apart afterwards.
+        let first = self.step.mul_f64(jitter_unit());
+        sleep_until((self.started + first).min(self.deadline)).await;
         while Instant::now() < self.deadline {
             let started = Instant::now();
+            lock(&self.stats).poll_at(started.duration_since(self.started));
             let result = self
                 .api
                 .poll(&creds, (cursor > 0).then_some(cursor), DEFAULT_POLL_LIMIT)
@@ -204,7 +234,7 @@ impl Sim {
                     }
                 }
             };
-            let delay = backoff.next_delay(outcome);
+            let delay = backoff.next_wait(outcome, jitter_unit());
             sleep_until((Instant::now() + delay).min(self.deadline)).await;
         }
     }
@@ -269,6 +299,9 @@ struct Summary {
     seconds: f64,
     polls: u64,
     polls_per_second: f64,
+    /// Busiest second's polls over the mean polls per second (per-second
+    /// buckets over the run); 1.0 is an even load.
+    peak_to_mean: Option<f64>,
     empty_polls: u64,
     message_polls: u64,
     received: u64,
@@ -390,6 +423,7 @@ pub async fn run(ctx: &Ctx, args: SimulateArgs) -> Result<u8, CliError> {
     let deadline = started + Duration::from_secs(args.duration);
     let sim = Arc::new(Sim {
         api: api.clone(),
+        started,
         deadline,
         step: Duration::from_millis(args.interval_base_ms),
         stats: Arc::new(Mutex::new(Stats::default())),
@@ -474,6 +508,7 @@ pub async fn run(ctx: &Ctx, args: SimulateArgs) -> Result<u8, CliError> {
         seconds: elapsed.as_secs_f64(),
         polls: s.polls,
         polls_per_second: s.polls as f64 / elapsed.as_secs_f64().max(1e-3),
+        peak_to_mean: peak_to_mean(&s.polls_per_bucket, elapsed.as_secs_f64().ceil() as usize),
         empty_polls: s.empty,
         message_polls: s.pages,
         received: s.received,
@@ -517,8 +552,13 @@ fn summary_lines(s: &Summary) -> Vec<String> {
             if s.interrupted { " (interrupted)" } else { "" }
         ),
         format!(
-            "polls      {} ({:.1}/s): {} empty, {} with messages, {} rate limited",
-            s.polls, s.polls_per_second, s.empty_polls, s.message_polls, s.rate_limited
+            "polls      {} ({:.1}/s, peak-to-mean {}): {} empty, {} with messages, {} rate limited",
+            s.polls,
+            s.polls_per_second,
+            s.peak_to_mean.map_or("-".into(), |r| format!("{r:.2}")),
+            s.empty_polls,
+            s.message_polls,
+            s.rate_limited
         ),
         format!(
             "messages   {} received and decrypted, {} failed verification, {} published",
@@ -588,6 +628,7 @@ mod tests {
             seconds: 3.0,
             polls: 10,
             polls_per_second: 3.3,
+            peak_to_mean: Some(1.2),
             empty_polls: 8,
             message_polls: 2,
             received: 2,
@@ -632,6 +673,34 @@ mod tests {
         assert_eq!(
             serde_json::to_value(none).unwrap()["delivery_p99_ms"],
             json!(null)
+        );
+    }
+
+    #[test]
+    fn peak_to_mean_of_polls_per_second() {
+        assert_eq!(peak_to_mean(&[], 5), None);
+        assert_eq!(peak_to_mean(&[0, 0], 2), None);
+        assert_eq!(peak_to_mean(&[10, 10, 10], 3), Some(1.0));
+        // 30 polls over 3 s: mean 10/s, peak 20.
+        assert_eq!(peak_to_mean(&[20, 5, 5], 3), Some(2.0));
+        // Seconds after the last poll count, as zeros.
+        assert_eq!(peak_to_mean(&[10, 10], 4), Some(2.0));
+        // More buckets than seconds (a poll in the grace period) still counts.
+        assert_eq!(peak_to_mean(&[10, 10], 1), Some(1.0));
+
+        let mut s = Stats::default();
+        for ms in [0, 400, 999, 1_000, 2_500] {
+            s.poll_at(Duration::from_millis(ms));
+        }
+        assert_eq!(s.polls_per_bucket, [3, 1, 1]);
+        let r = peak_to_mean(&s.polls_per_bucket, 3).unwrap();
+        assert!((r - 1.8).abs() < 1e-9, "{r}");
+
+        let lines = summary_lines(&summary());
+        assert!(lines[1].contains("peak-to-mean 1.20"), "{lines:?}");
+        assert_eq!(
+            serde_json::to_value(summary()).unwrap()["peak_to_mean"],
+            json!(1.2)
         );
     }
 

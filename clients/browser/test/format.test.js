@@ -27,6 +27,7 @@ import {
   insecureHttpHost,
   intervalFromQuery,
   isLoopbackHost,
+  jittered,
   open,
   rotate,
   seal,
@@ -121,6 +122,26 @@ test('backoff: 3, 6, 9 … 30 after empty polls; reset after messages; Retry-Aft
   b.afterMessages();
   assert.deepEqual([b.afterError(), b.afterError(), b.afterError(), b.afterError(), b.afterError()], [3, 6, 12, 24, 30]);
   assert.equal(b.afterEmpty(), 3, 'a success ends the error backoff');
+});
+
+test('jitter: every wait of the schedule is within [0.9, 1.1] of it, draws differ, Retry-After is a floor', () => {
+  const b = new Backoff(3);
+  for (let n = 1; n <= 12; n += 1) {
+    const base = b.afterEmpty();
+    const draws = Array.from({ length: 500 }, () => jittered(base));
+    for (const d of draws) assert.ok(0.9 * base <= d && d <= 1.1 * base, `step ${n}: ${d}`);
+    assert.ok(new Set(draws).size > 100, `step ${n}: draws differ`);
+  }
+  assert.equal(jittered(30, 0), 27);
+  assert.ok(Math.abs(jittered(30, 1) - 33) < 1e-9);
+  assert.equal(jittered(30, 0.5), 30);
+  assert.ok(Math.abs(jittered(30, 7) - 33) < 1e-9, 'the draw is clamped');
+  // Retry-After: never earlier than the server asked.
+  for (let i = 0; i < 500; i += 1) {
+    const d = jittered(b.afterRateLimit(20), Math.random(), 20);
+    assert.ok(20 <= d && d <= 22, `${d}`);
+  }
+  assert.equal(jittered(9, 0, 20), 20);
 });
 
 test('?interval= scales the schedule for tests and demos', () => {
@@ -306,6 +327,7 @@ test('listen: hands verified messages over, skips a forged one, acks next_cursor
     const stats = await client.listen((m) => seen.push(m), {
       step: 0.01,
       maxPolls: 3,
+      jitter: () => 0.5, // a factor of exactly 1
       onWait: (seconds, reason) => waits.push([seconds, reason]),
       onInvalid: (message, error) => invalid.push([message.id, error instanceof DecryptionError, error.messageId]),
     });
