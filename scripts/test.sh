@@ -145,10 +145,14 @@ export PIGEONHOLE_TEST_DYNAMODB_LOCAL_ENDPOINT PIGEONHOLE_TEST_LOCALSTACK_ENDPOI
 # and the one test of provisioning itself, which checks that PITR is on,
 # runs on moto only (above). The end-to-end suite below provisions its
 # tables with PITR on LocalStack.
+# PIGEONHOLE_TEST_AWS_CAPACITY=1: DynamoDB Local reports consumed capacity
+# by DynamoDB's rules, so each_store_call_consumes_the_expected_capacity
+# asserts its pinned read and write units here (on moto it cannot).
 # (--workspace keeps the feature set of the build above, so nothing recompiles.)
 step "DynamoDB store suite against DynamoDB Local"
 PIGEONHOLE_TEST_AWS_ENDPOINT="$PIGEONHOLE_TEST_DYNAMODB_LOCAL_ENDPOINT" \
   PIGEONHOLE_TEST_SQS_ENDPOINT="http://127.0.0.1:$moto_port" PIGEONHOLE_TEST_AWS_NO_PITR=1 \
+  PIGEONHOLE_TEST_AWS_CAPACITY=1 \
   cargo test --workspace --locked --all-features --test dynamodb_store -- \
   --skip provisioning_again_keeps_tables_queues_and_data
 

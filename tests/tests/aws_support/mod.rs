@@ -19,6 +19,12 @@
 //! - `PIGEONHOLE_TEST_AWS_NO_PITR=1`: [`fresh_env`] creates the tables
 //!   without the template's point-in-time recovery, which DynamoDB Local
 //!   does not implement (UpdateContinuousBackups is an unknown operation).
+//!
+//! And one says what the endpoint's figures are worth:
+//! - `PIGEONHOLE_TEST_AWS_CAPACITY=1`: the endpoint reports consumed
+//!   capacity by DynamoDB's rules (DynamoDB Local does), so
+//!   `each_store_call_consumes_the_expected_capacity` asserts its pinned
+//!   read and write units; without it (moto) that test only runs the calls.
 #![allow(dead_code)]
 
 use pigeonhole::store::dynamodb::TableNames;
@@ -35,6 +41,7 @@ use std::time::{Duration, Instant};
 pub const ENDPOINT_VAR: &str = "PIGEONHOLE_TEST_AWS_ENDPOINT";
 pub const SQS_ENDPOINT_VAR: &str = "PIGEONHOLE_TEST_SQS_ENDPOINT";
 pub const NO_PITR_VAR: &str = "PIGEONHOLE_TEST_AWS_NO_PITR";
+pub const CAPACITY_VAR: &str = "PIGEONHOLE_TEST_AWS_CAPACITY";
 const REGION: &str = "us-east-1";
 
 fn workspace_dir() -> PathBuf {
