@@ -8,6 +8,10 @@ root=$(pwd)
 
 step() { printf '\n==> %s\n' "$*"; }
 
+# One clean build, nothing to reuse: incremental state would only take disk
+# (several GB for this tree). Set CARGO_INCREMENTAL=1 to keep it.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+
 # Whatever this script starts in the background dies with it, however it
 # exits (a failed step, ^C, SIGTERM).
 moto_pid=""
