@@ -77,7 +77,7 @@ fn hold_write_lock(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_busy_database_is_waited_out_within_the_budget() {
-    use pigeonhole::store::{StoreError, Touch};
+    use pigeonhole::store::{AckOutcome, StoreError};
     use std::time::{Duration, Instant};
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("test.db");
@@ -89,26 +89,151 @@ async fn a_busy_database_is_waited_out_within_the_budget() {
         .client
         .id;
 
+    // An ack is a write that must reach the file before it answers.
     // Longer than SQLite's own busy timeout (1 s), shorter than the budget.
     let holder = hold_write_lock(path.clone(), Duration::from_millis(1_800));
-    let touched = store.touch_client(id, 0, Timestamp(9), None).await.unwrap();
-    assert!(matches!(touched, Touch::Known(_)));
+    let acked = store.acknowledge(id, 0, 0, Timestamp(9)).await.unwrap();
+    assert_eq!(acked, AckOutcome::Acked { cursor: 0 });
     holder.join().unwrap();
 
     // Longer than the budget: unavailable (a 503), in time.
     let holder = hold_write_lock(path, Duration::from_millis(3_000));
     let started = Instant::now();
-    let touched = pigeonhole::retry::within(
+    let acked = pigeonhole::retry::within(
         started + Duration::from_millis(1_500),
-        store.touch_client(id, 0, Timestamp(10), None),
+        store.acknowledge(id, 0, 0, Timestamp(10)),
     )
     .await;
     assert!(
-        matches!(touched, Err(StoreError::Unavailable(_))),
-        "{touched:?}"
+        matches!(acked, Err(StoreError::Unavailable(_))),
+        "{acked:?}"
     );
     assert!(started.elapsed() < Duration::from_millis(2_600));
     holder.join().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_empty_poll_needs_no_write_lock() {
+    use pigeonhole::store::Touch;
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("test.db");
+    let store = SqliteStore::open(&path).unwrap();
+    let id = store
+        .register_client([4; 32], store_contract::client("idle", Timestamp(5)))
+        .await
+        .unwrap()
+        .client
+        .id;
+    assert!(matches!(
+        store.touch_client(id, 0, Timestamp(8), None).await.unwrap(),
+        Touch::Known(_)
+    ));
+
+    // An operator's shell holds the write lock: polls still answer at once.
+    let holder = hold_write_lock(path, Duration::from_millis(1_500));
+    let started = Instant::now();
+    for at in 9..100 {
+        let touched = store
+            .touch_client(id, 0, Timestamp(at), None)
+            .await
+            .unwrap();
+        assert!(matches!(touched, Touch::Known(_)));
+    }
+    assert!(started.elapsed() < Duration::from_millis(1_000));
+    holder.join().unwrap();
+}
+
+#[tokio::test]
+async fn one_process_owns_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("test.db");
+    let first = SqliteStore::open(&path).unwrap();
+    let err = SqliteStore::open(&path)
+        .err()
+        .expect("a second owner is refused");
+    assert!(
+        err.to_string().contains("in use by another process"),
+        "{err}"
+    );
+    drop(first);
+    SqliteStore::open(&path).expect("free again once closed");
+}
+
+#[tokio::test]
+async fn last_seen_and_rate_limits_are_written_behind_and_kept_at_close() {
+    use pigeonhole::rate_limit::PollRateLimit;
+    use pigeonhole::store::{Bucket, RateCharge, Touch};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("test.db");
+    let charge = Some(RateCharge {
+        bucket: Bucket::Poll,
+        limit: PollRateLimit::per_minute(2).unwrap(),
+    });
+    let store = SqliteStore::open(&path).unwrap();
+    let id = store
+        .register_client([4; 32], store_contract::client("seen", Timestamp(5)))
+        .await
+        .unwrap()
+        .client
+        .id;
+    for at in [1_000, 2_000] {
+        let touched = store.touch_client(id, 0, Timestamp(at), charge).await;
+        assert!(matches!(touched.unwrap(), Touch::Known(_)));
+    }
+    // A listing shows the contact at once, not after the write-behind.
+    let listed = store.list_clients(10, None).await.unwrap().unwrap();
+    assert_eq!(listed.clients[0].last_seen_at, Some(Timestamp(2_000)));
+
+    // Read back from the file by a new owner: the limit is still spent.
+    let reseen = store.touch_client(id, 0, Timestamp(3_000), charge).await;
+    assert!(matches!(reseen.unwrap(), Touch::RateLimited { .. }));
+    drop(store);
+    let store = SqliteStore::open(&path).unwrap();
+    let refused = store.touch_client(id, 0, Timestamp(3_000), charge).await;
+    assert!(
+        matches!(refused.unwrap(), Touch::RateLimited { .. }),
+        "the limiter's state survives a restart"
+    );
+    let listed = store.list_clients(10, None).await.unwrap().unwrap();
+    assert_eq!(listed.clients[0].last_seen_at, Some(Timestamp(2_000)));
+}
+
+#[tokio::test]
+async fn soft_state_reaches_the_file_without_a_close() {
+    use pigeonhole::store::Touch;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("test.db");
+    let store = SqliteStore::open(&path).unwrap();
+    let id = store
+        .register_client([4; 32], store_contract::client("seen", Timestamp(5)))
+        .await
+        .unwrap()
+        .client
+        .id;
+    let touched = store.touch_client(id, 0, Timestamp(7_000), None).await;
+    assert!(matches!(touched.unwrap(), Touch::Known(_)));
+    // Another connection (the sqlite3 shell, or a crash that never closes
+    // the store) sees it within the write-behind interval.
+    let deadline = std::time::Instant::now() + pigeonhole::store::sqlite::WRITE_BEHIND * 3;
+    loop {
+        let seen: Option<i64> = rusqlite::Connection::open(&path)
+            .unwrap()
+            .query_row(
+                "SELECT last_seen_at FROM clients WHERE client_id = ?1",
+                [id.to_string()],
+                |r| r.get(0),
+            )
+            .unwrap();
+        if seen == Some(7_000) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not written behind: {seen:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }
 
 /// The schema of version 2, before credential generations existed.

@@ -1323,7 +1323,11 @@ def test_cli_inbox(phc, server):
     full_env.update(env)
     proc = subprocess.Popen([str(console_script(CLIENT_CLI)), "inbox", cid, "--url", server.origin, "--follow",
                              "--json"], env=full_env, stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            # Ctrl-C as in a terminal, even when this test
+                            # runs as a background job (which ignores SIGINT,
+                            # and a child would inherit that).
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     watchdog = threading.Timer(30, proc.kill)  # a readline below never blocks for ever
     watchdog.start()
     try:

@@ -15,14 +15,33 @@
 //! One connection behind a mutex serves all requests on the blocking thread
 //! pool: SQLite allows one writer at a time anyway, and every statement here
 //! is a primary-key lookup.
+//!
+//! One process owns the file (a lock file next to it says so): it keeps the
+//! rows of active clients in memory ([`soft_state`]), so an empty poll is
+//! answered without touching the file, and writes last-seen times and rate
+//! limits behind, once a [`WRITE_BEHIND`] interval.
+
+mod soft_state;
 
 use super::*;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use soft_state::{Entry, Soft, SoftState};
 use std::collections::HashMap;
+use std::fs::File;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Mutex, Weak};
+use std::time::Duration;
+
+/// How often last-seen times and rate-limit state reach the file: what a
+/// crash may forget of them.
+pub const WRITE_BEHIND: Duration = Duration::from_secs(1);
+
+/// Clients whose rows are kept in memory at most (about 300 bytes each):
+/// past it, the ones with nothing to write back are dropped and read again
+/// at their next poll.
+const CACHED_CLIENTS: usize = 100_000;
 
 /// 2 added publish idempotency keys and the age indexes cleanup uses;
 /// 3 credential generations, retired keys, the send limit and request
@@ -226,6 +245,10 @@ fn head_column(mailbox: Mailbox) -> &'static str {
 
 pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
+    soft: Arc<SoftState>,
+    /// Held while the store is open: a second process on the same file
+    /// would not see this one's cached rows, nor this one its writes.
+    _owner: File,
 }
 
 fn backend(err: impl std::fmt::Display) -> StoreError {
@@ -243,11 +266,14 @@ fn sql(err: rusqlite::Error) -> StoreError {
 impl SqliteStore {
     /// Opens (creating if needed) the database file at `path`.
     pub fn open(path: &Path) -> StoreResult<SqliteStore> {
+        let owner = own(path)?;
         let conn = Connection::open(path).map_err(sql)?;
-        Self::init(conn)
+        let store = Self::init(conn, owner)?;
+        store.write_behind();
+        Ok(store)
     }
 
-    fn init(conn: Connection) -> StoreResult<SqliteStore> {
+    fn init(conn: Connection, owner: File) -> StoreResult<SqliteStore> {
         // SQLite waits this long for another connection's write lock;
         // past it, the shared retry policy takes over within the request's
         // budget.
@@ -304,7 +330,23 @@ impl SqliteStore {
             .map_err(sql)?;
         Ok(SqliteStore {
             conn: Arc::new(Mutex::new(conn)),
+            soft: Arc::new(SoftState::new(CACHED_CLIENTS)),
+            _owner: owner,
         })
+    }
+
+    /// Starts the thread that writes soft state behind; it ends once the
+    /// store is dropped (which writes what is left).
+    fn write_behind(&self) {
+        let (conn, soft) = (Arc::downgrade(&self.conn), Arc::downgrade(&self.soft));
+        let spawned = std::thread::Builder::new()
+            .name("sqlite-write-behind".into())
+            .spawn(move || write_behind_loop(conn, soft));
+        if let Err(error) = spawned {
+            // Soft state then reaches the file only at the next listing or
+            // when the store closes; nothing is lost while it runs.
+            tracing::error!(%error, "cannot start the write-behind thread");
+        }
     }
 
     /// Runs `work` on the blocking pool with the connection, again after
@@ -342,6 +384,131 @@ impl SqliteStore {
             }
         }
     }
+}
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        if let Err(error) = write_back(&mut conn, &self.soft) {
+            tracing::warn!(%error, "last-seen times and rate limits not written at close");
+        }
+    }
+}
+
+/// Takes the lock file `<database>.lock`, or says which file is in use.
+fn own(path: &Path) -> StoreResult<File> {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".lock");
+    let lock_path = path.with_file_name(name);
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| backend(format!("cannot open {}: {e}", lock_path.display())))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Backend(format!(
+            "{} is in use by another process (it holds {})",
+            path.display(),
+            lock_path.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(backend(format!("cannot lock {}: {e}", lock_path.display())))
+        }
+    }
+}
+
+fn write_behind_loop(conn: Weak<Mutex<Connection>>, soft: Weak<SoftState>) {
+    loop {
+        std::thread::sleep(WRITE_BEHIND);
+        let (Some(conn), Some(soft)) = (conn.upgrade(), soft.upgrade()) else {
+            return;
+        };
+        let mut conn = conn.lock().unwrap_or_else(|p| p.into_inner());
+        if let Err(error) = write_back(&mut conn, &soft) {
+            // Kept dirty: the next round writes them.
+            tracing::warn!(%error, "writing last-seen times and rate limits failed; will retry");
+        }
+    }
+}
+
+/// Writes the soft state of every client whose entry is ahead of the file,
+/// in one transaction.
+fn write_back(conn: &mut Connection, soft: &SoftState) -> StoreResult<usize> {
+    let rows = soft.take_dirty();
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let written = (|| {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        {
+            let mut update = tx.prepare_cached(
+                "UPDATE clients SET last_seen_at = MAX(COALESCE(last_seen_at, 0), ?2),
+                 poll_tat = ?3, send_tat = ?4 WHERE client_id = ?1",
+            )?;
+            for (
+                id,
+                Soft {
+                    last_seen,
+                    poll_tat,
+                    send_tat,
+                },
+            ) in &rows
+            {
+                update.execute(params![id.to_string(), last_seen, poll_tat, send_tat])?;
+            }
+        }
+        tx.commit()
+    })();
+    match written {
+        Ok(()) => Ok(rows.len()),
+        Err(e) => {
+            soft.write_failed(rows.into_iter().map(|(id, _)| id));
+            Err(sql(e))
+        }
+    }
+}
+
+/// Before a listing: operators see last-seen times as they are, not as
+/// they were at the last write-behind. A listing is only a read, so it
+/// goes ahead with older times if the write cannot be made.
+fn show_last_seen(conn: &mut Connection, soft: &SoftState) {
+    if let Err(error) = write_back(conn, soft) {
+        tracing::debug!(%error, "listing with last-seen times from the last write-behind");
+    }
+}
+
+/// A client's row as [`soft_state`] keeps it, within a transaction.
+fn entry_in(tx: &rusqlite::Transaction<'_>, id: &str) -> StoreResult<Option<Entry>> {
+    let Some(record) = client_in(tx, id)? else {
+        return Ok(None);
+    };
+    let (acked, head, last_seen, poll_tat, send_tat): (
+        i64,
+        i64,
+        Option<i64>,
+        Option<i64>,
+        Option<i64>,
+    ) = tx
+        .query_row(
+            "SELECT acked, inbox_head, last_seen_at, poll_tat, send_tat FROM clients
+             WHERE client_id = ?1",
+            params![id],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+        )
+        .map_err(sql)?;
+    Ok(Some(Entry {
+        record,
+        acked: acked as Seq,
+        head: head as Seq,
+        soft: Soft {
+            last_seen,
+            poll_tat,
+            send_tat,
+        },
+        dirty: false,
+    }))
 }
 
 /// A client record from a row that starts with [`CLIENT_COLUMNS`].
@@ -414,13 +581,6 @@ fn fingerprint_owner(
     )
     .optional()
     .map_err(sql)
-}
-
-fn tat_column(bucket: Bucket) -> &'static str {
-    match bucket {
-        Bucket::Poll => "poll_tat",
-        Bucket::Send => "send_tat",
-    }
 }
 
 fn encode_page_token(created_at: i64, id: &str) -> String {
@@ -679,6 +839,7 @@ impl Store for SqliteStore {
         dedup: Dedup,
         seal: Sealer,
     ) -> StoreResult<Appended> {
+        let soft = Arc::clone(&self.soft);
         self.with_conn(move |conn| {
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -746,6 +907,9 @@ impl Store for SqliteStore {
             )
             .map_err(sql)?;
             tx.commit().map_err(sql)?;
+            if which == Mailbox::Inbox {
+                soft.appended(id, seq);
+            }
             Ok(Appended::Stored { seq })
         })
         .await
@@ -864,57 +1028,28 @@ impl Store for SqliteStore {
         now: Timestamp,
         charge: Option<RateCharge>,
     ) -> StoreResult<Touch> {
-        use crate::rate_limit::Decision;
+        if let Some(touched) = self.soft.touch(id, generation, now, charge) {
+            return Ok(touched);
+        }
+        let soft = Arc::clone(&self.soft);
         self.with_conn(move |conn| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(sql)?;
-            let client = id.to_string();
-            let Some(record) = client_in(&tx, &client)? else {
-                return Ok(Touch::UnknownClient);
-            };
-            if record.generation != generation {
-                return Ok(Touch::UnknownClient);
+            if soft.is_full() {
+                write_back(conn, &soft)?;
+                soft.evict_clean();
             }
-            let (acked, head, poll_tat, send_tat): (i64, i64, Option<i64>, Option<i64>) = tx
-                .query_row(
-                    "SELECT acked, inbox_head, poll_tat, send_tat FROM clients WHERE client_id = ?1",
-                    params![client],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-                )
-                .map_err(sql)?;
-            let bucket = charge.map_or(Bucket::Poll, |c| c.bucket);
-            let tat = match bucket {
-                Bucket::Poll => poll_tat,
-                Bucket::Send => send_tat,
+            // A read: the contact itself is written behind.
+            let tx = conn.transaction().map_err(sql)?;
+            let Some(entry) = entry_in(&tx, &id.to_string())? else {
+                return Ok(Touch::UnknownClient);
             };
-            let new_tat = match charge.map(|c| c.limit.decide(tat.map(Timestamp), now)) {
-                Some(Decision::Deny { retry_after }) => {
-                    return Ok(Touch::RateLimited { retry_after })
-                }
-                Some(Decision::Allow { new_tat }) => Some(new_tat.millis()),
-                None => tat,
-            };
-            tx.execute(
-                &format!(
-                    "UPDATE clients SET last_seen_at = MAX(COALESCE(last_seen_at, 0), ?2), {} = ?3
-                     WHERE client_id = ?1",
-                    tat_column(bucket)
-                ),
-                params![client, now.millis(), new_tat],
-            )
-            .map_err(sql)?;
             tx.commit().map_err(sql)?;
-            Ok(Touch::Known(ClientState {
-                record,
-                acked: acked as Seq,
-                head: head as Seq,
-            }))
+            Ok(soft.load_and_touch(id, entry, generation, now, charge))
         })
         .await
     }
 
     async fn rotate_client(&self, rotation: Rotation) -> StoreResult<Rotated> {
+        let soft = Arc::clone(&self.soft);
         self.with_conn(move |conn| {
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -986,6 +1121,7 @@ impl Store for SqliteStore {
             )
             .map_err(sql)?;
             tx.commit().map_err(sql)?;
+            soft.rotated(&rotated);
             Ok(Rotated::Rotated(rotated))
         })
         .await
@@ -995,7 +1131,11 @@ impl Store for SqliteStore {
         // One transaction: the token stops working and the data goes at
         // the same instant. A client's messages are bounded by retention,
         // so the transaction stays short.
+        let soft = Arc::clone(&self.soft);
         self.with_conn(move |conn| {
+            // Before the transaction, and while the connection is held: no
+            // poll can load the row again until the deletion commits.
+            soft.remove(id);
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(sql)?;
@@ -1086,6 +1226,7 @@ impl Store for SqliteStore {
         upto: Seq,
         now: Timestamp,
     ) -> StoreResult<AckOutcome> {
+        let soft = Arc::clone(&self.soft);
         self.with_conn(move |conn| {
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -1124,6 +1265,7 @@ impl Store for SqliteStore {
             )
             .map_err(sql)?;
             tx.commit().map_err(sql)?;
+            soft.acknowledged(id, cursor, now);
             Ok(AckOutcome::Acked { cursor })
         })
         .await
@@ -1139,7 +1281,9 @@ impl Store for SqliteStore {
             Some(Some(position)) => Some(position),
             None => None,
         };
+        let soft = Arc::clone(&self.soft);
         self.with_conn(move |conn| {
+            show_last_seen(conn, &soft);
             let (after_created, after_id) = after.clone().unwrap_or((i64::MIN, String::new()));
             let mut stmt = conn
                 .prepare_cached(&format!(
@@ -1214,7 +1358,9 @@ impl Store for SqliteStore {
             None => String::new(),
         };
         let tag = tag.to_string();
+        let soft = Arc::clone(&self.soft);
         self.with_conn(move |conn| {
+            show_last_seen(conn, &soft);
             // The tag's own rows, in client id order: never every client.
             let mut stmt = conn
                 .prepare_cached(&format!(
