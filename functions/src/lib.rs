@@ -14,6 +14,7 @@
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use bytes::Bytes;
 use lambda_http::{service_fn, Body, Request, Response};
+pub use pigeonhole::aws::{FanoutQueue, InboundQueue, NoQueue, Queues};
 use pigeonhole::handlers::sqs_batch::FanoutFunction;
 use pigeonhole::http::{handle_route, Route, SourceAddr};
 use pigeonhole::metrics::emf::{self, EmfHandle};
@@ -71,12 +72,19 @@ fn flush_metrics(metrics: Option<&EmfHandle>) {
     }
 }
 
-/// Serves one HTTP route: builds the app once, then answers every
-/// invocation through the shared adapter.
-pub async fn serve_route(route: Route) -> Result<(), Error> {
+/// Serves one HTTP route with the queues `Q` (which the binary names, so
+/// that it links the SQS client only if it uses a queue): builds the app
+/// once, then answers every invocation through the shared adapter.
+pub async fn serve_route<Q: Queues>(route: Route) -> Result<(), Error> {
     init_logging();
     let metrics = init_metrics(pigeonhole::metrics::route_label(Some(route)));
-    let app = pigeonhole::aws::app_from_env(route.secrets(), route.publishes())
+    if (Q::FANOUT, Q::INBOUND) != (route.publishes(), route.announces()) {
+        fail_cold_start(
+            route.path(),
+            "the binary's queue wiring does not match its route (a bug in src/bin/)",
+        );
+    }
+    let app = pigeonhole::aws::app_from_env::<Q>(route.secrets())
         .await
         .unwrap_or_else(|e| fail_cold_start(route.path(), e));
     let app = Arc::new(app);
@@ -182,7 +190,7 @@ pub async fn fan_out(
 pub async fn serve_cleanup() -> Result<(), Error> {
     init_logging();
     let metrics = init_metrics("cleanup");
-    let app = pigeonhole::aws::app_from_env(&[], false)
+    let app = pigeonhole::aws::app_from_env::<NoQueue>(&[])
         .await
         .unwrap_or_else(|e| fail_cold_start("cleanup", e));
     let app = Arc::new(app);

@@ -89,6 +89,7 @@ async fn main() -> ExitCode {
         .or_else(|| env("AWS_DEFAULT_REGION"))
         .unwrap_or_else(|| "us-east-1".into());
     let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .http_client(pigeonhole::aws::https_client())
         .region(aws_config::Region::new(region));
     // Without the flag the SDK reads AWS_ENDPOINT_URL itself.
     if let Some(url) = &args.endpoint_url {

@@ -25,7 +25,7 @@ use crate::handlers::sqs_batch::FanoutFunction;
 use crate::queue::{Inbound, Queue, SqsInbound, SqsQueue};
 use crate::retry::aws::{classify, SECRETS_MANAGER_ERRORS};
 use crate::retry::{self, Failed, GaveUp};
-use crate::store::dynamodb::{DynamoStore, TableNames};
+use crate::store::dynamodb::{DynamoStore, PollMode, TableNames, POLL_MODE};
 use crate::store::Store;
 use crate::App;
 use aws_sdk_secretsmanager::config::http::HttpResponse;
@@ -67,10 +67,61 @@ pub const SECRETS_BUDGET: Duration = Duration::from_secs(6);
 /// [`crate::retry`] is the one retry loop.
 pub async fn sdk_config() -> aws_config::SdkConfig {
     aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .http_client(https_client())
         .retry_config(crate::retry::aws::sdk_retry_config())
         .timeout_config(crate::retry::aws::sdk_timeout_config())
         .load()
         .await
+}
+
+/// The SDK configuration of a Lambda function, from what Lambda puts in its
+/// environment: `AWS_REGION`, the role's credentials (`AWS_ACCESS_KEY_ID`,
+/// `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`), and `AWS_ENDPOINT_URL`
+/// when set (an emulator). Otherwise as [`sdk_config`]. It never refers to
+/// aws-config's default chain (profiles, SSO, STS, the container and
+/// instance metadata providers), which a function has no use for, so the
+/// bootstraps leave all of that out (docs/performance.md).
+pub fn lambda_sdk_config(env: &Env) -> aws_config::SdkConfig {
+    use aws_config::environment::EnvironmentVariableCredentialsProvider;
+    use aws_sdk_dynamodb::config::SharedCredentialsProvider;
+    let region = env
+        .get("AWS_REGION")
+        .or_else(|| env.get("AWS_DEFAULT_REGION"))
+        .map(|r| aws_config::Region::new(r.trim().to_string()));
+    let config = aws_config::SdkConfig::builder()
+        .behavior_version(aws_config::BehaviorVersion::latest())
+        .region(region)
+        .credentials_provider(SharedCredentialsProvider::new(
+            EnvironmentVariableCredentialsProvider::new(),
+        ))
+        .http_client(https_client())
+        .retry_config(crate::retry::aws::sdk_retry_config())
+        .timeout_config(crate::retry::aws::sdk_timeout_config());
+    match env.get("AWS_ENDPOINT_URL") {
+        Some(url) => config.endpoint_url(url.trim()).build(),
+        None => config.build(),
+    }
+}
+
+/// The HTTP client every AWS client here uses: the SDK's own hyper client
+/// (connection pool, timeouts, proxy settings from the environment, as its
+/// default builds it) with rustls on ring instead of aws-lc. Build every
+/// SDK configuration with it: the SDK crates are compiled without a
+/// default client, so a configuration without one fails its first request.
+pub fn https_client() -> aws_sdk_dynamodb::config::SharedHttpClient {
+    use aws_smithy_http_client::proxy::ProxyConfig;
+    use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
+    use aws_smithy_http_client::{Builder, ConnectorBuilder};
+    Builder::new().build_with_connector_fn(|settings, components| {
+        let mut connector =
+            ConnectorBuilder::default().tls_provider(Provider::Rustls(CryptoMode::Ring));
+        connector.set_connector_settings(settings.cloned());
+        if let Some(components) = components {
+            connector.set_sleep_impl(components.sleep_impl());
+        }
+        connector.set_proxy_config(Some(ProxyConfig::from_env()));
+        connector.build()
+    })
 }
 
 // ------------------------------------------------------------ environment ---
@@ -312,7 +363,11 @@ pub async fn config_from(
 /// The DynamoDB store for the tables named in `env`.
 pub fn store_from(sdk: &aws_config::SdkConfig, env: &Env) -> Result<DynamoStore, ConfigError> {
     let tables = TableNames::from_lookup(|name| env.get(name))?;
-    Ok(DynamoStore::new(aws_sdk_dynamodb::Client::new(sdk), tables))
+    let poll_mode = PollMode::from_setting(
+        env.get(POLL_MODE).as_deref(),
+        env.get("POLL_RATE_LIMIT").as_deref(),
+    )?;
+    Ok(DynamoStore::new(aws_sdk_dynamodb::Client::new(sdk), tables).with_poll_mode(poll_mode))
 }
 
 /// The DynamoDB store for the tables named in the process environment.
@@ -341,60 +396,155 @@ pub fn inbound_from(sdk: &aws_config::SdkConfig, env: &Env) -> Option<SqsInbound
     Some(SqsInbound::new(aws_sdk_sqs::Client::new(sdk), url.trim()))
 }
 
-/// `app`, announcing sends on the inbound queue when `env` names one.
-fn with_inbound(app: App, sdk: &aws_config::SdkConfig, env: &Env) -> App {
-    match inbound_from(sdk, env) {
-        Some(inbound) => {
-            tracing::info!(
-                queue_url = inbound.queue_url(),
-                "sends are announced on the inbound queue"
-            );
-            app.with_inbound(Arc::new(inbound) as Arc<dyn Inbound>)
-        }
-        None => app,
+// ------------------------------------------------------------- cold start ---
+
+/// The queues a function connects to at cold start. A type, not a value:
+/// each Lambda binary names its wiring in `main`, so a function whose route
+/// uses no queue never references the SQS client and its binary does not
+/// link it (see docs/architecture.md, "Function size and cold start").
+pub trait Queues {
+    /// Connects to the fan-out queue (`FANOUT_QUEUE_URL`): publish.
+    const FANOUT: bool;
+    /// Announces sends on the inbound queue when `INBOUND_QUEUE_URL` names
+    /// one: send.
+    const INBOUND: bool;
+
+    fn fanout(
+        sdk: &aws_config::SdkConfig,
+        env: &Env,
+    ) -> Result<Option<Arc<dyn Queue>>, ConfigError>;
+
+    fn inbound(sdk: &aws_config::SdkConfig, env: &Env) -> Option<Arc<dyn Inbound>>;
+}
+
+/// Neither queue: every route but publish and send, and the cleanup.
+pub struct NoQueue;
+
+/// The fan-out queue: publish.
+pub struct FanoutQueue;
+
+/// The inbound queue, when the stack turns notifications on: send.
+pub struct InboundQueue;
+
+/// Both: the local server's `--backend aws`, which serves every route.
+pub struct BothQueues;
+
+impl Queues for NoQueue {
+    const FANOUT: bool = false;
+    const INBOUND: bool = false;
+
+    fn fanout(_: &aws_config::SdkConfig, _: &Env) -> Result<Option<Arc<dyn Queue>>, ConfigError> {
+        Ok(None)
+    }
+
+    fn inbound(_: &aws_config::SdkConfig, _: &Env) -> Option<Arc<dyn Inbound>> {
+        None
     }
 }
 
-// ------------------------------------------------------------- cold start ---
+impl Queues for FanoutQueue {
+    const FANOUT: bool = true;
+    const INBOUND: bool = false;
 
-/// A Lambda function's cold start: an app over DynamoDB (and SQS when
-/// `with_queue`) holding the secrets in `secrets` (each must be set),
-/// from the process environment. It announces sends on the inbound queue
-/// when `INBOUND_QUEUE_URL` is set.
-pub async fn app_from_env(secrets: &[Secret], with_queue: bool) -> Result<App, ConfigError> {
-    let sdk = sdk_config().await;
-    app_from(&sdk, &Env::from_process(), secrets, with_queue).await
+    fn fanout(
+        sdk: &aws_config::SdkConfig,
+        env: &Env,
+    ) -> Result<Option<Arc<dyn Queue>>, ConfigError> {
+        Ok(Some(Arc::new(queue_from(sdk, env)?)))
+    }
+
+    fn inbound(_: &aws_config::SdkConfig, _: &Env) -> Option<Arc<dyn Inbound>> {
+        None
+    }
+}
+
+impl Queues for InboundQueue {
+    const FANOUT: bool = false;
+    const INBOUND: bool = true;
+
+    fn fanout(_: &aws_config::SdkConfig, _: &Env) -> Result<Option<Arc<dyn Queue>>, ConfigError> {
+        Ok(None)
+    }
+
+    fn inbound(sdk: &aws_config::SdkConfig, env: &Env) -> Option<Arc<dyn Inbound>> {
+        announced_on(inbound_from(sdk, env)?)
+    }
+}
+
+impl Queues for BothQueues {
+    const FANOUT: bool = true;
+    const INBOUND: bool = true;
+
+    fn fanout(
+        sdk: &aws_config::SdkConfig,
+        env: &Env,
+    ) -> Result<Option<Arc<dyn Queue>>, ConfigError> {
+        FanoutQueue::fanout(sdk, env)
+    }
+
+    fn inbound(sdk: &aws_config::SdkConfig, env: &Env) -> Option<Arc<dyn Inbound>> {
+        InboundQueue::inbound(sdk, env)
+    }
+}
+
+fn announced_on(inbound: SqsInbound) -> Option<Arc<dyn Inbound>> {
+    tracing::info!(
+        queue_url = inbound.queue_url(),
+        "sends are announced on the inbound queue"
+    );
+    Some(Arc::new(inbound))
+}
+
+/// A Lambda function's cold start: an app over DynamoDB and the queues
+/// `Q` names, holding the secrets in `secrets` (each must be set), from
+/// the process environment.
+pub async fn app_from_env<Q: Queues>(secrets: &[Secret]) -> Result<App, ConfigError> {
+    let env = Env::from_process();
+    app_wired::<Q>(&lambda_sdk_config(&env), &env, secrets).await
 }
 
 /// The cold start of [`app_from_env`] for a given SDK configuration and
-/// environment. The tables and the queue are checked before any secret is
-/// read.
+/// environment, with the fan-out queue when `with_queue` and the inbound
+/// queue when `INBOUND_QUEUE_URL` is set. The tables and the queue are
+/// checked before any secret is read.
 pub async fn app_from(
     sdk: &aws_config::SdkConfig,
     env: &Env,
     secrets: &[Secret],
     with_queue: bool,
 ) -> Result<App, ConfigError> {
-    let (store, queue) = store_and_queue(sdk, env, with_queue)?;
-    let config = config_from(sdk, env, secrets).await?;
-    let app = App::new(&config, store, queue, Arc::new(SystemClock));
-    Ok(with_inbound(app, sdk, env))
+    if with_queue {
+        app_wired::<BothQueues>(sdk, env, secrets).await
+    } else {
+        app_wired::<InboundQueue>(sdk, env, secrets).await
+    }
 }
 
-type StoreAndQueue = (Arc<dyn Store>, Option<Arc<dyn Queue>>);
-
-fn store_and_queue(
+async fn app_wired<Q: Queues>(
     sdk: &aws_config::SdkConfig,
     env: &Env,
-    with_queue: bool,
-) -> Result<StoreAndQueue, ConfigError> {
-    let store: Arc<dyn Store> = Arc::new(store_from(sdk, env)?);
-    let queue: Option<Arc<dyn Queue>> = if with_queue {
-        Some(Arc::new(queue_from(sdk, env)?))
-    } else {
-        None
-    };
-    Ok((store, queue))
+    secrets: &[Secret],
+) -> Result<App, ConfigError> {
+    let store = store_from(sdk, env)?;
+    let queue = Q::fanout(sdk, env)?;
+    // The connection to DynamoDB opens while the secrets are read.
+    let ((), config) =
+        futures_util::future::join(warm_up(&store, env), config_from(sdk, env, secrets)).await;
+    let config = config?;
+    let store: Arc<dyn Store> = Arc::new(store);
+    Ok(with_inbound::<Q>(
+        App::new(&config, store, queue, Arc::new(SystemClock)),
+        sdk,
+        env,
+    ))
+}
+
+/// `app`, announcing sends on the inbound queue when `Q` and `env` name one.
+fn with_inbound<Q: Queues>(app: App, sdk: &aws_config::SdkConfig, env: &Env) -> App {
+    match Q::inbound(sdk, env) {
+        Some(inbound) => app.with_inbound(inbound),
+        None => app,
+    }
 }
 
 /// An app over DynamoDB (and SQS when `with_queue`) for a configuration
@@ -404,16 +554,34 @@ fn store_and_queue(
 pub async fn app_with_config(config: &Config, with_queue: bool) -> Result<App, ConfigError> {
     let sdk = sdk_config().await;
     let env = Env::from_process();
-    let (store, queue) = store_and_queue(&sdk, &env, with_queue)?;
+    let store: Arc<dyn Store> = Arc::new(store_from(&sdk, &env)?);
+    let queue = if with_queue {
+        FanoutQueue::fanout(&sdk, &env)?
+    } else {
+        None
+    };
     let app = App::new(config, store, queue, Arc::new(SystemClock));
-    Ok(with_inbound(app, &sdk, &env))
+    Ok(with_inbound::<InboundQueue>(app, &sdk, &env))
+}
+
+/// `DYNAMODB_WARM_UP=off` leaves opening the DynamoDB connection to the first
+/// request, as before the warm-up existed: only to measure what the warm-up
+/// saves (`bench/lambda_init.py`).
+pub const DYNAMODB_WARM_UP: &str = "DYNAMODB_WARM_UP";
+
+/// Opens the DynamoDB connection during init ([`DynamoStore::warm_up`])
+/// unless `env` turns that off.
+async fn warm_up(store: &DynamoStore, env: &Env) {
+    if env.get(DYNAMODB_WARM_UP).as_deref() != Some("off") {
+        store.warm_up().await;
+    }
 }
 
 /// The fan-out function over DynamoDB, for the SQS-triggered function:
 /// [`FANOUT_SECRETS`] from the process environment.
 pub async fn fanout_from_env() -> Result<FanoutFunction, ConfigError> {
-    let sdk = sdk_config().await;
-    fanout_from(&sdk, &Env::from_process()).await
+    let env = Env::from_process();
+    fanout_from(&lambda_sdk_config(&env), &env).await
 }
 
 /// The cold start of [`fanout_from_env`] for a given SDK configuration and
@@ -422,16 +590,20 @@ pub async fn fanout_from(
     sdk: &aws_config::SdkConfig,
     env: &Env,
 ) -> Result<FanoutFunction, ConfigError> {
-    let (store, continuation) = store_and_queue(sdk, env, true)?;
-    let config = config_from(sdk, env, &FANOUT_SECRETS).await?;
-    fanout_over(store, continuation, &config)
+    let store = store_from(sdk, env)?;
+    let continuation = FanoutQueue::fanout(sdk, env)?;
+    let ((), config) =
+        futures_util::future::join(warm_up(&store, env), config_from(sdk, env, &FANOUT_SECRETS))
+            .await;
+    fanout_over(Arc::new(store), continuation, &config?)
 }
 
 /// The fan-out worker, and the fan-out queue (`FANOUT_QUEUE_URL`) to hand
 /// unfinished jobs back to.
 pub async fn fanout_with_config(config: &Config) -> Result<FanoutFunction, ConfigError> {
-    let sdk = sdk_config().await;
-    let (store, continuation) = store_and_queue(&sdk, &Env::from_process(), true)?;
+    let (sdk, env) = (sdk_config().await, Env::from_process());
+    let store: Arc<dyn Store> = Arc::new(store_from(&sdk, &env)?);
+    let continuation = FanoutQueue::fanout(&sdk, &env)?;
     fanout_over(store, continuation, config)
 }
 

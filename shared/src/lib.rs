@@ -17,6 +17,7 @@ pub mod app;
 pub mod aws;
 pub mod clock;
 pub mod config;
+pub mod cost;
 pub mod crypto;
 pub mod domain;
 pub mod envelope;

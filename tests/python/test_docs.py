@@ -98,8 +98,8 @@ EXPECTED_CALLS = {
     "7": [("POST", "/api/v1/messages/send", 201)],
     # api.md after step 7: "If you run the same `curl` again ... `200` with `{"id":1}`".
     "7 (again)": [("POST", "/api/v1/messages/send", 200)],
-    # api.md "GET /api/v1/operators/clients": **200**.
-    "8": [("GET", "/api/v1/operators/clients", 200)],
+    # api.md "GET /api/v1/operators/clients": **200**; "GET /api/v1/clients/{client_id}/sent": **200**.
+    "8": [("GET", "/api/v1/operators/clients", 200), ("GET", "/api/v1/clients/{id}/sent", 200)],
     # api.md step 9: register the phone (201), tag both clients (PUT .../tags: **200**), list by ?tag= (**200**).
     "9": [("POST", "/api/v1/clients/register", 201),
           ("PUT", "/api/v1/operators/clients/{id}/tags", 200),

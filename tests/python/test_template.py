@@ -73,6 +73,7 @@ ONLY_FOR = {
     # Send announces each stored message on the inbound queue.
     "INBOUND_QUEUE_URL": {"send"},
     "POLL_RATE_LIMIT": {"poll"},
+    "POLL_MODE": {"poll"},
     "SEND_RATE_LIMIT": {"send"},
     "REGISTER_RATE_LIMIT": {"register"},
     "REGISTER_RATE_LIMIT_EXEMPT": {"register"},
@@ -157,7 +158,8 @@ EXPECTED_IAM = {
         "DedupTable": {"dynamodb:PutItem", "dynamodb:GetItem"},
     },
     "poll": {
-        "ClientsTable": {"dynamodb:UpdateItem"},
+        # UpdateItem per poll, or (PollMode read-mostly) mostly GetItem.
+        "ClientsTable": {"dynamodb:UpdateItem", "dynamodb:GetItem"},
         "MessagesTable": {"dynamodb:Query"},
     },
     "ack": {"ClientsTable": {"dynamodb:UpdateItem"}},
@@ -251,7 +253,9 @@ def expected_iam(binary, mode):
 # Upper-case string literals in the Rust sources that are not environment
 # variables. Empty today; add a name here if the env-var check picks up a
 # constant that is not read from the environment.
-NOT_ENV_VARS: set[str] = set()
+# DYNAMODB_WARM_UP=off is for measuring the cold start's warm-up
+# (bench/lambda_init.py); no deployment sets it.
+NOT_ENV_VARS: set[str] = {"DYNAMODB_WARM_UP"}
 
 
 # ------------------------------------------------------------- helpers ---
@@ -497,11 +501,29 @@ def policy_statements(template, res, mode=MODES[0]):
     return [s for d in docs for s in d["Statement"]]
 
 
+# The cold start's warm-up read (shared/src/store/dynamodb/warm_up.rs): a
+# GetItem of one clients-table key that no client has, granted for that key
+# alone.
+WARM_UP_KEY = re.search(
+    r'pub const WARM_UP_KEY: &str = "([^"]+)";',
+    (ROOT / "shared/src/store/dynamodb/warm_up.rs").read_text(),
+).group(1)
+
+
+def is_warm_up(statement):
+    return statement.get("Condition") == {
+        "ForAllValues:StringEquals": {"dynamodb:LeadingKeys": [WARM_UP_KEY]}
+    }
+
+
 def granted_actions(template, res, mode=MODES[0]):
-    """{logical ID: {action}} the function may call in `mode`."""
+    """{logical ID: {action}} the function may call in `mode`, besides the
+    warm-up read (`is_warm_up`)."""
     granted = {}
     for statement in policy_statements(template, res, mode):
         assert statement["Effect"] == "Allow"
+        if is_warm_up(statement):
+            continue
         actions = statement["Action"]
         actions = [actions] if isinstance(actions, str) else actions
         targets = statement["Resource"]
@@ -809,6 +831,13 @@ def test_reserved_concurrency_is_split_per_function(template, mode):
             assert value == {"Fn::FindInMap": ["ReservedConcurrencySplit", {"Ref": "ReservedConcurrency"}, key]}
 
 
+def test_the_poll_mode_reaches_the_poll_function(template):
+    _, res = function_for(template, "poll")
+    assert ref_target(function_env(template, res)["POLL_MODE"]) == "PollMode"
+    spec = template["Parameters"]["PollMode"]
+    assert spec["Default"] == "exact" and spec["AllowedValues"] == ["exact", "read-mostly"]
+
+
 def test_rate_limits_reach_their_functions(template):
     params = template["Parameters"]
     for binary, name, param in (
@@ -836,6 +865,21 @@ def test_iam_is_least_privilege(template):
             assert data == expected_iam(binary, mode), f"{logical_id}: {data}"
             for statement in policy_statements(template, res, mode):
                 assert "*" not in json.dumps(statement["Action"]), f"{logical_id}: wildcard action"
+
+
+def test_every_function_may_open_its_connection_at_cold_start_and_read_nothing(template):
+    for binary, [(logical_id, res)] in functions_by_binary(template).items():
+        for mode in MODES:
+            warm_ups = [s for s in policy_statements(template, res, mode) if is_warm_up(s)]
+            if binary == "fanout":
+                # Its role reads client items anyway.
+                assert not warm_ups
+                assert "dynamodb:GetItem" in granted_actions(template, res, mode)["ClientsTable"]
+                continue
+            assert len(warm_ups) == 1, f"{logical_id}: {warm_ups}"
+            [statement] = warm_ups
+            assert statement["Action"] == "dynamodb:GetItem", logical_id
+            assert ref_target(statement["Resource"]) == "ClientsTable", logical_id
 
 
 def test_the_tables_and_queue_the_store_uses_exist(template):

@@ -24,7 +24,7 @@ use pigeonhole::clock::{Clock, SystemClock, Timestamp};
 use pigeonhole::crypto::{seal, Key};
 use pigeonhole::domain::{ClientId, Seq};
 use pigeonhole::rate_limit::{PollRateLimit, WindowLimit};
-use pigeonhole::store::dynamodb::DynamoStore;
+use pigeonhole::store::dynamodb::{DynamoStore, PollMode};
 use pigeonhole::store::*;
 use std::sync::{Arc, Mutex};
 use store_contract::Subject;
@@ -1112,6 +1112,110 @@ async fn each_store_call_consumes_the_expected_capacity() {
         wrong.is_empty(),
         "consumed capacity differs (label, measured, pinned): {wrong:#?}\nall: {measured:#?}"
     );
+}
+
+/// `POLL_MODE=read-mostly`: most empty polls are one strongly consistent
+/// `GetItem` (1 read unit, no write), last seen is written once a minute,
+/// a refused poll costs no request, and what a poll returns is as exact as
+/// in the default mode: the messages appended before it, and nothing for
+/// a rotated or deleted client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_mostly_poll_reads_and_writes_last_seen_once_a_minute() {
+    let env = aws_support::fresh_env().await;
+    let (log, capacity) = (RequestLog::default(), CapacityLog::default());
+    let config = aws_sdk_dynamodb::config::Builder::from(&env.sdk)
+        .interceptor(log.clone())
+        .interceptor(capacity.clone())
+        .build();
+    let store = DynamoStore::new(
+        aws_sdk_dynamodb::Client::from_conf(config),
+        env.tables().clone(),
+    )
+    .with_poll_mode(PollMode::ReadMostly);
+    let ops = |names: &[&str]| names.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let limit = polls(3);
+    let id = register(&store, 7).await;
+    log.take();
+    capacity.take();
+
+    let state = |touch: Touch| match touch {
+        Touch::Known(state) => (state.head, state.acked),
+        other => panic!("not known: {other:?}"),
+    };
+    assert_eq!(
+        state(store.touch_client(id, 0, T0, limit).await.unwrap()),
+        (0, 0)
+    );
+    assert_eq!(
+        log.take(),
+        ops(&["UpdateItem"]),
+        "the first poll writes last seen"
+    );
+    capacity.take();
+
+    let soon = T0.plus_millis(1_000);
+    assert_eq!(
+        state(store.touch_client(id, 0, soon, limit).await.unwrap()),
+        (0, 0)
+    );
+    assert_eq!(log.take(), ops(&["GetItem"]), "within the minute: a read");
+    let read = capacity.take();
+    if capacity_is_pinned() {
+        assert_eq!((read.read, read.write), (1.0, 0.0), "{read:?}");
+    }
+
+    // A message appended in between is seen by the next read.
+    append_one(&store, id, "p1", &log).await;
+    let next = soon.plus_millis(1_000);
+    assert_eq!(
+        state(store.touch_client(id, 0, next, limit).await.unwrap()),
+        (1, 0)
+    );
+    assert_eq!(log.take(), ops(&["GetItem"]));
+
+    // Three a minute, all spent: refused without a request.
+    let refused = store.touch_client(id, 0, next.plus_millis(1), limit).await;
+    assert!(matches!(refused.unwrap(), Touch::RateLimited { .. }));
+    assert!(log.take().is_empty(), "a refused poll costs nothing");
+
+    // A minute after the write, the next poll writes again.
+    let later = T0.plus_millis(61_000);
+    assert_eq!(
+        state(store.touch_client(id, 0, later, limit).await.unwrap()),
+        (1, 0)
+    );
+    assert_eq!(log.take(), ops(&["UpdateItem"]));
+    let item = env
+        .dynamodb()
+        .get_item()
+        .table_name(&env.tables().clients)
+        .key("client_id", AttributeValue::S(id.to_string()))
+        .consistent_read(true)
+        .send()
+        .await
+        .unwrap()
+        .item
+        .unwrap();
+    assert_eq!(
+        item["last_seen_at"],
+        AttributeValue::N(later.millis().to_string())
+    );
+
+    // A token of another generation, then a deleted client: unknown, from
+    // the read as from the write.
+    let other = store
+        .touch_client(id, 1, later.plus_millis(1_000), limit)
+        .await;
+    assert!(matches!(other.unwrap(), Touch::UnknownClient));
+    mark_deleted(&env, id).await;
+    log.take();
+    let gone = store
+        .touch_client(id, 0, later.plus_millis(2_000), limit)
+        .await;
+    assert!(matches!(gone.unwrap(), Touch::UnknownClient));
+    // The instance forgot the client at the unknown answer before: this
+    // poll was the write, refused by its condition.
+    assert_eq!(log.take(), ops(&["UpdateItem"]));
 }
 
 async fn append_one(store: &DynamoStore, id: ClientId, publish: &str, log: &RequestLog) {

@@ -39,7 +39,8 @@ lag: from sending the publish request to the poll that brought the message
 on that schedule would see it. Given the admin token, the registrations
 carry it (X-Admin-Token), so the server's per-address register limit does not
 apply; without it a 429 is waited out as its Retry-After asks. Stops by itself
-after --duration (or on Ctrl-C) and prints a summary. Exit code 1 if no client could register or a
+after --duration (or on Ctrl-C) and prints a summary; with --cost, also what
+the same fleet doing the same all month would cost on AWS (docs/cost.md). Exit code 1 if no client could register or a
 message failed verification. Only point it at a deployment you run.";
 
 #[derive(Debug, Args)]
@@ -70,6 +71,11 @@ pub struct SimulateArgs {
           value_parser = clap::value_parser!(u32).range(1..=256))]
     pub register_concurrency: u32,
 
+    /// Also estimate what this fleet would cost a month on AWS doing all
+    /// month what it did in the run (the model and prices of docs/cost.md)
+    #[arg(long)]
+    pub cost: bool,
+
     /// Print the summary as one JSON object
     #[arg(long)]
     pub json: bool,
@@ -89,6 +95,7 @@ struct Stats {
     rate_limited: u64,
     errors: u64,
     published: u64,
+    acks: u64,
     latencies_us: Vec<u32>,
     /// Publish sent → message received, per message, in milliseconds.
     lags_ms: Vec<u32>,
@@ -211,8 +218,9 @@ impl Sim {
                     if !moved {
                         PollOutcome::Empty
                     } else {
-                        if let Err(e) = self.api.ack(&creds, cursor).await {
-                            lock(&self.stats).error(format!("ack: {e}"));
+                        match self.api.ack(&creds, cursor).await {
+                            Ok(_) => lock(&self.stats).acks += 1,
+                            Err(e) => lock(&self.stats).error(format!("ack: {e}")),
                         }
                         PollOutcome::Messages { full_page }
                     }
@@ -320,6 +328,53 @@ struct Summary {
     delivery_max_ms: Option<f64>,
     last_error: Option<String>,
     interrupted: bool,
+    /// With --cost: the month's bill, with every poll writing (the
+    /// default poll mode) and read-mostly.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cost_per_month: Option<MonthlyCost>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+struct MonthlyCost {
+    api_gateway: f64,
+    lambda: f64,
+    dynamodb: f64,
+    sqs: f64,
+    total: f64,
+    /// The total with `PollMode=read-mostly`.
+    total_read_mostly: f64,
+}
+
+/// What the run's requests would cost a month on AWS, repeated all month
+/// (registrations left out: they happen once).
+fn monthly_cost(s: &Stats, clients: usize, seconds: f64) -> MonthlyCost {
+    use pigeonhole::cost::{estimate, Activity, PollWrites, MONTH_SECS, US_EAST_1};
+    let clients = clients as f64;
+    let published = s.published as f64;
+    let activity = Activity {
+        empty_polls: s.empty as f64,
+        message_polls: s.pages as f64,
+        acks: s.acks as f64,
+        publishes: published,
+        // Jobs of at most 1,000 recipients each.
+        fanout_jobs: published * (clients / 1_000.0).ceil(),
+        deliveries: published * clients,
+    };
+    let factor = MONTH_SECS / seconds.max(1e-3);
+    let exact = estimate(&activity, PollWrites::Every, &US_EAST_1).times(factor);
+    // Read-mostly writes last seen once a minute per client: a share of
+    // the polls equal to the mean interval over 60 s.
+    let interval = seconds * clients / (s.polls.max(1) as f64);
+    let read_mostly =
+        estimate(&activity, PollWrites::Fraction(interval / 60.0), &US_EAST_1).times(factor);
+    MonthlyCost {
+        api_gateway: exact.api_gateway,
+        lambda: exact.lambda,
+        dynamodb: exact.dynamodb,
+        sqs: exact.sqs,
+        total: exact.total(),
+        total_read_mostly: read_mostly.total(),
+    }
 }
 
 /// Retries of one registration that the server rate limited (429) or
@@ -525,6 +580,9 @@ pub async fn run(ctx: &Ctx, args: SimulateArgs) -> Result<u8, CliError> {
         delivery_max_ms: lag(100.0),
         last_error: s.last_error.clone(),
         interrupted,
+        cost_per_month: args
+            .cost
+            .then(|| monthly_cost(&s, ids.len(), elapsed.as_secs_f64())),
     };
     drop(s);
     if args.json {
@@ -582,6 +640,14 @@ fn summary_lines(s: &Summary) -> Vec<String> {
         },
         format!("errors     {}", s.errors),
     ];
+    if let Some(c) = &s.cost_per_month {
+        lines.push(format!(
+            "cost       ${:.2} a month on AWS for {} clients doing this all month: API Gateway ${:.2}, \
+             Lambda ${:.2}, DynamoDB ${:.2}, SQS ${:.2}; with PollMode=read-mostly ${:.2} \
+             (us-east-1 prices and the model of docs/cost.md)",
+            c.total, s.clients, c.api_gateway, c.lambda, c.dynamodb, c.sqs, c.total_read_mostly
+        ));
+    }
     if let Some(e) = &s.last_error {
         lines.push(format!("last error {e}"));
     }
@@ -645,7 +711,54 @@ mod tests {
             delivery_max_ms: Some(3_000.0),
             last_error: None,
             interrupted: false,
+            cost_per_month: None,
         }
+    }
+
+    #[test]
+    fn the_cost_is_the_runs_requests_for_a_month() {
+        // 100 clients polling every 30 s for 60 s and one publish to all
+        // of them: what docs/cost.md's model says of that, times a month.
+        let stats = Stats {
+            polls: 200,
+            empty: 100,
+            pages: 100,
+            acks: 100,
+            published: 1,
+            ..Stats::default()
+        };
+        let cost = monthly_cost(&stats, 100, 60.0);
+        let month = 2_592_000.0 / 60.0;
+        // 301 HTTP requests: 200 polls, 100 acks, 1 publish.
+        assert!(
+            (cost.api_gateway - 301.0 * 1e-6 * month).abs() < 1e-6,
+            "{cost:?}"
+        );
+        assert!(cost.total > cost.total_read_mostly, "{cost:?}");
+        let sum = cost.api_gateway + cost.lambda + cost.dynamodb + cost.sqs;
+        assert!((cost.total - sum).abs() < 1e-9);
+        let lines = summary_lines(&Summary {
+            cost_per_month: Some(cost),
+            ..summary()
+        });
+        let line = lines
+            .iter()
+            .find(|l| l.starts_with("cost "))
+            .expect("a cost line");
+        assert!(
+            line.contains(&format!("${:.2} a month", cost.total)),
+            "{line}"
+        );
+        let json = serde_json::to_value(Summary {
+            cost_per_month: Some(cost),
+            ..summary()
+        })
+        .unwrap();
+        assert!(json["cost_per_month"]["total"].as_f64().unwrap() > 0.0);
+        assert!(serde_json::to_value(summary())
+            .unwrap()
+            .get("cost_per_month")
+            .is_none());
     }
 
     #[test]

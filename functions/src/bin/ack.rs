@@ -4,5 +4,5 @@ use pigeonhole::http::Route;
 
 #[tokio::main]
 async fn main() -> Result<(), pigeonhole_functions::Error> {
-    pigeonhole_functions::serve_route(Route::Ack).await
+    pigeonhole_functions::serve_route::<pigeonhole_functions::NoQueue>(Route::Ack).await
 }

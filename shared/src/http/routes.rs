@@ -126,6 +126,12 @@ impl Route {
         self == Route::Publish
     }
 
+    /// Whether the endpoint announces what it stores on the inbound queue
+    /// (when the deployment turns notifications on).
+    pub fn announces(self) -> bool {
+        self == Route::Send
+    }
+
     /// The `Allow` header value for this route.
     pub fn allow(self) -> &'static str {
         match self.method() {

@@ -195,6 +195,7 @@ fn moto_answers(port: u16) -> bool {
 pub async fn sdk_config() -> aws_config::SdkConfig {
     let loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
         .empty_test_environment()
+        .http_client(pigeonhole::aws::https_client())
         .region(aws_config::Region::new(REGION))
         .credentials_provider(aws_sdk_dynamodb::config::Credentials::new(
             "test",

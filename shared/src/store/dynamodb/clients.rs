@@ -15,7 +15,7 @@
 use super::call::{attempts, built, failed, reason_code, send, Transaction};
 use super::item::*;
 use super::tags::{client_summary, SUMMARY_PROJECTION};
-use super::DynamoStore;
+use super::{DynamoStore, PollMode};
 use crate::clock::Timestamp;
 use crate::domain::{ClientId, Seq};
 use crate::rate_limit::Decision;
@@ -138,7 +138,7 @@ fn tat_attribute(bucket: Bucket) -> &'static str {
     }
 }
 
-fn client_state(item: &Item) -> StoreResult<ClientState> {
+pub(super) fn client_state(item: &Item) -> StoreResult<ClientState> {
     Ok(ClientState {
         record: client_record(item)?,
         acked: get_n(item, "acked")?,
@@ -179,7 +179,7 @@ impl DynamoStore {
 
     /// Records a contact without a rate limit: the item as it now is, or
     /// `None` when the client is unknown, deleted or of another generation.
-    async fn record_contact(
+    pub(super) async fn record_contact(
         &self,
         id: ClientId,
         generation: u32,
@@ -383,6 +383,16 @@ impl DynamoStore {
         now: Timestamp,
         charge: Option<RateCharge>,
     ) -> StoreResult<Touch> {
+        if let (
+            PollMode::ReadMostly,
+            Some(RateCharge {
+                bucket: Bucket::Poll,
+                limit,
+            }),
+        ) = (self.poll_mode, charge)
+        {
+            return self.touch_read_mostly(id, generation, now, limit).await;
+        }
         let Some(RateCharge { bucket, limit }) = charge else {
             return Ok(match self.record_contact(id, generation, now).await? {
                 Some(item) => Touch::Known(client_state(&item)?),

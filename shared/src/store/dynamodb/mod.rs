@@ -46,11 +46,15 @@ mod lifecycle;
 mod publish_keys;
 mod publishes;
 mod read;
+mod read_mostly;
 mod tables;
 mod tags;
+mod warm_up;
 mod windows;
 
+pub use read_mostly::{PollMode, LAST_SEEN_EVERY, POLL_MODE};
 pub use tables::TableNames;
+pub use warm_up::WARM_UP_KEY;
 
 use super::*;
 use aws_sdk_dynamodb::Client;
@@ -58,11 +62,24 @@ use aws_sdk_dynamodb::Client;
 pub struct DynamoStore {
     client: Client,
     tables: TableNames,
+    poll_mode: PollMode,
+    sightings: read_mostly::Sightings,
 }
 
 impl DynamoStore {
     pub fn new(client: Client, tables: TableNames) -> DynamoStore {
-        DynamoStore { client, tables }
+        DynamoStore {
+            client,
+            tables,
+            poll_mode: PollMode::Exact,
+            sightings: Default::default(),
+        }
+    }
+
+    /// How polls record the contact (`POLL_MODE`).
+    pub fn with_poll_mode(mut self, mode: PollMode) -> DynamoStore {
+        self.poll_mode = mode;
+        self
     }
 
     pub fn tables(&self) -> &TableNames {
