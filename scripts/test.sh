@@ -174,17 +174,19 @@ PIGEONHOLE_E2E_BACKEND=aws PIGEONHOLE_TEST_AWS_ENDPOINT="$PIGEONHOLE_TEST_LOCALS
 scripts/emulators.sh stop all
 
 # What `sam build` does for a deployment, for this machine's architecture
-# (arm64 would need a toolchain target downloaded at build time). LTO is
-# off and codegen units up, only to fit CI's two cores: same code, same
-# opt-level. The runtime test below runs these very bootstraps.
+# (arm64 would need a toolchain target downloaded at build time), with the
+# release profile as a deployment gets it (LTO, one codegen unit, size
+# first: Cargo.toml). The runtime test below runs these very bootstraps,
+# and their sizes are the ones printed here.
 step "sam build (x86_64): one bootstrap per function"
-PATH="$venv/bin:$PATH" CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 \
-  "$venv/bin/sam" build --parameter-overrides Architecture=x86_64 --build-dir target/sam-build
+PATH="$venv/bin:$PATH" "$venv/bin/sam" build --parameter-overrides Architecture=x86_64 \
+  --build-dir target/sam-build
 for f in RegisterFunction RotateFunction PublishFunction SendFunction PollFunction AckFunction \
   ListClientsFunction DeleteClientFunction SentFunction PublishStatusFunction SetTagsFunction \
   FanoutFunction CleanupFunction; do
   test -x "target/sam-build/$f/bootstrap" || { echo "sam build: no bootstrap for $f" >&2; exit 1; }
 done
+"$venv/bin/python" bench/function_sizes.py target/sam-build
 export PIGEONHOLE_LAMBDA_BIN_DIR="$root/target/sam-build"
 
 step "browser client and operators' console (headless Chromium)"

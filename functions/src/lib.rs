@@ -23,13 +23,30 @@ use std::convert::Infallible;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tracing_subscriber::filter::LevelFilter;
 
 pub type Error = lambda_http::Error;
 
-/// JSON logs when the function's `LoggingConfig` asks for them
-/// (`AWS_LAMBDA_LOG_FORMAT=JSON`), plain text otherwise.
+/// Logs as `lambda_runtime`'s default subscriber writes them: JSON when
+/// the function's `LoggingConfig` asks for it (`AWS_LAMBDA_LOG_FORMAT=JSON`),
+/// plain text otherwise, at the level `AWS_LAMBDA_LOG_LEVEL` or else
+/// `RUST_LOG` names (`info` when neither names one), without targets or
+/// times (CloudWatch stamps each line).
 pub fn init_logging() {
-    lambda_http::tracing::init_default_subscriber();
+    let level = ["AWS_LAMBDA_LOG_LEVEL", "RUST_LOG"]
+        .iter()
+        .find_map(|name| std::env::var(name).ok()?.trim().parse::<LevelFilter>().ok())
+        .unwrap_or(LevelFilter::INFO);
+    let logs = tracing_subscriber::fmt()
+        .with_target(false)
+        .without_time()
+        .with_max_level(level);
+    let json = std::env::var("AWS_LAMBDA_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"));
+    if json {
+        logs.json().init();
+    } else {
+        logs.init();
+    }
 }
 
 /// Logs a configuration problem the way an operator will find it (one
@@ -38,7 +55,7 @@ pub fn init_logging() {
 /// `main` keeps it to that one line: Lambda reports the exit as
 /// `Runtime.ExitError` and the log says why.
 fn fail_cold_start(what: &str, error: impl std::fmt::Display) -> ! {
-    lambda_http::tracing::error!(%error, "{what}: cannot start; fix the function's configuration");
+    tracing::error!(%error, "{what}: cannot start; fix the function's configuration");
     std::process::exit(1)
 }
 
@@ -58,7 +75,7 @@ pub fn init_metrics(function: &str) -> Option<EmfHandle> {
     match emf::install(&stack, function) {
         Ok(handle) => Some(handle),
         Err(error) => {
-            lambda_http::tracing::warn!(%error, "metrics recorder not installed");
+            tracing::warn!(%error, "metrics recorder not installed");
             None
         }
     }
@@ -143,7 +160,7 @@ pub fn invocation_deadline(context: &lambda_runtime::Context) -> Option<Instant>
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
     if context.deadline <= now_ms {
-        lambda_http::tracing::warn!(
+        tracing::warn!(
             deadline_ms = context.deadline,
             "the invocation has no deadline ahead; working without one"
         );

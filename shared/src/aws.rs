@@ -401,7 +401,7 @@ pub fn inbound_from(sdk: &aws_config::SdkConfig, env: &Env) -> Option<SqsInbound
 /// The queues a function connects to at cold start. A type, not a value:
 /// each Lambda binary names its wiring in `main`, so a function whose route
 /// uses no queue never references the SQS client and its binary does not
-/// link it (see docs/architecture.md, "Function size and cold start").
+/// link it (docs/performance.md, "Lambda functions: size and cold start").
 pub trait Queues {
     /// Connects to the fan-out queue (`FANOUT_QUEUE_URL`): publish.
     const FANOUT: bool;

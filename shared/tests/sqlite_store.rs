@@ -75,19 +75,33 @@ fn hold_write_lock(
     holder
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_busy_database_is_waited_out_within_the_budget() {
-    use pigeonhole::store::{AckOutcome, StoreError};
-    use std::time::{Duration, Instant};
+/// A store in a fresh directory with one client registered: the
+/// directory (keep it alive), the database's path, the store, the client.
+async fn store_with_client(
+    name: &str,
+) -> (
+    tempfile::TempDir,
+    std::path::PathBuf,
+    SqliteStore,
+    pigeonhole::domain::ClientId,
+) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("test.db");
     let store = SqliteStore::open(&path).unwrap();
     let id = store
-        .register_client([4; 32], store_contract::client("busy", Timestamp(5)))
+        .register_client([4; 32], store_contract::client(name, Timestamp(5)))
         .await
         .unwrap()
         .client
         .id;
+    (dir, path, store, id)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_busy_database_is_waited_out_within_the_budget() {
+    use pigeonhole::store::{AckOutcome, StoreError};
+    use std::time::{Duration, Instant};
+    let (_dir, path, store, id) = store_with_client("busy").await;
 
     // An ack is a write that must reach the file before it answers.
     // Longer than SQLite's own busy timeout (1 s), shorter than the budget.
@@ -116,15 +130,7 @@ async fn a_busy_database_is_waited_out_within_the_budget() {
 async fn an_empty_poll_needs_no_write_lock() {
     use pigeonhole::store::Touch;
     use std::time::{Duration, Instant};
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("test.db");
-    let store = SqliteStore::open(&path).unwrap();
-    let id = store
-        .register_client([4; 32], store_contract::client("idle", Timestamp(5)))
-        .await
-        .unwrap()
-        .client
-        .id;
+    let (_dir, path, store, id) = store_with_client("idle").await;
     assert!(matches!(
         store.touch_client(id, 0, Timestamp(8), None).await.unwrap(),
         Touch::Known(_)
@@ -202,15 +208,7 @@ async fn last_seen_and_rate_limits_are_written_behind_and_kept_at_close() {
 #[tokio::test]
 async fn soft_state_reaches_the_file_without_a_close() {
     use pigeonhole::store::Touch;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("test.db");
-    let store = SqliteStore::open(&path).unwrap();
-    let id = store
-        .register_client([4; 32], store_contract::client("seen", Timestamp(5)))
-        .await
-        .unwrap()
-        .client
-        .id;
+    let (_dir, path, store, id) = store_with_client("seen").await;
     let touched = store.touch_client(id, 0, Timestamp(7_000), None).await;
     assert!(matches!(touched.unwrap(), Touch::Known(_)));
     // Another connection (the sqlite3 shell, or a crash that never closes

@@ -15,7 +15,7 @@ use aws_sdk_dynamodb::config::interceptors::{
     AfterDeserializationInterceptorContextRef, BeforeSerializationInterceptorContextMut,
     BeforeTransmitInterceptorContextRef,
 };
-use aws_sdk_dynamodb::config::{ConfigBag, Intercept, RuntimeComponents};
+use aws_sdk_dynamodb::config::{ConfigBag, Intercept, RuntimeComponents, SharedInterceptor};
 use aws_sdk_dynamodb::error::BoxError;
 use aws_sdk_dynamodb::types::{
     AttributeValue, ConsumedCapacity, ReturnConsumedCapacity, TimeToLiveStatus,
@@ -311,6 +311,22 @@ impl Intercept for RequestLog {
     }
 }
 
+/// A store whose DynamoDB client runs `interceptors` (a [`RequestLog`],
+/// a [`CapacityLog`]) on every request.
+fn observed_store(
+    env: &aws_support::AwsEnv,
+    interceptors: impl IntoIterator<Item = aws_sdk_dynamodb::config::SharedInterceptor>,
+) -> DynamoStore {
+    let mut config = aws_sdk_dynamodb::config::Builder::from(&env.sdk);
+    for interceptor in interceptors {
+        config.push_interceptor(interceptor);
+    }
+    DynamoStore::new(
+        aws_sdk_dynamodb::Client::from_conf(config.build()),
+        env.tables().clone(),
+    )
+}
+
 /// What each store call costs in DynamoDB requests, as the issue asks to
 /// keep minimal: an empty poll is one request (`touch_client`), a poll with
 /// messages is two (plus `read`). The poll rows carry the rate limit, the
@@ -321,13 +337,7 @@ impl Intercept for RequestLog {
 async fn each_store_call_costs_the_expected_dynamodb_requests() {
     let env = aws_support::fresh_env().await;
     let log = RequestLog::default();
-    let config = aws_sdk_dynamodb::config::Builder::from(&env.sdk)
-        .interceptor(log.clone())
-        .build();
-    let store = DynamoStore::new(
-        aws_sdk_dynamodb::Client::from_conf(config),
-        env.tables().clone(),
-    );
+    let store = observed_store(&env, [SharedInterceptor::new(log.clone())]);
     let limit = polls(60); // one slot a second
     let ops = |names: &[&str]| names.iter().map(|s| s.to_string()).collect::<Vec<_>>();
 
@@ -961,13 +971,7 @@ const SET_TAGS: Units = units(1.0, 4.0);
 async fn each_store_call_consumes_the_expected_capacity() {
     let env = aws_support::fresh_env().await;
     let capacity = CapacityLog::default();
-    let config = aws_sdk_dynamodb::config::Builder::from(&env.sdk)
-        .interceptor(capacity.clone())
-        .build();
-    let store = DynamoStore::new(
-        aws_sdk_dynamodb::Client::from_conf(config),
-        env.tables().clone(),
-    );
+    let store = observed_store(&env, [SharedInterceptor::new(capacity.clone())]);
     let mut measured: Vec<(&str, Capacity, Units)> = Vec::new();
     let mut pin = |label: &'static str, expected: Units| {
         measured.push((label, capacity.take(), expected));
@@ -1123,13 +1127,12 @@ async fn each_store_call_consumes_the_expected_capacity() {
 async fn a_read_mostly_poll_reads_and_writes_last_seen_once_a_minute() {
     let env = aws_support::fresh_env().await;
     let (log, capacity) = (RequestLog::default(), CapacityLog::default());
-    let config = aws_sdk_dynamodb::config::Builder::from(&env.sdk)
-        .interceptor(log.clone())
-        .interceptor(capacity.clone())
-        .build();
-    let store = DynamoStore::new(
-        aws_sdk_dynamodb::Client::from_conf(config),
-        env.tables().clone(),
+    let store = observed_store(
+        &env,
+        [
+            SharedInterceptor::new(log.clone()),
+            SharedInterceptor::new(capacity.clone()),
+        ],
     )
     .with_poll_mode(PollMode::ReadMostly);
     let ops = |names: &[&str]| names.iter().map(|s| s.to_string()).collect::<Vec<_>>();
