@@ -185,6 +185,7 @@ async fn sdk_clients(
 ) -> (aws_sdk_dynamodb::Client, aws_sdk_sqs::Client) {
     let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
         .empty_test_environment()
+        .http_client(pigeonhole::aws::https_client())
         .region(aws_config::Region::new("us-east-1"))
         .credentials_provider(aws_sdk_dynamodb::config::Credentials::new(
             "test", "test", None, None, "faults",

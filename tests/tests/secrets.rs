@@ -727,6 +727,7 @@ fn error_reply(status: u16, code: &str, message: &str) -> Reply {
 async fn stub_sdk(url: &str) -> aws_config::SdkConfig {
     aws_config::defaults(aws_config::BehaviorVersion::latest())
         .empty_test_environment()
+        .http_client(pigeonhole::aws::https_client())
         .region(aws_config::Region::new(REGION))
         .credentials_provider(aws_sdk_dynamodb::config::Credentials::new(
             "test",
