@@ -76,8 +76,9 @@ pub async fn sdk_config() -> aws_config::SdkConfig {
 
 /// The SDK configuration of a Lambda function, from what Lambda puts in its
 /// environment: `AWS_REGION`, the role's credentials (`AWS_ACCESS_KEY_ID`,
-/// `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`), and `AWS_ENDPOINT_URL`
-/// when set (an emulator). Otherwise as [`sdk_config`]. It never refers to
+/// `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`), and `AWS_ENDPOINT_URL` or
+/// `AWS_ENDPOINT_URL_<SERVICE>` when set (emulators). Otherwise as
+/// [`sdk_config`]. It never refers to
 /// aws-config's default chain (profiles, SSO, STS, the container and
 /// instance metadata providers), which a function has no use for, so the
 /// bootstraps leave all of that out (docs/performance.md).
@@ -96,10 +97,24 @@ pub fn lambda_sdk_config(env: &Env) -> aws_config::SdkConfig {
         ))
         .http_client(https_client())
         .retry_config(crate::retry::aws::sdk_retry_config())
-        .timeout_config(crate::retry::aws::sdk_timeout_config());
-    match env.get("AWS_ENDPOINT_URL") {
-        Some(url) => config.endpoint_url(url.trim()).build(),
-        None => config.build(),
+        .timeout_config(crate::retry::aws::sdk_timeout_config())
+        .service_config(EndpointsFromEnv(env.clone()));
+    config.build()
+}
+
+/// `AWS_ENDPOINT_URL_<SERVICE>`, else `AWS_ENDPOINT_URL`, as the SDK's own
+/// loader reads them (the service id upper-cased, spaces as underscores:
+/// `AWS_ENDPOINT_URL_SECRETS_MANAGER`), without its profile files.
+#[derive(Debug)]
+struct EndpointsFromEnv(Env);
+
+impl aws_types::service_config::LoadServiceConfig for EndpointsFromEnv {
+    fn load_config(&self, key: aws_types::service_config::ServiceConfigKey<'_>) -> Option<String> {
+        let service = key.service_id().to_uppercase().replace(' ', "_");
+        self.0
+            .get(&format!("{}_{service}", key.env()))
+            .or_else(|| self.0.get(key.env()))
+            .map(|value| value.trim().to_string())
     }
 }
 
@@ -622,6 +637,33 @@ fn fanout_over(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_service_endpoint_wins_over_the_general_one() {
+        use aws_types::service_config::{LoadServiceConfig, ServiceConfigKey};
+        let endpoints = EndpointsFromEnv(Env::from_pairs([
+            ("AWS_ENDPOINT_URL", "http://general"),
+            ("AWS_ENDPOINT_URL_SECRETS_MANAGER", " http://secrets "),
+        ]));
+        let key = |service| {
+            ServiceConfigKey::builder()
+                .service_id(service)
+                .env("AWS_ENDPOINT_URL")
+                .profile("endpoint_url")
+                .build()
+                .unwrap()
+        };
+        assert_eq!(
+            endpoints.load_config(key("Secrets Manager")).as_deref(),
+            Some("http://secrets")
+        );
+        assert_eq!(
+            endpoints.load_config(key("DynamoDB")).as_deref(),
+            Some("http://general")
+        );
+        let none = EndpointsFromEnv(Env::from_pairs([("X", "y")]));
+        assert_eq!(none.load_config(key("DynamoDB")), None);
+    }
 
     #[test]
     fn finds_each_secret_the_environment_names_by_arn() {

@@ -993,17 +993,29 @@ async fn the_register_binary_starts_from_its_secrets_and_answers() {
     let mut child = lambda_process(&vars, &addr)
         .spawn()
         .expect("start the register binary");
+    // Read its output as it comes: a debug log fills a pipe's buffer long
+    // before the function answers, and a full pipe blocks the writer.
+    let drain = |pipe: Option<Box<dyn tokio::io::AsyncRead + Send + Unpin>>| {
+        tokio::spawn(async move {
+            let mut text = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = tokio::io::AsyncReadExt::read_to_end(&mut pipe, &mut text).await;
+            }
+            String::from_utf8_lossy(&text).into_owned()
+        })
+    };
+    let stdout = drain(child.stdout.take().map(|p| Box::new(p) as _));
+    let stderr = drain(child.stderr.take().map(|p| Box::new(p) as _));
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     let response = loop {
         if let Some(response) = api.response.lock().unwrap().take() {
             break response;
         }
         if let Ok(Some(status)) = child.try_wait() {
-            let out = child.wait_with_output().await.unwrap();
             panic!(
                 "the function exited ({status}) without answering:\n{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
+                stdout.await.unwrap(),
+                stderr.await.unwrap()
             );
         }
         assert!(
@@ -1014,12 +1026,8 @@ async fn the_register_binary_starts_from_its_secrets_and_answers() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     child.start_kill().unwrap();
-    let out = child.wait_with_output().await.unwrap();
-    let logs = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    child.wait().await.unwrap();
+    let logs = format!("{}{}", stdout.await.unwrap(), stderr.await.unwrap());
     let response: Value = serde_json::from_str(&response).expect("the response is JSON");
     assert_eq!(response["statusCode"], json!(201), "{response}\n{logs}");
     let body: Value = serde_json::from_str(response["body"].as_str().expect("a body")).unwrap();
