@@ -419,17 +419,18 @@ pub fn inbound_from(sdk: &aws_config::SdkConfig, env: &Env) -> Option<SqsInbound
 /// link it (docs/performance.md, "Lambda functions: size and cold start").
 pub trait Queues {
     /// Connects to the fan-out queue (`FANOUT_QUEUE_URL`): publish.
-    const FANOUT: bool;
+    const FANOUT: bool = false;
     /// Announces sends on the inbound queue when `INBOUND_QUEUE_URL` names
     /// one: send.
-    const INBOUND: bool;
+    const INBOUND: bool = false;
 
-    fn fanout(
-        sdk: &aws_config::SdkConfig,
-        env: &Env,
-    ) -> Result<Option<Arc<dyn Queue>>, ConfigError>;
+    fn fanout(_: &aws_config::SdkConfig, _: &Env) -> Result<Option<Arc<dyn Queue>>, ConfigError> {
+        Ok(None)
+    }
 
-    fn inbound(sdk: &aws_config::SdkConfig, env: &Env) -> Option<Arc<dyn Inbound>>;
+    fn inbound(_: &aws_config::SdkConfig, _: &Env) -> Option<Arc<dyn Inbound>> {
+        None
+    }
 }
 
 /// Neither queue: every route but publish and send, and the cleanup.
@@ -444,22 +445,10 @@ pub struct InboundQueue;
 /// Both: the local server's `--backend aws`, which serves every route.
 pub struct BothQueues;
 
-impl Queues for NoQueue {
-    const FANOUT: bool = false;
-    const INBOUND: bool = false;
-
-    fn fanout(_: &aws_config::SdkConfig, _: &Env) -> Result<Option<Arc<dyn Queue>>, ConfigError> {
-        Ok(None)
-    }
-
-    fn inbound(_: &aws_config::SdkConfig, _: &Env) -> Option<Arc<dyn Inbound>> {
-        None
-    }
-}
+impl Queues for NoQueue {}
 
 impl Queues for FanoutQueue {
     const FANOUT: bool = true;
-    const INBOUND: bool = false;
 
     fn fanout(
         sdk: &aws_config::SdkConfig,
@@ -467,19 +456,10 @@ impl Queues for FanoutQueue {
     ) -> Result<Option<Arc<dyn Queue>>, ConfigError> {
         Ok(Some(Arc::new(queue_from(sdk, env)?)))
     }
-
-    fn inbound(_: &aws_config::SdkConfig, _: &Env) -> Option<Arc<dyn Inbound>> {
-        None
-    }
 }
 
 impl Queues for InboundQueue {
-    const FANOUT: bool = false;
     const INBOUND: bool = true;
-
-    fn fanout(_: &aws_config::SdkConfig, _: &Env) -> Result<Option<Arc<dyn Queue>>, ConfigError> {
-        Ok(None)
-    }
 
     fn inbound(sdk: &aws_config::SdkConfig, env: &Env) -> Option<Arc<dyn Inbound>> {
         announced_on(inbound_from(sdk, env)?)

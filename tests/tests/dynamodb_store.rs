@@ -1188,17 +1188,7 @@ async fn a_read_mostly_poll_reads_and_writes_last_seen_once_a_minute() {
         (1, 0)
     );
     assert_eq!(log.take(), ops(&["UpdateItem"]));
-    let item = env
-        .dynamodb()
-        .get_item()
-        .table_name(&env.tables().clients)
-        .key("client_id", AttributeValue::S(id.to_string()))
-        .consistent_read(true)
-        .send()
-        .await
-        .unwrap()
-        .item
-        .unwrap();
+    let item = client_item(&env, id).await;
     assert_eq!(
         item["last_seen_at"],
         AttributeValue::N(later.millis().to_string())
