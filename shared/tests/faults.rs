@@ -511,6 +511,100 @@ async fn a_job_longer_than_its_deadline_completes_over_several_invocations() {
     );
 }
 
+/// A publish to everyone with more clients than one page, as on AWS: the
+/// publish enqueues the first step; each fan-out invocation delivers one
+/// page and enqueues the step for the next; the status counts recipients
+/// as pages are written. A step the queue delivers again continues nothing
+/// twice and stores nothing twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_audience_of_several_pages_goes_through_the_queue_one_step_at_a_time() {
+    let queue = Arc::new(Captured::default());
+    let h = harness_with({
+        let queue = Arc::clone(&queue);
+        move |_| queue as Arc<dyn Queue>
+    });
+    let clients = pigeonhole::queue::MAX_JOB_RECIPIENTS + 2;
+    let mut ids = Vec::new();
+    for i in 0..clients {
+        ids.push(client_id(&h.register(&format!("fingerprint-{i:04}")).await));
+    }
+    let body = json!({"to_all": true, "type": "event", "payload": {"n": 1}});
+    let reply = h
+        .call(
+            "POST",
+            "/api/v1/messages/publish",
+            &[
+                ("x-admin-token", ADMIN),
+                ("content-type", "application/json"),
+            ],
+            body.to_string(),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.body);
+    let publish_id = reply.body["publish_id"].as_str().unwrap().to_string();
+    let status = || async {
+        h.call(
+            "GET",
+            &format!("/api/v1/messages/publish/{publish_id}"),
+            &[("x-admin-token", ADMIN)],
+            String::new(),
+        )
+        .await
+        .body
+    };
+    assert_eq!(status().await["state"], json!("queued"));
+
+    let function = FanoutFunction {
+        fanout: Fanout::new(
+            Arc::clone(&h.store),
+            Arc::clone(&h.keys),
+            Arc::new(SystemClock),
+        ),
+        continuation: Some(Arc::clone(&queue) as Arc<dyn Queue>),
+        finish_margin: Duration::from_millis(20),
+    };
+    let first_step = std::mem::take(&mut *queue.0.lock().unwrap());
+    assert_eq!(first_step.len(), 1, "the publish enqueues one step");
+    let mut pending = first_step.clone();
+    let mut steps = Vec::new();
+    while !pending.is_empty() {
+        assert!(steps.len() < 10, "the enumeration stopped making progress");
+        let response = function.handle(sqs_event(&pending), None).await;
+        assert!(response.batch_item_failures.is_empty());
+        let report = status().await;
+        steps.push((report["delivered"].clone(), report["recipients"].clone()));
+        pending = std::mem::take(&mut *queue.0.lock().unwrap());
+    }
+    assert!(steps.len() >= 2, "one invocation per page: {steps:?}");
+    let first = &steps[0];
+    assert!(
+        first.0.as_u64().unwrap() < clients as u64 && first.1.is_null(),
+        "after the first page: some delivered, the count not known yet: {steps:?}"
+    );
+    let done = status().await;
+    assert_eq!(done["recipients"], json!(clients), "{done}");
+    assert_eq!(done["delivered"], json!(clients), "{done}");
+    assert_eq!(done["state"], json!("done"), "{done}");
+    for id in [ids[0], ids[clients / 2], ids[clients - 1]] {
+        assert_eq!(h.inbox_len(id).await, 1, "one copy for {id}");
+    }
+
+    // The queue delivers the first step again (a lost delete, a timeout).
+    let appends = h.faults.appends.load(Ordering::SeqCst);
+    let response = function.handle(sqs_event(&first_step), None).await;
+    assert!(response.batch_item_failures.is_empty());
+    assert!(
+        queue.0.lock().unwrap().is_empty(),
+        "its successor was enqueued before: no second one"
+    );
+    assert_eq!(
+        h.faults.appends.load(Ordering::SeqCst),
+        appends,
+        "no copy stored twice"
+    );
+    assert_eq!(status().await, done);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_redelivered_job_skips_delivered_recipients_before_appending() {
     let h = harness();

@@ -37,6 +37,11 @@ const ADMIN: &str = "admin-secret";
 const OPERATOR: &str = "operator-secret";
 
 fn harness() -> Harness {
+    harness_with(&[])
+}
+
+/// The harness with more settings, e.g. `("REGISTER_RATE_LIMIT", "0")`.
+fn harness_with(settings: &[(&str, &str)]) -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("db")).unwrap());
     let config = Config::from_lookup(
@@ -44,7 +49,10 @@ fn harness() -> Harness {
             "ADMIN_TOKEN" => Some(ADMIN.into()),
             "OPERATOR_TOKENS" => Some(format!("other,{OPERATOR}")),
             "MASTER_KEY" => Some(Key::from_bytes([5; 32]).to_base64()),
-            _ => None,
+            _ => settings
+                .iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.to_string()),
         },
         &Secret::ALL,
     )
@@ -198,6 +206,61 @@ async fn a_redelivered_fanout_job_stores_nothing_twice() {
         decrypt(&creds, &body["messages"][0]),
         json!({"type": "event", "payload": {"n": 1}})
     );
+}
+
+/// More clients than one audience page holds (a job names at most 1,000
+/// recipients): the in-process fan-out enumerates "everyone" page by page,
+/// each page's step leading to the next, and every client gets the publish
+/// once. (faults.rs drives the same steps through the SQS fan-out.)
+#[tokio::test]
+async fn an_audience_of_several_pages_is_enumerated_in_steps_and_delivered_once() {
+    let h = harness_with(&[("REGISTER_RATE_LIMIT", "0")]);
+    let clients = pigeonhole::queue::MAX_JOB_RECIPIENTS + 2;
+    let mut creds = Vec::new();
+    for n in 0..clients {
+        creds.push(h.register(&format!("fleet-{n:04}")).await);
+    }
+    h.advance(1_000);
+    let body = json!({"to_all": true, "type": "event", "payload": {"n": 1}}).to_string();
+    let (status, accepted) = h
+        .call(
+            "POST",
+            "/api/v1/messages/publish",
+            &[("x-admin-token", ADMIN)],
+            &body,
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{accepted}");
+    let publish_id = accepted["publish_id"].as_str().unwrap();
+
+    let state = h.store.load_publish(publish_id).await.unwrap().unwrap();
+    let pages: Vec<usize> = state.pages.iter().map(|p| p.recipients.len()).collect();
+    assert!(pages.len() >= 2, "pages: {pages:?}");
+    assert_eq!(pages.iter().sum::<usize>(), clients, "pages: {pages:?}");
+
+    let (status, report) = h
+        .call(
+            "GET",
+            &format!("/api/v1/messages/publish/{publish_id}"),
+            &[("x-admin-token", ADMIN)],
+            "",
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(report["recipients"], json!(clients));
+    assert_eq!(report["delivered"], json!(clients));
+    assert_eq!(report["state"], json!("done"));
+
+    for c in [&creds[0], &creds[clients / 2], &creds[clients - 1]] {
+        let (status, body) = h.poll(c, "").await;
+        assert_eq!(status, StatusCode::OK);
+        let messages = body["messages"].as_array().unwrap();
+        assert_eq!(messages.len(), 1, "one copy for {}", c["client_id"]);
+        assert_eq!(
+            decrypt(c, &messages[0]),
+            json!({"type": "event", "payload": {"n": 1}})
+        );
+    }
 }
 
 #[tokio::test]

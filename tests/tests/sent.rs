@@ -159,3 +159,66 @@ async fn the_listing_shows_each_clients_newest_sent_id() {
     assert_eq!(head(&busy.client_id), json!(2));
     assert_eq!(head(&quiet.client_id), json!(0));
 }
+
+/// Lambda's synchronous responses stop at 6 MB; pages stay under 5 MiB.
+const PAGE_LIMIT: usize = 5 * 1024 * 1024;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_long_history_of_large_sends_comes_in_pages_under_5_mib() {
+    let s = Server::start_with(Config::default().with_env("SEND_RATE_LIMIT", "0")).await;
+    let c = s.new_client().await;
+    // 100 sends of 60 KB: 6 MB of payload, more than one page may hold.
+    let blob = "y".repeat(60 * 1024);
+    for n in 0..100 {
+        let plaintext = json!({"type": "log", "payload": {"n": n, "blob": blob}});
+        assert_eq!(send(&s, &c, &plaintext, None).await, n + 1);
+    }
+
+    let (mut after, mut pages) = (0u64, Vec::new());
+    loop {
+        let resp = sent_raw(
+            &s,
+            s.admin_token(),
+            &c.client_id,
+            &format!("?after={after}"),
+        )
+        .await;
+        if resp.status() == StatusCode::NO_CONTENT {
+            break;
+        }
+        assert_eq!(resp.status(), StatusCode::OK);
+        let bytes = resp.bytes().await.expect("a sent page");
+        pages.push(bytes.len());
+        let page: Value = serde_json::from_slice(&bytes).expect("JSON");
+        for m in page["messages"].as_array().expect("messages") {
+            assert_eq!(m["id"].as_u64(), Some(after + 1), "contiguous pages");
+            assert_eq!(m["payload"]["n"], json!(after));
+            assert_eq!(
+                m["payload"]["blob"].as_str().map(str::len),
+                Some(blob.len())
+            );
+            after += 1;
+        }
+        assert_eq!(page["next_after"], json!(after));
+    }
+    assert_eq!(after, 100, "the admin reads every send");
+    assert!(pages.len() >= 2, "pages: {pages:?}");
+    assert!(pages.iter().all(|b| *b <= PAGE_LIMIT), "pages: {pages:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_page_of_sends_holds_100_unless_the_admin_asks_for_more() {
+    let s = Server::start_with(Config::default().with_env("SEND_RATE_LIMIT", "0")).await;
+    let c = s.new_client().await;
+    for n in 0..101 {
+        send(&s, &c, &json!({"type": "t", "payload": n}), None).await;
+    }
+    let count = |page: &Value| page["messages"].as_array().map(Vec::len);
+    let first = sent_page(&s, &c, "").await.expect("101 sends");
+    assert_eq!(count(&first), Some(100), "the default limit");
+    assert_eq!(first["next_after"], json!(100));
+    let rest = sent_page(&s, &c, "?after=100").await.expect("one more");
+    assert_eq!(count(&rest), Some(1));
+    let all = sent_page(&s, &c, "?limit=500").await.expect("every send");
+    assert_eq!(count(&all), Some(101));
+}
