@@ -345,6 +345,78 @@ describe('operators console against the local server', () => {
     assert.match(await entry.locator('.recipients .status-line').textContent(), /2 of 2 recipients shown/);
   });
 
+  it('tags and untags the selection, publishes to it, and to everyone after a confirmation', async () => {
+    const bodies = [];
+    const onRequest = (request) => {
+      if (request.url().endsWith('/messages/publish') && request.method() === 'POST') bodies.push(request.postDataJSON());
+    };
+    const publishes = () => page.locator('#publishes .publish').count();
+    const newest = () => page.locator('#publishes .publish').first();
+    const delivered = (n) =>
+      page.waitForFunction(
+        (want) => document.querySelector('#publishes .publish .publish-counts')?.dataset.delivered === want,
+        String(n),
+      );
+    page.on('request', onRequest);
+
+    // The ticked rows, by id.
+    const before = await publishes();
+    await row(clients.kitchen).locator('.col-select input').check();
+    await row(clients.lab1).locator('.col-select input').check();
+    await page.check('#audience-selected');
+    assert.equal(await page.textContent('#audience-selected-label'), 'Selected clients (2)');
+
+    // A tag added to the selection and removed again leaves each its own.
+    await page.fill('#bulk-tag', 'tmp');
+    await page.click('#bulk-tag-add');
+    await page.waitForFunction(() => /Tagged 2 clients tmp/.test(document.getElementById('notice').textContent));
+    await page.click('#bulk-tag-remove');
+    await page.waitForFunction(() => /Removed tmp from 2 clients/.test(document.getElementById('notice').textContent));
+    assert.deepEqual(await row(clients.kitchen).locator('.tag').allTextContents(), ['eu', 'kitchen']);
+    assert.deepEqual(await row(clients.lab1).locator('.tag').allTextContents(), ['lab']);
+    const tagsById = new Map((await admin.allClients()).map((c) => [c.id, c.tags]));
+    assert.deepEqual(tagsById.get(clients.kitchen.clientId), ['eu', 'kitchen']);
+    assert.deepEqual(tagsById.get(clients.lab1.clientId), ['lab']);
+
+    await page.fill('#publish-type', 'ping');
+    await page.fill('#publish-payload', '{"n": 1}');
+    await page.fill('#publish-ttl', '');
+    await page.click('#publish-submit');
+    await page.waitForFunction((n) => document.querySelectorAll('#publishes .publish').length === n, before + 1);
+    assert.equal(bodies.length, 1);
+    const { to_client_ids: named, ...rest } = bodies[0];
+    assert.deepEqual(named.sort(), [clients.kitchen.clientId, clients.lab1.clientId].sort());
+    assert.deepEqual(rest, { type: 'ping', payload: { n: 1 } });
+    assert.equal(await newest().locator('.publish-audience').textContent(), 'to 2 selected clients');
+    await delivered(2);
+    await page.click('#selection-clear');
+
+    // Everyone: the page asks first, and Cancel publishes nothing.
+    await page.check('#audience-all');
+    await page.click('#publish-submit');
+    await page.waitForSelector('#confirm-dialog[open]');
+    assert.equal(await page.textContent('#confirm-heading'), 'Publish to everyone?');
+    await page.click('#confirm-cancel');
+    await page.waitForSelector('#confirm-dialog', { state: 'hidden' });
+    assert.equal(bodies.length, 1, 'nothing published on Cancel');
+    assert.equal(await publishes(), before + 1);
+    await page.click('#publish-submit');
+    await page.waitForSelector('#confirm-dialog[open]');
+    await page.click('#confirm-ok');
+    await page.waitForFunction((n) => document.querySelectorAll('#publishes .publish').length === n, before + 2);
+    page.off('request', onRequest);
+    assert.deepEqual(bodies[1], { to_all: true, type: 'ping', payload: { n: 1 } });
+    const everyone = (await admin.allClients()).length;
+    assert.equal(await newest().locator('.publish-audience').textContent(), 'to everyone');
+    await delivered(everyone);
+    assert.equal(await newest().locator('.progress').getAttribute('aria-valuemax'), String(everyone));
+
+    // kitchen was in both audiences, lab-2 only in everyone.
+    const types = async (c) => (await c.poll()).messages.map((m) => [m.type, m.payload]);
+    assert.deepEqual(await types(clients.kitchen), [['ping', { n: 1 }], ['ping', { n: 1 }]]);
+    assert.deepEqual((await types(clients.lab2)).slice(-1), [['ping', { n: 1 }]]);
+  });
+
   it('reads what a client sent, newest first, with "load more" and "check for newer"', async () => {
     await row(clients.lab1).getByRole('button', { name: 'Show what lab-1 sent' }).click();
     await page.waitForFunction(() => document.querySelectorAll('#inbound-messages .message').length === 20);
