@@ -503,3 +503,29 @@ async fn tombstoning_goes_on_past_batches_of_acknowledged_messages() {
     assert_eq!(acknowledged.len(), 700);
     assert!(acknowledged.iter().all(|m| m.kind == "event"));
 }
+
+/// One damaged row (here: a retired key an operator's hand edit broke) must
+/// not stop a fan-out to everyone else: the lookup leaves it out, as if the
+/// client did not exist, and returns the others.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_row_that_cannot_be_read_is_left_out_of_lookups() {
+    let (_dir, path, store, damaged) = store_with_client("damaged").await;
+    let healthy = store
+        .register_client([5; 32], store_contract::client("healthy", Timestamp(6)))
+        .await
+        .unwrap()
+        .client
+        .id;
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let changed = conn
+        .execute(
+            "UPDATE clients SET retired_keys = 'not a retired key' WHERE client_id = ?1",
+            [damaged.to_string()],
+        )
+        .unwrap();
+    assert_eq!(changed, 1);
+
+    let found = store.load_clients(&[damaged, healthy]).await.unwrap();
+    let ids: Vec<_> = found.iter().map(|c| c.id).collect();
+    assert_eq!(ids, [healthy]);
+}

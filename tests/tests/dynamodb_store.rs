@@ -1248,6 +1248,30 @@ async fn item_count(env: &aws_support::AwsEnv, table: &str) -> usize {
         .len()
 }
 
+/// One damaged item (a retired key broken by a hand edit) must not stop a
+/// fan-out to everyone else: the lookup leaves it out, as if the client did
+/// not exist, and returns the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_item_that_cannot_be_read_is_left_out_of_lookups() {
+    let env = aws_support::fresh_env().await;
+    let store = DynamoStore::new(env.dynamodb(), env.tables().clone());
+    let damaged = register(&store, 71).await;
+    let healthy = register(&store, 72).await;
+    env.dynamodb()
+        .update_item()
+        .table_name(&env.tables().clients)
+        .key("client_id", AttributeValue::S(damaged.to_string()))
+        .update_expression("SET retired_keys = :junk")
+        .expression_attribute_values(":junk", AttributeValue::S("not a retired key".into()))
+        .send()
+        .await
+        .unwrap();
+
+    let found = store.load_clients(&[damaged, healthy]).await.unwrap();
+    let ids: Vec<_> = found.iter().map(|c| c.id).collect();
+    assert_eq!(ids, [healthy]);
+}
+
 /// A deletion interrupted after its first step has already revoked the
 /// client; the next purge, or a second delete, removes the rest.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
