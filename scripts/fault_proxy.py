@@ -179,6 +179,10 @@ CANCELLATION_MESSAGES = {
         "Throughput exceeds the current capacity of your table or index. DynamoDB is "
         "automatically scaling your table or index so please try again shortly."
     ),
+    "ProvisionedThroughputExceeded": (
+        "The level of configured provisioned throughput for the table was exceeded. "
+        "Consider increasing your provisioning level with the UpdateTable API"
+    ),
 }
 
 
@@ -344,16 +348,25 @@ def canned_fault(target, fault, body):
         if sqs:
             code = "RequestThrottled" if fault.variant < 0.5 else "ThrottlingException"
         else:
+            # RequestLimitExceeded: the account's on-demand throughput quota.
             code = (
                 "ThrottlingException"
-                if fault.variant < 0.5
+                if fault.variant < 1 / 3
                 else "ProvisionedThroughputExceededException"
+                if fault.variant < 2 / 3
+                else "RequestLimitExceeded"
             )
         return code, error_response(target, code)
     if fault.kind == "conflict":
         if target == DDB_PREFIX + "TransactWriteItems":
             n = transaction_items(body)
-            reason = "TransactionConflict" if fault.variant < 0.8 else "ThrottlingError"
+            reason = (
+                "TransactionConflict"
+                if fault.variant < 0.7
+                else "ThrottlingError"
+                if fault.variant < 0.85
+                else "ProvisionedThroughputExceeded"
+            )
             failed = min(int(fault.index * n), n - 1)
             reasons = [{"Code": "None"} for _ in range(n)]
             reasons[failed] = {"Code": reason, "Message": CANCELLATION_MESSAGES[reason]}
