@@ -1,12 +1,16 @@
 //! The size limits a user meets at the edges, over the real server on
 //! either backend: a backlog of large messages comes in pages that fit
 //! Lambda's response limit, and a publish to 10,000 recipients with a
-//! 64 KiB payload is accepted and delivered.
+//! 64 KiB payload is accepted and delivered, and each of 10,000 registered
+//! clients gets a publish to all of them exactly once.
 
 mod support;
 
 use reqwest::StatusCode;
 use serde_json::{json, Value};
+use std::collections::VecDeque;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
 use support::*;
 
 /// Lambda's synchronous responses stop at 6 MB; pages stay under 5 MiB.
@@ -86,4 +90,79 @@ async fn a_publish_to_10000_recipients_with_a_64_kib_payload_is_delivered() {
         "payload": { "pad": "p".repeat(1024 * 1024) },
     });
     expect_error(s.publish_raw(&padded).await, 413, "payload_too_large").await;
+}
+
+/// Runs `f` on every item, `AT_ONCE` at a time, and returns the results in
+/// the items' order.
+async fn in_parallel<T, R, F, Fut>(s: &Arc<Server>, items: Vec<T>, f: F) -> Vec<R>
+where
+    T: Send + 'static,
+    R: Send + 'static,
+    F: Fn(Arc<Server>, T) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = R> + Send,
+{
+    const AT_ONCE: usize = 32;
+    let count = items.len();
+    let queue = Arc::new(Mutex::new(
+        items.into_iter().enumerate().collect::<VecDeque<_>>(),
+    ));
+    let f = Arc::new(f);
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..AT_ONCE {
+        let (s, queue, f) = (Arc::clone(s), Arc::clone(&queue), Arc::clone(&f));
+        workers.spawn(async move {
+            let mut done = Vec::new();
+            loop {
+                let next = queue.lock().unwrap().pop_front();
+                let Some((i, item)) = next else { break done };
+                done.push((i, f(Arc::clone(&s), item).await));
+            }
+        });
+    }
+    let mut results: Vec<Option<R>> = (0..count).map(|_| None).collect();
+    while let Some(done) = workers.join_next().await {
+        for (i, r) in done.expect("a worker") {
+            results[i] = Some(r);
+        }
+    }
+    results
+        .into_iter()
+        .map(|r| r.expect("every item"))
+        .collect()
+}
+
+/// The fan-out at the documented maximum with real recipients: 10,000
+/// copies sealed, stored and polled, each exactly once.
+#[tokio::test(flavor = "multi_thread")]
+async fn each_of_10000_registered_clients_gets_a_publish_to_all_exactly_once() {
+    const CLIENTS: usize = 10_000;
+    let s =
+        Arc::new(Server::start_with(Config::default().with_env("REGISTER_RATE_LIMIT", "0")).await);
+    let clients = in_parallel(&s, vec![(); CLIENTS], |s, ()| async move {
+        s.new_client().await
+    })
+    .await;
+    let to: Vec<&str> = clients.iter().map(|c| c.client_id.as_str()).collect();
+    let payload = json!({"to": "everyone", "note": "n".repeat(1000)});
+    let published = s.publish_nowait(&to, "fleet", payload.clone()).await;
+    assert_eq!(published["recipients"], json!(CLIENTS));
+    s.settle().await;
+
+    let publish_id = published["publish_id"].as_str().unwrap();
+    let status = s.publish_status(publish_id, "").await;
+    assert_eq!(status["delivered"], json!(CLIENTS), "{status}");
+    assert_eq!(status["unknown"], json!(0), "{status}");
+    assert_eq!(status["state"], json!("done"), "{status}");
+
+    let received = in_parallel(&s, clients, |s, c| async move {
+        let page = s.poll(&c, None, None).await.expect("the publish");
+        messages_of(&page)
+            .iter()
+            .map(|m| open_message(&c, m)["payload"].clone())
+            .collect::<Vec<_>>()
+    })
+    .await;
+    for copies in &received {
+        assert_eq!(copies, &[payload.clone()], "exactly one copy each");
+    }
 }
