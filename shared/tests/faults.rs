@@ -605,6 +605,72 @@ async fn an_audience_of_several_pages_goes_through_the_queue_one_step_at_a_time(
     assert_eq!(status().await, done);
 }
 
+/// What the fan-out function tells CloudWatch about a batch with a record
+/// the queue delivered before: both jobs done, one redelivery, and the one
+/// copy the redelivered job still had to store (its other recipient had
+/// it). One EMF line per set of dimensions, written when the batch ends.
+#[tokio::test(flavor = "current_thread")]
+async fn a_redelivered_record_shows_in_the_fan_outs_metrics() {
+    use pigeonhole::metrics::emf::EmfRecorder;
+    let h = harness();
+    let a = client_id(&h.register("fingerprint-m1").await);
+    let b = client_id(&h.register("fingerprint-m2").await);
+    let function = FanoutFunction {
+        fanout: Fanout::new(
+            Arc::clone(&h.store),
+            Arc::clone(&h.keys),
+            Arc::new(SystemClock),
+        ),
+        continuation: None,
+        finish_margin: Duration::from_millis(100),
+    };
+    // The first delivery of "again" reached `a` only before it was lost.
+    function
+        .fanout
+        .deliver(&h.job("again", vec![a]))
+        .await
+        .unwrap();
+
+    let recorder = EmfRecorder::new("stack", "fanout");
+    let lines = {
+        // The handler's own metrics are recorded on this thread (the runtime
+        // has one); the store's blocking work may record elsewhere.
+        let _local = ::metrics::set_default_local_recorder(&recorder);
+        let mut event = sqs_event(&[h.job("fresh", vec![a]), h.job("again", vec![a, b])]);
+        event.records[0]
+            .attributes
+            .insert("ApproximateReceiveCount".into(), "1".into());
+        event.records[1]
+            .attributes
+            .insert("ApproximateReceiveCount".into(), "2".into());
+        let response = function.handle(event, None).await;
+        assert!(response.batch_item_failures.is_empty());
+        recorder.handle().take_lines(1_700_000_000_000)
+    };
+    let docs: Vec<Value> = lines
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let sum = |metric: &str, outcome: Option<&str>| -> f64 {
+        docs.iter()
+            .filter(|d| outcome.is_none_or(|o| d["Outcome"] == json!(o)))
+            .filter_map(|d| d[metric].as_f64())
+            .sum()
+    };
+    assert_eq!(sum("FanoutJobsRedelivered", None), 1.0, "{docs:#?}");
+    assert_eq!(sum("FanoutJobs", Some("done")), 2.0, "{docs:#?}");
+    assert_eq!(sum("FanoutJobs", Some("failed")), 0.0, "{docs:#?}");
+    assert_eq!(sum("MessagesDelivered", None), 2.0, "{docs:#?}");
+    assert_eq!(
+        sum("FanoutNotDelivered", Some("duplicate")),
+        1.0,
+        "{docs:#?}"
+    );
+    assert!(docs
+        .iter()
+        .all(|d| d["Function"] == json!("fanout") && d["Stack"] == json!("stack")));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_redelivered_job_skips_delivered_recipients_before_appending() {
     let h = harness();
