@@ -37,6 +37,22 @@ describe('operators console against the local server', () => {
     });
     await page.click('#clients-refresh');
   };
+  // Every client reads and acknowledges all it has, and the page is asked
+  // to look at each publish once more: nothing is left for it to follow,
+  // so no status request of its own lands in a later test.
+  const ackEverything = async () => {
+    for (const c of Object.values(clients)) {
+      for (let polled = await c.poll(); polled && polled.messages.length > 0; polled = await c.poll()) {
+        await c.ack(polled.nextCursor);
+      }
+    }
+    for (const refresh of await page.locator('#publishes .publish').getByRole('button', { name: 'Refresh' }).all()) {
+      await refresh.click();
+    }
+    await page.waitForFunction(() =>
+      [...document.querySelectorAll('#publishes .publish')].every((e) => e.dataset.state === 'acknowledged'),
+    );
+  };
   const shot = async (name) => {
     const path = join(artifacts, name);
     await page.screenshot({ path, fullPage: true });
@@ -417,6 +433,39 @@ describe('operators console against the local server', () => {
     assert.deepEqual((await types(clients.lab2)).slice(-1), [['ping', { n: 1 }]]);
   });
 
+  it('asks for an unfinished publish less and less often', async () => {
+    // The unnamed client never polls: the publish stays delivered and
+    // unacknowledged, so the page keeps following it, backing off from the
+    // step (0.2 s here) by doubling.
+    await row(clients.unnamed).locator('.col-select input').check();
+    await page.check('#audience-selected');
+    await page.fill('#publish-type', 'backoff');
+    await page.fill('#publish-payload', '{}');
+    const published = page.waitForResponse(
+      (r) => r.url().endsWith('/messages/publish') && r.request().method() === 'POST',
+    );
+    const asked = [];
+    const onRequest = (request) => {
+      if (request.method() === 'GET' && request.url().includes('/messages/publish/')) {
+        asked.push({ url: request.url(), at: Date.now() });
+      }
+    };
+    page.on('request', onRequest);
+    await page.click('#publish-submit');
+    const { publish_id: id } = await (await published).json();
+    await new Promise((resolve) => setTimeout(resolve, 4000));
+    page.off('request', onRequest);
+    await page.click('#selection-clear');
+
+    const times = asked.filter((a) => a.url.includes(id)).map((a) => a.at);
+    const gaps = times.slice(1).map((t, i) => (t - times[i]) / 1000);
+    // Nominally at 0, 0.2, 0.6, 1.4 and 3.0 s; asking every 0.2 s would be 20 times.
+    assert.ok(times.length >= 3 && times.length <= 6, `asked ${times.length} times, gaps ${gaps}`);
+    assert.ok(Math.max(...gaps) >= 1.2, `the wait grows: gaps ${gaps}`);
+    assert.ok(gaps[0] < 0.8, `the first wait is about one step: gaps ${gaps}`);
+    await ackEverything();
+  });
+
   it('reads what a client sent, newest first, with "load more" and "check for newer"', async () => {
     await row(clients.lab1).getByRole('button', { name: 'Show what lab-1 sent' }).click();
     await page.waitForFunction(() => document.querySelectorAll('#inbound-messages .message').length === 20);
@@ -530,7 +579,8 @@ describe('operators console against the local server', () => {
     await row(clients.kitchen).waitFor({ state: 'detached' });
     assert.match(await page.textContent('#notice'), /Deleted kitchen sensor/);
     assert.equal((await shownIds()).length, 4);
-    assert.match(await page.textContent('#clients-status'), /^4 clients, 3 online/);
+    // By now every client has polled (ackEverything).
+    assert.match(await page.textContent('#clients-status'), /^4 clients, 4 online/);
     assert.ok(!(await admin.allClients()).some((c) => c.id === clients.kitchen.clientId));
     await assert.rejects(clients.kitchen.poll(), (e) => e.status === 401);
   });
