@@ -608,7 +608,7 @@ async fn an_audience_of_several_pages_goes_through_the_queue_one_step_at_a_time(
 /// What the fan-out function tells CloudWatch about a batch with a record
 /// the queue delivered before: both jobs done, one redelivery, and the one
 /// copy the redelivered job still had to store (its other recipient had
-/// it). One EMF line per set of dimensions, written when the batch ends.
+/// it).
 #[tokio::test(flavor = "current_thread")]
 async fn a_redelivered_record_shows_in_the_fan_outs_metrics() {
     use pigeonhole::metrics::emf::EmfRecorder;
