@@ -47,9 +47,12 @@ cargo build --release -q -p pigeonhole-local -p pigeonhole-bench
 target_dir=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
 server_bin=${server_bin:-$target_dir/release/pigeonhole-local}
 work=$(mktemp -d)
-pids=()
+# start() runs in a command substitution, a subshell: it records each
+# server's pid in a file, since an array it changed would be the subshell's.
 cleanup() {
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    if [ -f "$work/pids" ]; then
+        while read -r pid; do kill "$pid" 2>/dev/null || true; done <"$work/pids"
+    fi
     wait 2>/dev/null || true
     rm -rf "$work"
 }
@@ -59,7 +62,7 @@ trap cleanup EXIT
 start() {
     local log="$1"; shift
     "$@" >"$log" 2>&1 &
-    pids+=($!)
+    echo $! >>"$work/pids"
     for _ in $(seq 1 200); do
         if grep -q "listening on http://" "$log"; then
             sed -n 's/.*listening on http:\/\/\([^ ]*\).*/\1/p' "$log" | head -n1

@@ -163,6 +163,10 @@ async fn each_of_10000_registered_clients_gets_a_publish_to_all_exactly_once() {
     })
     .await;
     for copies in &received {
-        assert_eq!(copies, &[payload.clone()], "exactly one copy each");
+        assert_eq!(
+            copies,
+            std::slice::from_ref(&payload),
+            "exactly one copy each"
+        );
     }
 }
