@@ -3,21 +3,38 @@
 //!
 //! Run: `cargo bench -p pigeonhole --features sqlite --bench endpoints`
 //! Prints one line per scenario: operations, elapsed time, ops/s, µs/op.
+//!
+//! `-- --emf` installs the Lambda functions' metrics recorder and, after
+//! every request, renders what it recorded as a function does at the end of
+//! an invocation (the lines are counted, not written), so the two runs side
+//! by side give the recorder's cost per request and its bytes of log.
 
 use bytes::Bytes;
 use http::Request;
 use pigeonhole::config::{Config, Secret};
 use pigeonhole::crypto::Key;
+use pigeonhole::metrics::emf::EmfHandle;
 use pigeonhole::store::sqlite::SqliteStore;
 use pigeonhole::App;
 use serde_json::{json, Value};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 const ADMIN: &str = "bench-admin";
 
+/// The EMF recorder, with `--emf`.
+static EMF: OnceLock<EmfHandle> = OnceLock::new();
+/// Bytes of EMF log the requests produced.
+static EMF_BYTES: AtomicUsize = AtomicUsize::new(0);
+
 async fn call(app: &App, request: Request<Bytes>) -> (u16, Value) {
     let response = pigeonhole::http::handle(app, request).await;
+    if let Some(emf) = EMF.get() {
+        let lines = emf.take_lines(1_700_000_000_000);
+        let bytes: usize = lines.iter().map(|l| l.len() + 1).sum();
+        EMF_BYTES.fetch_add(bytes, Ordering::Relaxed);
+    }
     let status = response.status().as_u16();
     let body = response.into_body();
     (
@@ -32,8 +49,15 @@ async fn call(app: &App, request: Request<Bytes>) -> (u16, Value) {
 
 fn report(name: &str, ops: usize, started: Instant) {
     let secs = started.elapsed().as_secs_f64();
+    let emf = match EMF.get() {
+        Some(_) => format!(
+            "  {:>6.0} B EMF/op",
+            EMF_BYTES.swap(0, Ordering::Relaxed) as f64 / ops as f64
+        ),
+        None => String::new(),
+    };
     println!(
-        "{name:<44} {ops:>6} ops  {:>8.1} ms  {:>9.0} ops/s  {:>7.1} µs/op",
+        "{name:<44} {ops:>6} ops  {:>8.1} ms  {:>9.0} ops/s  {:>7.1} µs/op{emf}",
         secs * 1000.0,
         ops as f64 / secs,
         secs * 1e6 / ops as f64
@@ -42,6 +66,11 @@ fn report(name: &str, ops: usize, started: Instant) {
 
 #[tokio::main]
 async fn main() {
+    if std::env::args().any(|a| a == "--emf") {
+        let handle = pigeonhole::metrics::emf::install("bench", "bench").unwrap();
+        EMF.set(handle).ok();
+        println!("with the EMF recorder, rendered after every request");
+    }
     let dir = tempfile::tempdir().unwrap();
     let config = Config::from_lookup(
         |name| match name {
