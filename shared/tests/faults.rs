@@ -386,6 +386,24 @@ impl Harness {
         }
     }
 
+    /// The SQS-triggered fan-out over this harness's store, handing
+    /// unfinished work to `continuation`.
+    fn fanout_function(
+        &self,
+        continuation: Option<Arc<dyn Queue>>,
+        finish_margin: Duration,
+    ) -> FanoutFunction {
+        FanoutFunction {
+            fanout: Fanout::new(
+                Arc::clone(&self.store),
+                Arc::clone(&self.keys),
+                Arc::new(SystemClock),
+            ),
+            continuation,
+            finish_margin,
+        }
+    }
+
     fn job(&self, publish_id: &str, recipients: Vec<ClientId>) -> FanoutJob {
         let plaintext = pigeonhole::envelope::plaintext("event", &json!({"n": 1}));
         FanoutJob {
@@ -554,15 +572,10 @@ async fn an_audience_of_several_pages_goes_through_the_queue_one_step_at_a_time(
     };
     assert_eq!(status().await["state"], json!("queued"));
 
-    let function = FanoutFunction {
-        fanout: Fanout::new(
-            Arc::clone(&h.store),
-            Arc::clone(&h.keys),
-            Arc::new(SystemClock),
-        ),
-        continuation: Some(Arc::clone(&queue) as Arc<dyn Queue>),
-        finish_margin: Duration::from_millis(20),
-    };
+    let function = h.fanout_function(
+        Some(Arc::clone(&queue) as Arc<dyn Queue>),
+        Duration::from_millis(20),
+    );
     let first_step = std::mem::take(&mut *queue.0.lock().unwrap());
     assert_eq!(first_step.len(), 1, "the publish enqueues one step");
     let mut pending = first_step.clone();
@@ -615,15 +628,7 @@ async fn a_redelivered_record_shows_in_the_fan_outs_metrics() {
     let h = harness();
     let a = client_id(&h.register("fingerprint-m1").await);
     let b = client_id(&h.register("fingerprint-m2").await);
-    let function = FanoutFunction {
-        fanout: Fanout::new(
-            Arc::clone(&h.store),
-            Arc::clone(&h.keys),
-            Arc::new(SystemClock),
-        ),
-        continuation: None,
-        finish_margin: Duration::from_millis(100),
-    };
+    let function = h.fanout_function(None, Duration::from_millis(100));
     // The first delivery of "again" reached `a` only before it was lost.
     function
         .fanout
@@ -705,15 +710,7 @@ async fn a_recipient_whose_key_does_not_unwrap_is_skipped_and_the_job_completes(
     .map(client_id)
     .collect();
     *h.faults.damaged.lock().unwrap() = Some(ids[1]);
-    let function = FanoutFunction {
-        fanout: Fanout::new(
-            Arc::clone(&h.store),
-            Arc::clone(&h.keys),
-            Arc::new(SystemClock),
-        ),
-        continuation: None,
-        finish_margin: Duration::from_millis(100),
-    };
+    let function = h.fanout_function(None, Duration::from_millis(100));
     let response = function
         .handle(
             sqs_event(&[h.job("poison", ids.clone())]),
@@ -743,15 +740,7 @@ async fn a_recipient_whose_key_does_not_unwrap_is_skipped_and_the_job_completes(
 async fn a_record_not_started_before_the_deadline_is_handed_on_or_failed() {
     let h = harness();
     let a = client_id(&h.register("fingerprint-a").await);
-    let function = FanoutFunction {
-        fanout: Fanout::new(
-            Arc::clone(&h.store),
-            Arc::clone(&h.keys),
-            Arc::new(SystemClock),
-        ),
-        continuation: None,
-        finish_margin: Duration::from_secs(3),
-    };
+    let function = h.fanout_function(None, Duration::from_secs(3));
     let jobs = [h.job("late-1", vec![a]), h.job("late-2", vec![a])];
     let response = function
         .handle(
